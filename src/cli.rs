@@ -1,0 +1,239 @@
+//! Command-line definitions. `--help` and the man pages in `man/` are generated from here,
+//! so help text is documentation: keep it exact.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Give every AI agent its own Unix account";
+
+const LONG_ABOUT: &str = "\
+Give every AI agent its own Unix account.
+
+agentuser provisions a dedicated, locked Unix account for each agent, shares allowlisted \
+files and directories with it through POSIX ACLs, manages its credentials, and runs it under \
+its own uid with a clean environment, its own terminal, a PAM session and a private view of \
+the file system. Nothing else of the owner's is reachable.
+
+agentuser is installed setuid-root. Root may do anything; members of the group named by \
+`creators_group` in /etc/agentuser/config.toml may create agents (up to \
+`max_agents_per_owner` each) and manage the agents they own. Agent accounts may not use \
+agentuser at all.";
+
+const AFTER_LONG_HELP: &str = "\
+Exit status: 0 on success, 1 when the operation failed, 2 on a usage error. `exec` and \
+`shell` return the command's own status, 128+N when it died of signal N, 125 when agentuser \
+failed before running it, 126 when it could not be executed and 127 when it was not found.
+
+Files: /etc/agentuser/config.toml (policy, see agentuser.toml(5)), \
+/var/lib/agentuser/agents/NAME.toml (agent records), /var/lib/agentuser/secrets/NAME/ \
+(environment credentials), /etc/pam.d/agentuser (PAM service).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentuser",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an agent and its Unix account
+    #[command(long_about = "\
+Create an agent and its Unix account.
+
+The account name comes from `user_template` (default agent-NAME). It gets a uid from the \
+configured agent range that was never used before (uids of deleted agents are never handed \
+out again), its own group with the same number, a locked password, no supplementary groups, \
+and a 0700 home under `home_base`. The owner is the caller; root may name another owner.")]
+    Create {
+        /// Agent name: 1 to 24 characters from a-z, 0-9 and '-', starting with a letter
+        name: String,
+        /// Owner of the agent (root only; default: the caller, or SUDO_USER under sudo)
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// Comment for the account's GECOS field
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Delete an agent: processes, account, group, home, shares, credentials
+    #[command(long_about = "\
+Delete an agent.
+
+Kills every process of the agent, revokes its shares and credentials, removes its account, \
+group, home (unless --keep-home), stored secrets, record, crontab, and the files it owns in \
+/tmp, /var/tmp and /dev/shm. Its uid is kept as a tombstone and never reused. An interrupted \
+delete is completed by running it again.")]
+    Delete {
+        /// Agent name
+        name: String,
+        /// Keep the agent's home directory (its uid is never reused, so it stays inert)
+        #[arg(long)]
+        keep_home: bool,
+    },
+    /// List agents (non-root callers see only their own)
+    List {
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one agent
+    Show {
+        /// Agent name
+        name: String,
+        /// Print a JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share a file or directory tree with an agent through POSIX ACLs
+    Share(ShareArgs),
+    /// Revoke a share: remove the agent's ACL entries from the whole tree
+    Unshare {
+        /// Agent name
+        name: String,
+        /// Shared path, as given to `share`
+        path: PathBuf,
+    },
+    /// Manage the agent's credentials (copied files, live files, environment values)
+    #[command(subcommand)]
+    Cred(CredCommand),
+    /// Run a command as the agent in its isolated view
+    Exec(ExecArgs),
+    /// Start the agent's login shell, under the same rules as exec
+    Shell(ShellArgs),
+    /// Report what the agent can actually reach
+    Audit {
+        /// Agent name
+        name: String,
+        /// Print a JSON report instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the installation and the host for settings that weaken isolation
+    Doctor {
+        /// Print a JSON report instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// Agent name
+    pub name: String,
+    /// File or directory to share (a tree you own)
+    pub path: PathBuf,
+    /// Read-only access: r-X on every entry (the default)
+    #[arg(long, conflicts_with = "rw")]
+    pub ro: bool,
+    /// Read-write access: rwX on every entry, new files editable by both sides
+    #[arg(long)]
+    pub rw: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredCommand {
+    /// Give the agent a credential file (a tracked copy, or --live)
+    Add {
+        /// Agent name
+        name: String,
+        /// Credential file, read with your own access rights
+        file: PathBuf,
+        /// Destination relative to the agent's home (default: FILE's path relative to your home)
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+        /// Bind-mount the original read-only into the agent's view instead of copying it
+        #[arg(long)]
+        live: bool,
+    },
+    /// Store an environment credential; the value is read from standard input
+    Env {
+        /// Agent name
+        name: String,
+        /// Environment variable name
+        var: String,
+    },
+    /// List the agent's credentials and their state
+    List {
+        /// Agent name
+        name: String,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a credential (a file credential by its source, an environment one by name)
+    Rm {
+        /// Agent name
+        name: String,
+        /// The credential's source FILE or VAR name
+        item: OsString,
+    },
+    /// Re-copy credentials whose source changed
+    Sync {
+        /// Agent name
+        name: String,
+        /// Overwrite copies the agent modified
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Network view of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network, loopback services included
+    Host,
+    /// A private network namespace with loopback only
+    None,
+}
+
+#[derive(Debug, Args)]
+#[command(long_about = "\
+Run a command as the agent in its isolated view.
+
+The command runs under the agent's uid, gid and groups only, with no-new-privs set, a clean \
+environment, its own pseudo-terminal when any standard stream is a terminal (otherwise a new \
+session without a controlling terminal), and a PAM session for the agent's account.")]
+pub struct ExecArgs {
+    /// Agent name
+    pub name: String,
+    /// Directory to start in (default: the current directory when inside a share, else home)
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Set an environment variable for the command (repeatable)
+    #[arg(long = "env", value_name = "VAR=VALUE")]
+    pub env: Vec<String>,
+    /// Network view: host, or none for loopback only (default from the config)
+    #[arg(long, value_enum)]
+    pub network: Option<Network>,
+    /// Command and arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Agent name
+    pub name: String,
+    /// Directory to start in (default: the current directory when inside a share, else home)
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Network view: host, or none for loopback only (default from the config)
+    #[arg(long, value_enum)]
+    pub network: Option<Network>,
+}
+
+/// The clap command, for man-page generation and tests.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}

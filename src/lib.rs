@@ -1,0 +1,35 @@
+//! agentuser: give every AI agent its own Unix account.
+//!
+//! The crate is a library so that integration tests and man-page generation can reach the
+//! CLI definition and the configuration schema; the only binary is `src/main.rs`.
+//!
+//! Module map (see DESIGN.md section 8):
+//! - [`cli`]: clap definitions, the single source of `--help` and the man pages.
+//! - [`app`]: start-up discipline of the setuid helper and command dispatch.
+//! - [`config`], [`policy`]: admin configuration, caller identity, authorization.
+//! - [`registry`]: agent records, locking, atomic writes, uid tombstones.
+//! - [`account`], [`provision`]: Unix accounts and the create/delete life cycle.
+//! - [`share`], [`creds`], [`runner`], [`audit`]: the features built on those.
+//! - [`eventlog`]: syslog records of every state change.
+//! - [`sys`]: the only modules allowed to use `unsafe` (libc-level operations).
+#![deny(unsafe_code)]
+
+pub mod account;
+pub mod app;
+pub mod audit;
+pub mod cleanup;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod creds;
+pub mod error;
+pub mod eventlog;
+pub mod names;
+pub mod policy;
+pub mod provision;
+pub mod registry;
+pub mod report;
+pub mod runner;
+pub mod share;
+pub mod sys;
+pub mod view;

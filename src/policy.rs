@@ -1,0 +1,185 @@
+//! Caller identity and authorization (DESIGN.md section 2).
+//!
+//! - The caller is the real uid; when the real uid is 0 and SUDO_UID is set, the caller is
+//!   that user (so `sudo agentuser create coder` makes the human the owner), still with
+//!   root's authority.
+//! - Root may do anything. Others may `create` when they are in `creators_group` (up to
+//!   `max_agents_per_owner`), and use every other command only on agents they own.
+//! - An agent uid may never use agentuser.
+#![forbid(unsafe_code)]
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+
+use crate::context::{CallerEnv, Context};
+use crate::registry::AgentRecord;
+use crate::sys::ids::Identity;
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The acting user (the human under sudo).
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub name: String,
+    /// The real uid was 0: root authority.
+    pub is_root: bool,
+    /// Root authority came through sudo; `uid` is SUDO_UID.
+    pub via_sudo: bool,
+    /// The real uid of the process, whatever SUDO_UID says.
+    pub real_uid: u32,
+}
+
+impl Caller {
+    /// Identifies the caller. Must run before the process drops the caller's groups.
+    pub fn identify(env: &CallerEnv) -> Result<Caller> {
+        let real_uid = Uid::current().as_raw();
+        if real_uid == 0 {
+            if let Some(sudo_uid) = env.get("SUDO_UID").and_then(|v| v.to_str()) {
+                let uid: u32 = sudo_uid.parse().map_err(|_| {
+                    anyhow!("SUDO_UID '{}' is not a uid", sudo_uid.escape_default())
+                })?;
+                if uid != 0 {
+                    let user = lookup_uid(uid)?;
+                    let groups = supplementary_groups(&user)?;
+                    return Ok(Caller {
+                        uid,
+                        gid: user.gid.as_raw(),
+                        groups,
+                        name: user.name,
+                        is_root: true,
+                        via_sudo: true,
+                        real_uid,
+                    });
+                }
+            }
+        }
+        let user = lookup_uid(real_uid)?;
+        let groups = nix::unistd::getgroups()
+            .context("getgroups")?
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        Ok(Caller {
+            uid: real_uid,
+            gid: Gid::current().as_raw(),
+            groups,
+            name: user.name,
+            is_root: real_uid == 0,
+            via_sudo: false,
+            real_uid,
+        })
+    }
+
+    /// The identity whose access rights apply to files read on the caller's behalf.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        }
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+fn lookup_uid(uid: u32) -> Result<User> {
+    User::from_uid(Uid::from_raw(uid))
+        .with_context(|| format!("looking up uid {uid}"))?
+        .ok_or_else(|| anyhow!("caller uid {uid} has no passwd entry"))
+}
+
+fn supplementary_groups(user: &User) -> Result<Vec<u32>> {
+    let name = std::ffi::CString::new(user.name.as_bytes())?;
+    Ok(getgrouplist(&name, user.gid)
+        .with_context(|| format!("groups of {}", user.name))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect())
+}
+
+/// The owner an agent is created for.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub name: String,
+    pub uid: u32,
+}
+
+/// Refuses every request from an agent account (THREAT-MODEL row 20): a uid with an agent
+/// record, a uid ever handed to an agent, or any uid in the configured agent range.
+pub fn refuse_agent_callers(ctx: &Context) -> Result<()> {
+    let caller = &ctx.caller;
+    let suspects = [caller.real_uid, caller.uid];
+    let tombstones = ctx.registry.used_uids()?;
+    for uid in suspects {
+        if uid != 0 && (ctx.config.uid_in_range(uid) || tombstones.contains(&uid)) {
+            bail!("permission denied: agent accounts may not use agentuser");
+        }
+    }
+    for record in ctx.registry.all()? {
+        if suspects.contains(&record.uid) {
+            bail!("permission denied: agent accounts may not use agentuser");
+        }
+    }
+    Ok(())
+}
+
+/// Decides who owns a new agent and whether the caller may create it.
+pub fn authorize_create(ctx: &Context, owner: Option<&str>) -> Result<Owner> {
+    let caller = &ctx.caller;
+    let owner = match owner {
+        Some(name) if caller.is_root => {
+            let user = User::from_name(name)
+                .with_context(|| format!("looking up owner '{name}'"))?
+                .ok_or_else(|| anyhow!("unknown owner '{}'", name.escape_default()))?;
+            Owner {
+                name: user.name,
+                uid: user.uid.as_raw(),
+            }
+        }
+        Some(name) if name != caller.name => {
+            bail!("permission denied: only root may create an agent for another owner")
+        }
+        _ => Owner {
+            name: caller.name.clone(),
+            uid: caller.uid,
+        },
+    };
+    if ctx.config.uid_in_range(owner.uid) || ctx.registry.used_uids()?.contains(&owner.uid) {
+        bail!("owner '{}' is an agent account", owner.name);
+    }
+    if !caller.is_root {
+        let group = Group::from_name(&ctx.config.creators_group)
+            .with_context(|| format!("looking up group '{}'", ctx.config.creators_group))?;
+        let member = group.is_some_and(|g| caller.in_group(g.gid.as_raw()));
+        if !member {
+            bail!(
+                "permission denied: only root and members of group '{}' may create agents",
+                ctx.config.creators_group
+            );
+        }
+    }
+    Ok(owner)
+}
+
+/// Root, or the agent's owner, may act on an agent.
+pub fn authorize_agent(ctx: &Context, record: &AgentRecord) -> Result<()> {
+    if may_see(ctx, record) {
+        Ok(())
+    } else {
+        Err(not_yours(&record.name))
+    }
+}
+
+/// Whether the caller may see an agent in `list` (root sees all).
+pub fn may_see(ctx: &Context, record: &AgentRecord) -> bool {
+    ctx.caller.is_root || record.owner_uid == ctx.caller.uid
+}
+
+/// The error for someone else's agent. It reads the same as "no such agent" would not, on
+/// purpose: names of agents are not secret (they are in /etc/passwd).
+pub fn not_yours(name: &str) -> anyhow::Error {
+    anyhow!("agent '{name}': permission denied: you are not its owner")
+}

@@ -1,0 +1,133 @@
+//! `list` and `show`: what exists, as text or JSON (fields named in DESIGN.md section 1).
+#![forbid(unsafe_code)]
+
+use anyhow::{Result, anyhow};
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::creds::{self, CredentialView};
+use crate::names::check_agent_name;
+use crate::policy;
+use crate::registry::{AgentRecord, AgentState};
+use crate::share::Access;
+
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub name: String,
+    pub owner: String,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub state: AgentState,
+    pub comment: String,
+    pub created: u64,
+    pub shares: Vec<ShareView>,
+    pub credentials: Vec<CredentialView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShareView {
+    pub path: String,
+    pub access: Access,
+}
+
+fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
+    AgentView {
+        name: record.name.clone(),
+        owner: record.owner.clone(),
+        user: record.user.clone(),
+        uid: record.uid,
+        gid: record.gid,
+        home: record.home.display().to_string(),
+        state: record.state,
+        comment: record.comment.clone(),
+        created: record.created,
+        shares: record
+            .shares
+            .iter()
+            .map(|s| ShareView {
+                path: s.path.display().to_string(),
+                access: s.access,
+            })
+            .collect(),
+        credentials: creds::describe(ctx, record),
+    }
+}
+
+pub fn list(ctx: &Context, json: bool) -> Result<()> {
+    let views: Vec<AgentView> = ctx
+        .registry
+        .all()?
+        .iter()
+        .filter(|r| policy::may_see(ctx, r))
+        .map(|r| view(ctx, r))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<16} {:<32} {:>10} {:>6} {:>5}  STATE",
+        "NAME", "OWNER", "USER", "UID", "SHARES", "CREDS"
+    );
+    for v in &views {
+        println!(
+            "{:<24} {:<16} {:<32} {:>10} {:>6} {:>5}  {}",
+            v.name,
+            v.owner,
+            v.user,
+            v.uid,
+            v.shares.len(),
+            v.credentials.len(),
+            state_word(v.state)
+        );
+    }
+    Ok(())
+}
+
+pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
+    check_agent_name(name)?;
+    let record = ctx
+        .registry
+        .load(name)?
+        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
+    policy::authorize_agent(ctx, &record)?;
+    let v = view(ctx, &record);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("name:    {}", v.name);
+    println!("state:   {}", state_word(v.state));
+    println!("owner:   {}", v.owner);
+    println!("user:    {} (uid {}, gid {})", v.user, v.uid, v.gid);
+    println!("home:    {}", v.home);
+    if !v.comment.is_empty() {
+        println!("comment: {}", v.comment);
+    }
+    println!("shares:");
+    for s in &v.shares {
+        println!("  {:<3} {}", access_word(s.access), s.path);
+    }
+    println!("credentials:");
+    for c in &v.credentials {
+        println!("  {c}");
+    }
+    Ok(())
+}
+
+fn state_word(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Creating => "creating (interrupted: run create again)",
+        AgentState::Ready => "ready",
+        AgentState::Deleting => "deleting (interrupted: run delete again)",
+    }
+}
+
+fn access_word(access: Access) -> &'static str {
+    match access {
+        Access::Ro => "ro",
+        Access::Rw => "rw",
+    }
+}

@@ -1,0 +1,18 @@
+//! syslog(3) with the authpriv facility, like sudo. When no syslog socket exists, glibc
+//! drops the message silently, which is what we want on hosts without a logger.
+
+use std::ffi::CString;
+
+/// Sends one message at LOG_NOTICE to the authpriv facility under the ident "agentuser".
+pub fn notice(message: &str) {
+    let Ok(text) = CString::new(message.replace('\0', "?")) else {
+        return;
+    };
+    const IDENT: &std::ffi::CStr = c"agentuser";
+    // SAFETY: IDENT is a static C string (openlog keeps the pointer); "%s" with a valid
+    // NUL-terminated string is a well-formed format call.
+    unsafe {
+        libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
+        libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr());
+    }
+}

@@ -1,0 +1,346 @@
+//! Hermetic sandbox for integration tests.
+//!
+//! Every command runs in its own private mount namespace in which `/etc` is a throwaway
+//! copy (the whole directory: useradd renames files inside it) and the state directories,
+//! `/home`, `/tmp`, `/var/tmp` and `/dev/shm` are private directories of the sandbox. The
+//! copies persist between commands of one test, so a test sees a consistent host; the real
+//! host sees nothing. Each sandbox gets its own uid range, and its guard kills every process
+//! in that range and removes the sandbox on drop, failure included.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Where sandboxes live: root-owned, traversable, on a file system that honours setuid,
+/// and outside every directory the sandbox replaces.
+const SANDBOX_ROOT: &str = "/var/cache/agentuser-tests";
+/// Agent uids are `base .. base+500`, test users `base+500 ..`.
+const RANGE: u32 = 1000;
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub uid_base: u32,
+    next_user: std::cell::Cell<u32>,
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(output: Output) -> Out {
+        use std::os::unix::process::ExitStatusExt;
+        let code = output
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0));
+        Out {
+            code,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns self.
+    #[track_caller]
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        self
+    }
+
+    /// Asserts the exit code and a one-line `agentuser: ...` error containing `needle`.
+    #[track_caller]
+    pub fn fails(self, code: i32, needle: &str) -> Out {
+        assert_eq!(self.code, code, "expected exit {code}, got {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error, got {self:#?}");
+        assert!(lines[0].starts_with("agentuser: "), "{self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "expected stderr to contain {needle:?}, got {self:#?}"
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Sandbox {
+    /// A fresh sandbox. `name` must be unique per test (it seeds the uid range).
+    pub fn new(name: &str) -> Sandbox {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "integration tests create accounts and must run as root (see README)"
+        );
+        let mut hasher = DefaultHasher::new();
+        name.hash(&mut hasher);
+        let uid_base = 1_800_000_000 + (hasher.finish() % 90_000) as u32 * RANGE;
+        fs::create_dir_all(SANDBOX_ROOT).unwrap();
+        fs::set_permissions(SANDBOX_ROOT, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = Path::new(SANDBOX_ROOT).join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let sandbox = Sandbox {
+            bin: dir.join("bin/agentuser"),
+            dir,
+            uid_base,
+            next_user: std::cell::Cell::new(0),
+        };
+        sandbox.populate();
+        sandbox
+    }
+
+    fn populate(&self) {
+        let d = &self.dir;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        run_host(Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")));
+        for (sub, mode) in [
+            ("state", 0o755),
+            ("home", 0o755),
+            ("tmp", 0o1777),
+            ("vartmp", 0o1777),
+            ("shm", 0o1777),
+            ("bin", 0o755),
+            ("work", 0o755),
+            ("etc/agentuser", 0o755),
+        ] {
+            let p = d.join(sub);
+            fs::create_dir_all(&p).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        self.write_config("");
+        let pam = Path::new(env!("CARGO_MANIFEST_DIR")).join("pam/agentuser");
+        fs::copy(pam, d.join("etc/pam.d/agentuser")).unwrap();
+        fs::copy(env!("CARGO_BIN_EXE_agentuser"), &self.bin).unwrap();
+        fs::set_permissions(&self.bin, fs::Permissions::from_mode(0o4755)).unwrap();
+        self.sh("groupadd agentuser").ok();
+    }
+
+    /// Replaces the config with the sandbox's uid range plus `extra` TOML lines.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "uid_min = {}\nuid_max = {}\n{extra}\n",
+            self.uid_base,
+            self.uid_base + RANGE / 2 - 1
+        );
+        let path = self.dir.join("etc/agentuser/config.toml");
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Raw config text (for hostile-config tests), written as-is.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("etc/agentuser/config.toml")
+    }
+
+    fn namespace_setup(&self) -> String {
+        let d = self.dir.display();
+        format!(
+            "set -e
+mount --bind {d}/etc /etc
+mount -t tmpfs -o mode=0755 agentuser-test /var/lib
+mkdir -p /var/lib/agentuser
+mount --bind {d}/state /var/lib/agentuser
+mount --bind {d}/home /home
+mount --bind {d}/tmp /tmp
+mount --bind {d}/vartmp /var/tmp
+mount --bind {d}/shm /dev/shm
+set +e
+"
+        )
+    }
+
+    /// A command that runs `argv` inside the sandbox's namespace, as root, with a clean
+    /// environment.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(format!("{}exec \"$@\"", self.namespace_setup()))
+            .arg("sh")
+            .args(argv)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn bin_str(&self) -> &str {
+        self.bin.to_str().unwrap()
+    }
+
+    /// agentuser as root.
+    pub fn root(&self, args: &[&str]) -> Out {
+        let mut argv = vec![self.bin_str()];
+        argv.extend_from_slice(args);
+        self.run(self.command(&argv))
+    }
+
+    /// agentuser through its setuid bit, as `user` with that user's groups.
+    pub fn as_user(&self, user: &str, args: &[&str]) -> Out {
+        self.run(self.user_command(user, args))
+    }
+
+    pub fn user_command(&self, user: &str, args: &[&str]) -> Command {
+        let mut argv = vec![
+            "setpriv",
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--init-groups",
+            "--",
+            self.bin_str(),
+        ];
+        argv.extend_from_slice(args);
+        self.command(&argv)
+    }
+
+    /// A shell script as root inside the sandbox.
+    pub fn sh(&self, script: &str) -> Out {
+        self.run(self.command(&["/bin/sh", "-c", script]))
+    }
+
+    /// A shell script as `user` (uid, primary group, its groups) inside the sandbox.
+    pub fn sh_as(&self, user: &str, script: &str) -> Out {
+        self.run(self.command(&[
+            "setpriv",
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--init-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ]))
+    }
+
+    pub fn run(&self, mut cmd: Command) -> Out {
+        Out::from(cmd.output().expect("spawning a sandbox command"))
+    }
+
+    pub fn spawn(&self, mut cmd: Command) -> Child {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().expect("spawning a sandbox command")
+    }
+
+    /// Adds a human test user with a 0755 home under /home and returns its uid.
+    pub fn add_user(&self, name: &str, groups: &[&str]) -> u32 {
+        let n = self.next_user.get();
+        self.next_user.set(n + 1);
+        let uid = self.uid_base + RANGE / 2 + n;
+        let mut script = format!("useradd -m -K HOME_MODE=0755 -u {uid} -U -s /bin/sh {name}");
+        if !groups.is_empty() {
+            script.push_str(&format!(" -G {}", groups.join(",")));
+        }
+        self.sh(&script).ok();
+        uid
+    }
+
+    /// The agent's JSON record as `show --json` prints it (as root).
+    pub fn show(&self, agent: &str) -> serde_json::Value {
+        self.root(&["show", agent, "--json"]).ok().json()
+    }
+
+    /// Whether a passwd entry exists for `user` in the sandbox.
+    pub fn user_exists(&self, user: &str) -> bool {
+        self.sh(&format!("getent passwd {user}")).code == 0
+    }
+
+    /// Host path of a path inside the sandbox (for the directories the sandbox replaces).
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        for (prefix, sub) in [
+            ("/var/lib/agentuser", "state"),
+            ("/home", "home"),
+            ("/tmp", "tmp"),
+            ("/var/tmp", "vartmp"),
+            ("/dev/shm", "shm"),
+            ("/etc", "etc"),
+        ] {
+            if let Some(rest) = inside.strip_prefix(prefix) {
+                return self.dir.join(sub).join(rest.trim_start_matches('/'));
+            }
+        }
+        panic!("{inside} is not inside a sandboxed directory")
+    }
+
+    /// uids of live processes in this sandbox's range.
+    pub fn processes_in_range(&self) -> Vec<(i32, u32)> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+                continue;
+            };
+            // Zombies are dead; this host's init may never reap them.
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                continue;
+            }
+            let uids: Vec<u32> = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .skip(1)
+                        .filter_map(|u| u.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(&uid) = uids
+                .iter()
+                .find(|&&u| u >= self.uid_base && u < self.uid_base + RANGE)
+            {
+                found.push((pid, uid));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let procs = self.processes_in_range();
+            if procs.is_empty() {
+                break;
+            }
+            for (pid, _) in procs {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if std::env::var_os("AGENTUSER_KEEP_SANDBOX").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_dir(SANDBOX_ROOT);
+        }
+    }
+}
+
+fn run_host(cmd: &mut Command) {
+    let status = cmd.status().expect("running a host command");
+    assert!(status.success(), "{cmd:?} failed");
+}
