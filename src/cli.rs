@@ -107,6 +107,7 @@ delete is completed by running it again.")]
     #[command(subcommand)]
     Cred(CredCommand),
     /// Run a command as the agent in its isolated view
+    #[command(long_about = EXEC_LONG_ABOUT)]
     Exec(ExecArgs),
     /// Start the agent's login shell, under the same rules as exec
     Shell(ShellArgs),
@@ -197,13 +198,14 @@ pub enum Network {
     None,
 }
 
-#[derive(Debug, Args)]
-#[command(long_about = "\
+const EXEC_LONG_ABOUT: &str = "\
 Run a command as the agent in its isolated view.
 
 The command runs under the agent's uid, gid and groups only, with no-new-privs set, a clean \
 environment, its own pseudo-terminal when any standard stream is a terminal (otherwise a new \
-session without a controlling terminal), and a PAM session for the agent's account.")]
+session without a controlling terminal), and a PAM session for the agent's account.";
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Agent name
     pub name: String,

@@ -108,3 +108,13 @@ pub fn remove_all(_ctx: &Context, _lock: &Lock, record: &mut AgentRecord) -> Res
 pub fn view_mounts(_record: &AgentRecord) -> Vec<ViewMount> {
     Vec::new()
 }
+
+/// Re-copies changed copy credentials before a run (quiet when nothing changed).
+pub fn sync_before_exec(_ctx: &Context, _record: &mut AgentRecord) -> Result<()> {
+    Ok(())
+}
+
+/// Environment credentials for the agent's environment, as (name, value).
+pub fn env_vars(_ctx: &Context, _record: &AgentRecord) -> Result<Vec<(String, String)>> {
+    Ok(Vec::new())
+}

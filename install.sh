@@ -1,0 +1,35 @@
+#!/bin/sh
+# Builds and installs agentuser on Debian or Ubuntu. Run as root: sudo ./install.sh
+#   --no-deps   do not install system packages with apt-get
+set -eu
+cd "$(dirname "$0")"
+
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root (sudo ./install.sh)" >&2; exit 1; }
+
+if [ "${1:-}" != "--no-deps" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # acl: getfacl/setfacl for checks; libacl1-dev, libpam0g-dev, libclang-dev: to build.
+    apt-get install -y -qq acl libacl1-dev libpam0g-dev libclang-dev pkg-config gcc >/dev/null
+fi
+
+# Build as the invoking user when run through sudo, so target/ stays theirs.
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+    user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+    runuser -u "$SUDO_USER" -- env PATH="$user_home/.cargo/bin:$PATH" HOME="$user_home" \
+        cargo build --release --locked
+else
+    cargo build --release --locked
+fi
+
+install -D -o root -g root -m 4755 target/release/agentuser /usr/local/bin/agentuser
+install -D -o root -g root -m 0644 pam/agentuser /etc/pam.d/agentuser
+install -d -m 0755 /usr/local/share/man/man1 /usr/local/share/man/man5
+install -o root -g root -m 0644 man/*.1 /usr/local/share/man/man1/
+install -o root -g root -m 0644 man/*.5 /usr/local/share/man/man5/
+install -d -o root -g root -m 0755 /etc/agentuser
+[ -e /etc/agentuser/config.toml ] ||
+    install -o root -g root -m 0644 etc/config.toml /etc/agentuser/config.toml
+getent group agentuser >/dev/null || groupadd --system agentuser
+install -d -o root -g root -m 0711 /var/lib/agentuser
+echo "agentuser installed; add users to group 'agentuser' to let them create agents."
