@@ -43,3 +43,9 @@ pub fn revoke_all(_ctx: &Context, _lock: &Lock, record: &mut AgentRecord) -> Res
 pub fn view_mounts(_record: &AgentRecord) -> Vec<ViewMount> {
     Vec::new()
 }
+
+/// Environment the runner gives the agent for its shares (e.g. git's safe.directory through
+/// GIT_CONFIG_COUNT/KEY/VALUE, so nothing is written into the agent's home).
+pub fn agent_env(_record: &AgentRecord) -> Vec<(String, String)> {
+    Vec::new()
+}
