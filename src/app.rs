@@ -77,7 +77,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Show { name, json } => show::show(ctx, &name, json)?,
         Command::Share(args) => {
             let access = if args.rw { Access::Rw } else { Access::Ro };
-            share::share(ctx, &args.name, &args.path, access)?
+            share::share(ctx, &args.name, &args.path, access, args.allow_git_writes)?
         }
         Command::Unshare { name, path } => share::unshare(ctx, &name, &path)?,
         Command::Cred(cred) => match cred {

@@ -95,8 +95,17 @@ delete is completed by running it again.")]
         json: bool,
     },
     /// Share a file or directory tree with an agent through POSIX ACLs
+    #[command(long_about = SHARE_LONG_ABOUT)]
     Share(ShareArgs),
     /// Revoke a share: remove the agent's ACL entries from the whole tree
+    #[command(long_about = "\
+Revoke a share: remove the agent's ACL entries from the whole tree.
+
+Removes the agent's access and default entries from every entry of the tree, files added \
+since the share included, and drops the share from the agent's record. An entry left with \
+no named ACL entry gets its plain mode back. A path that no longer exists is simply dropped \
+from the record. An interrupted unshare is completed by running it again; `delete` does the \
+same for every share of the agent.")]
     Unshare {
         /// Agent name
         name: String,
@@ -139,7 +148,49 @@ pub struct ShareArgs {
     /// Read-write access: rwX on every entry, new files editable by both sides
     #[arg(long)]
     pub rw: bool,
+    /// Let the agent write .git inside this read-write share (risky: see below)
+    #[arg(long)]
+    pub allow_git_writes: bool,
 }
+
+const SHARE_LONG_ABOUT: &str = "\
+Share a file or directory tree with an agent through POSIX ACLs.
+
+--ro (the default) gives the agent r-X on every entry of the tree, --rw gives rwX; \
+directories also get a default ACL so that new files inherit the grant. In a read-write \
+share the owner keeps full access to what the agent creates and the agent to what the owner \
+creates: a file made by either side with the usual mode is editable and deletable by the \
+other.
+
+No ACL is placed on the path's ancestors or on your home: `exec` and `shell` bind-mount each \
+share at its own path in the agent's view (read-only for --ro), so a share inside a 0700 home \
+works and nothing else in the home becomes reachable.
+
+The walk never follows symlinks (a symlink gets no ACL) and works on file descriptors, so a \
+rename or symlink swapped in meanwhile cannot redirect it. It does not enter other file \
+systems. Entries owned by anyone other than the tree's owner and the agent, and files with \
+hard links outside the tree, get no ACL: they are skipped and listed on stderr, as are entries \
+that cannot be changed; the share still succeeds. A progress line shows on a terminal for long \
+walks. An interrupted share is completed by running it again.
+
+Inside a read-write share every .git directory (and .git file) is read-only for the agent: \
+its ACL entries there are r-X and its view mounts each one read-only. An agent that can write \
+.git/config or .git/hooks runs code as you on your next `git status` (core.fsmonitor, hooks). \
+--allow-git-writes lifts this for one share: use it only for repositories whose git commands \
+you will never run yourself, or that you inspect before use. The agent's git trusts its shared \
+repositories (safe.directory is set in its environment, nothing is written to its home).
+
+Sharing a path that is already shared with the agent changes its access in place (--ro/--rw \
+and --allow-git-writes as given now). Sharing a path inside or above another share of the same \
+agent is refused: change or unshare that share instead.
+
+Refused, changing nothing: a path that does not exist or is neither a directory nor a regular \
+file; one you do not own (root may share anything not refused below); / and system trees \
+(/bin, /boot, /dev, /etc, /lib*, /proc, /root, /run, /sbin, /snap, /sys, /usr, /var except \
+below /var/tmp); /home, /media, /mnt, /opt, /srv, /tmp and /var/tmp themselves; a whole home \
+directory or a tree containing one; agent homes and anything in them; a path that is not \
+valid UTF-8; a file system without POSIX ACL support. Paths are resolved with your own access \
+rights.";
 
 #[derive(Debug, Subcommand)]
 pub enum CredCommand {

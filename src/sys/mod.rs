@@ -7,3 +7,4 @@
 pub mod ids;
 pub mod process;
 pub mod syslog;
+pub mod xattr;

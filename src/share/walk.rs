@@ -1,0 +1,444 @@
+//! The tree walk of `share` and `unshare`: descriptor-based, never following a symlink,
+//! never leaving the share's file system, on every core.
+//!
+//! Every entry is opened with `O_PATH|O_NOFOLLOW` relative to its parent's descriptor and
+//! judged by `fstat` on that descriptor; the ACL is then edited through `/proc/self/fd/N`,
+//! which names the very inode judged. A rename or a symlink swapped in by the agent while we
+//! walk can make us skip an entry, never act on another one.
+//!
+//! Confused deputy (THREAT-MODEL rows 12, 17): the walk runs as root, so it only touches
+//! entries owned by the share's owner or by the agent. Anything else found in the tree (a
+//! hard link to a root file, a directory someone else made) is skipped and reported, and
+//! directories are not entered. A file with several hard links gets an ACL only when all of
+//! its links lie inside the tree: the same inode elsewhere (`~/.netrc` linked into the share
+//! where `fs.protected_hardlinks` is off) would otherwise become readable there too.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
+
+use super::acl::{self, Entry, Grant};
+
+/// What the walk does to every entry.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    /// Grant; inside `.git` directories the agent gets read-only access unless
+    /// `git_writes`.
+    Grant { grant: Grant, git_writes: bool },
+    /// Remove the agent's entries; `owner` as in [`acl::revoke`].
+    Revoke { agent: u32, owner: Option<u32> },
+}
+
+/// Most problems listed one by one; the rest are counted.
+const PROBLEMS_LISTED: usize = 20;
+/// Multiply-linked files held open until the end of the walk; beyond this they are skipped.
+const DEFERRED_MAX: usize = 8192;
+
+/// What a walk did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub entries: u64,
+    pub changed: u64,
+    /// Entries that were skipped or failed, with why (at most [`PROBLEMS_LISTED`]).
+    pub problems: Vec<String>,
+    pub problem_count: u64,
+}
+
+/// A directory still to read: the descriptor of its parent, its name there and the identity
+/// it had when judged (re-checked on opening, so a swap in between is noticed).
+struct Job {
+    parent: Arc<OwnedFd>,
+    name: CString,
+    dev: u64,
+    ino: u64,
+    rel: PathBuf,
+    in_git: bool,
+}
+
+struct Deferred {
+    fd: OwnedFd,
+    stat: FileStat,
+    rel: PathBuf,
+    in_git: bool,
+}
+
+struct Shared {
+    op: Op,
+    /// Owners whose entries the walk touches: the share's owner and the agent.
+    owners: [u32; 2],
+    device: u64,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    entries: AtomicU64,
+    changed: AtomicU64,
+    problems: Mutex<(Vec<String>, u64)>,
+    deferred: Mutex<Vec<Deferred>>,
+    /// Links seen per (dev, ino) of multiply-linked files.
+    links: Mutex<HashMap<(u64, u64), u64>>,
+}
+
+struct Queue {
+    jobs: Vec<Job>,
+    /// Jobs queued or being worked on; the walk is over when it drops to zero.
+    pending: usize,
+}
+
+const PATH_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// Walks the tree whose root the caller opened as `root` (an `O_PATH` descriptor) at `path`.
+/// `progress` is called now and then with the number of entries seen so far.
+pub fn walk(
+    root: &OwnedFd,
+    path: &Path,
+    op: Op,
+    owners: [u32; 2],
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<Outcome> {
+    use anyhow::Context as _;
+    let stat = fstat(root).with_context(|| format!("{}", path.display()))?;
+    let in_git = path.components().any(|c| c.as_os_str() == ".git");
+    let shared = Shared {
+        op,
+        owners,
+        device: stat.st_dev,
+        queue: Mutex::new(Queue {
+            jobs: Vec::new(),
+            pending: 0,
+        }),
+        wake: Condvar::new(),
+        entries: AtomicU64::new(0),
+        changed: AtomicU64::new(0),
+        problems: Mutex::new((Vec::new(), 0)),
+        deferred: Mutex::new(Vec::new()),
+        links: Mutex::new(HashMap::new()),
+    };
+    // The root was chosen by the caller and checked already: it is acted on whatever its
+    // link count.
+    let is_dir = kind(&stat) == SFlag::S_IFDIR;
+    shared.apply(root, &stat, Path::new(""), in_git, false)?;
+    if is_dir {
+        let root = Arc::new(nix::unistd::dup(root).context("dup")?);
+        shared.push(vec![Job {
+            parent: root,
+            name: c".".to_owned(),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            rel: PathBuf::new(),
+            in_git,
+        }]);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| shared.work());
+            }
+            shared.report_progress(progress);
+        });
+        shared.finish_deferred();
+    }
+    let (problems, problem_count) = shared.problems.into_inner().unwrap_or_default();
+    Ok(Outcome {
+        entries: shared.entries.into_inner(),
+        changed: shared.changed.into_inner(),
+        problems,
+        problem_count,
+    })
+}
+
+fn kind(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
+}
+
+fn proc_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+impl Shared {
+    fn push(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.pending += jobs.len();
+        queue.jobs.extend(jobs);
+        drop(queue);
+        self.wake.notify_all();
+    }
+
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if let Some(job) = queue.jobs.pop() {
+                        break job;
+                    }
+                    if queue.pending == 0 {
+                        return;
+                    }
+                    queue = self.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let children = self.read_dir(&job);
+            self.push(children);
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.pending -= 1;
+            if queue.pending == 0 {
+                self.wake.notify_all();
+            }
+        }
+    }
+
+    /// Prints progress while the workers run (from the spawning thread).
+    fn report_progress(&self, progress: &(dyn Fn(u64) + Sync)) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while queue.pending > 0 {
+            let (q, _) = self
+                .wake
+                .wait_timeout(queue, std::time::Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner());
+            queue = q;
+            progress(self.entries.load(Ordering::Relaxed));
+        }
+    }
+
+    fn problem(&self, rel: &Path, why: impl std::fmt::Display) {
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        problems.1 += 1;
+        if problems.0.len() < PROBLEMS_LISTED {
+            problems.0.push(format!("{}: {why}", printable(rel)));
+        }
+    }
+
+    /// Reads one directory; returns its subdirectories as new jobs.
+    fn read_dir(&self, job: &Job) -> Vec<Job> {
+        let opened = openat(
+            job.parent.as_fd(),
+            job.name.as_c_str(),
+            PATH_FLAGS | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        );
+        let dir_fd = match opened {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Vec::new(),
+            Err(e) => {
+                self.problem(&job.rel, format_args!("cannot open: {}", e.desc()));
+                return Vec::new();
+            }
+        };
+        match fstat(&dir_fd) {
+            Ok(st) if st.st_dev == job.dev && st.st_ino == job.ino => {}
+            _ => {
+                self.problem(&job.rel, "replaced during the walk: skipped");
+                return Vec::new();
+            }
+        }
+        let read = openat(
+            &dir_fd,
+            c".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(Dir::from_fd);
+        let mut dir = match read {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.problem(&job.rel, format_args!("cannot read: {}", e.desc()));
+                return Vec::new();
+            }
+        };
+        let dir_fd = Arc::new(dir_fd);
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            match entry {
+                Ok(entry) => {
+                    let name: &CStr = entry.file_name();
+                    if name != c"." && name != c".." {
+                        names.push(name.to_owned());
+                    }
+                }
+                Err(e) => {
+                    self.problem(&job.rel, format_args!("cannot read: {}", e.desc()));
+                    break;
+                }
+            }
+        }
+        drop(dir);
+        let mut children = Vec::new();
+        for name in names {
+            let rel = job.rel.join(OsStr::from_bytes(name.as_bytes()));
+            let in_git = job.in_git || name.as_bytes() == b".git";
+            let fd = match openat(dir_fd.as_fd(), name.as_c_str(), PATH_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => {
+                    self.problem(&rel, format_args!("cannot open: {}", e.desc()));
+                    continue;
+                }
+            };
+            let stat = match fstat(&fd) {
+                Ok(stat) => stat,
+                Err(e) => {
+                    self.problem(&rel, format_args!("cannot stat: {}", e.desc()));
+                    continue;
+                }
+            };
+            match self.apply(&fd, &stat, &rel, in_git, true) {
+                Ok(true) => children.push(Job {
+                    parent: Arc::clone(&dir_fd),
+                    name,
+                    dev: stat.st_dev,
+                    ino: stat.st_ino,
+                    rel,
+                    in_git,
+                }),
+                Ok(false) => {}
+                Err(e) => self.problem(&rel, e),
+            }
+        }
+        children
+    }
+
+    /// Judges one entry and acts on it. Returns whether it is a directory to enter.
+    fn apply(
+        &self,
+        fd: &OwnedFd,
+        stat: &FileStat,
+        rel: &Path,
+        in_git: bool,
+        check_links: bool,
+    ) -> anyhow::Result<bool> {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        let is_dir = match kind(stat) {
+            SFlag::S_IFDIR => true,
+            SFlag::S_IFREG => false,
+            // A symlink never gets an ACL (it has none) and is never followed; special files
+            // (sockets, FIFOs, devices) are not shared.
+            _ => return Ok(false),
+        };
+        if stat.st_dev != self.device {
+            anyhow::bail!("on another file system (a mount point): skipped");
+        }
+        if !self.owners.contains(&stat.st_uid) {
+            anyhow::bail!(
+                "owned by uid {}, neither the share's owner nor the agent: skipped",
+                stat.st_uid
+            );
+        }
+        if check_links && !is_dir && stat.st_nlink > 1 && matches!(self.op, Op::Grant { .. }) {
+            self.defer(fd, stat, rel, in_git)?;
+            return Ok(false);
+        }
+        self.act(fd, stat, in_git)?;
+        Ok(is_dir)
+    }
+
+    fn act(&self, fd: &OwnedFd, stat: &FileStat, in_git: bool) -> anyhow::Result<()> {
+        let is_dir = kind(stat) == SFlag::S_IFDIR;
+        let path = proc_path(fd);
+        let changed = match self.op {
+            Op::Grant {
+                mut grant,
+                git_writes,
+            } => {
+                if in_git && !git_writes {
+                    grant.write = false;
+                }
+                let entry = Entry {
+                    is_dir,
+                    mode: stat.st_mode,
+                    uid: stat.st_uid,
+                };
+                acl::grant(&path, entry, grant)
+            }
+            Op::Revoke { agent, owner } => acl::revoke(&path, is_dir, agent, owner),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if changed {
+            self.changed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn defer(&self, fd: &OwnedFd, stat: &FileStat, rel: &Path, in_git: bool) -> anyhow::Result<()> {
+        *self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((stat.st_dev, stat.st_ino))
+            .or_default() += 1;
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if deferred.len() >= DEFERRED_MAX {
+            anyhow::bail!("too many hard-linked files in the tree: skipped");
+        }
+        deferred.push(Deferred {
+            fd: nix::unistd::dup(fd)?,
+            stat: *stat,
+            rel: rel.to_owned(),
+            in_git,
+        });
+        Ok(())
+    }
+
+    /// Multiply-linked files get their grant once every link was seen inside the tree.
+    fn finish_deferred(&self) {
+        let deferred =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for d in deferred {
+            let seen = links
+                .get(&(d.stat.st_dev, d.stat.st_ino))
+                .copied()
+                .unwrap_or(0);
+            // The link count is read again: a link added or removed meanwhile counts.
+            let nlink = fstat(&d.fd).map(|s| s.st_nlink).unwrap_or(u64::MAX);
+            if seen < nlink {
+                self.problem(
+                    &d.rel,
+                    format_args!(
+                        "has {} hard links outside the shared tree: skipped",
+                        nlink.saturating_sub(seen)
+                    ),
+                );
+                continue;
+            }
+            if let Err(e) = self.act(&d.fd, &d.stat, d.in_git) {
+                self.problem(&d.rel, e);
+            }
+        }
+    }
+}
+
+/// A path made safe to print on one line: control characters and bytes that are not UTF-8
+/// are escaped, so a file name cannot forge output.
+pub fn printable(path: &Path) -> String {
+    let bytes = path.as_os_str().as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if out.is_empty() { ".".into() } else { out }
+}

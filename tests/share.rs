@@ -1,0 +1,554 @@
+//! share / unshare against real accounts and real ACLs. Attacks are performed for real as the
+//! agent's uid; each test fails if the attack works.
+
+mod common;
+
+use common::Sandbox;
+
+/// Sets up alice (a creator with a 0755 home, so the plain uid switch can reach her trees)
+/// and her agent `coder`; returns the agent's uid.
+fn alice_and_coder(sb: &Sandbox) -> u32 {
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.show("coder")["uid"].as_u64().unwrap() as u32
+}
+
+/// Every ACL entry naming `uid` under `path` (access and default, symlinks not followed),
+/// one `PATH access|default PERM` line each. Read through the raw extended attributes with
+/// python, because getfacl -R silently skips some odd names.
+fn acl_lines_naming(sb: &Sandbox, path: &str, uid: u32) -> Vec<String> {
+    let script = format!(
+        r#"
+import os, struct, sys
+def acl(p, name):
+    try:
+        raw = os.getxattr(p, name, follow_symlinks=False)
+    except OSError:
+        return []
+    return [struct.unpack_from('<HHI', raw, 4 + 8 * i) for i in range((len(raw) - 4) // 8)]
+def check(p):
+    for kind, name in (('access', 'system.posix_acl_access'), ('default', 'system.posix_acl_default')):
+        for tag, perm, qid in acl(p, name):
+            if tag == 2 and qid == {uid}:
+                print(repr(p), kind, perm)
+root = {path:?}.encode()
+check(root)
+for d, dirs, files in os.walk(root):
+    for n in dirs + files:
+        check(os.path.join(d, n))
+"#
+    );
+    let out = sb.run(sb.command(&["python3", "-c", &script])).ok();
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+/// How many entries under `path` (the root included) grant `uid` exactly `perm` (a bit set
+/// of r=4 w=2 x=1) in their access ACL, and how many entries there are.
+fn granted(sb: &Sandbox, path: &str, uid: u32, perms: &[u32]) -> (usize, usize) {
+    let lines = acl_lines_naming(sb, path, uid);
+    let hits = lines
+        .iter()
+        .filter(|l| {
+            let mut f = l.rsplitn(3, ' ');
+            let perm: u32 = f.next().unwrap().parse().unwrap();
+            f.next() == Some("access") && perms.contains(&perm)
+        })
+        .count();
+    let total = sb
+        .run(sb.command(&[
+            "python3",
+            "-c",
+            &format!(
+                "import os\nr={path:?}.encode()\nprint(1+sum(len(d)+len(f) for _, d, f in os.walk(r)))"
+            ),
+        ]))
+        .ok()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    (hits, total)
+}
+
+fn getfacl(sb: &Sandbox, path: &str) -> String {
+    sb.sh(&format!("getfacl -n -p -- {path}")).ok().stdout
+}
+
+#[test]
+fn agent_reads_and_writes_rw_share_and_only_reads_ro_share() {
+    let sb = Sandbox::new("share-basic");
+    let uid = alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "umask 077; mkdir -p /home/alice/rw/sub /home/alice/ro/sub && echo one > /home/alice/rw/sub/f && echo two > /home/alice/ro/sub/g \
+         && echo secret > /home/alice/notes && chmod 644 /home/alice/notes && chmod 700 /home/alice/rw /home/alice/ro",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/rw", "--rw"])
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/ro"])
+        .ok();
+    let shares = sb.show("coder")["shares"].clone();
+    assert_eq!(shares[0]["path"], "/home/alice/rw");
+    assert_eq!(shares[0]["access"], "rw");
+    assert_eq!(shares[1]["path"], "/home/alice/ro");
+    assert_eq!(shares[1]["access"], "ro");
+
+    sb.sh_as(
+        "agent-coder",
+        "cat /home/alice/rw/sub/f && echo more >> /home/alice/rw/sub/f \
+         && echo new > /home/alice/rw/new && mkdir /home/alice/rw/d && cat /home/alice/ro/sub/g",
+    )
+    .ok();
+    for attack in [
+        "echo x >> /home/alice/ro/sub/g",
+        "echo x > /home/alice/ro/new",
+        "rm -f /home/alice/ro/sub/g",
+        "mkdir /home/alice/ro/d",
+    ] {
+        assert_ne!(sb.sh_as("agent-coder", attack).code, 0, "{attack} worked");
+    }
+    assert_eq!(sb.sh("cat /home/alice/rw/sub/f").ok().stdout, "one\nmore\n");
+    // No ACL on the home or any ancestor of a share.
+    for dir in ["/home/alice", "/home", "/"] {
+        let acl = getfacl(&sb, dir);
+        assert!(!acl.contains(&uid.to_string()), "ACL on {dir}: {acl}");
+    }
+}
+
+#[test]
+fn share_inside_a_0700_home_is_reachable_only_through_the_view() {
+    let sb = Sandbox::new("share-view-home");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "chmod 700 /home/alice && mkdir /home/alice/rw /home/alice/ro && echo a > /home/alice/rw/f && echo b > /home/alice/ro/g \
+         && echo secret > /home/alice/notes && chmod 644 /home/alice/notes",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/rw", "--rw"])
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/ro"])
+        .ok();
+    // The home itself stays closed under a plain uid switch: no traversal ACL was added.
+    assert_ne!(sb.sh_as("agent-coder", "ls /home/alice/rw").code, 0);
+    let exec =
+        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    exec("cat /home/alice/rw/f && echo c > /home/alice/rw/h && cat /home/alice/ro/g").ok();
+    assert_ne!(
+        exec("echo x > /home/alice/ro/g").code,
+        0,
+        "ro share written"
+    );
+    assert_ne!(
+        exec("cat /home/alice/notes").code,
+        0,
+        "file next to a share read"
+    );
+    assert!(!exec("ls /home/alice").stdout.contains("notes"));
+}
+
+#[test]
+fn owner_and_agent_edit_and_delete_each_others_files() {
+    let sb = Sandbox::new("share-both-sides");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/proj && echo base > /home/alice/proj/base",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    // Each side creates with its normal umask.
+    sb.sh_as(
+        "alice",
+        "umask 022; cd /home/alice/proj && echo o > owner-file && mkdir owner-dir && echo o > owner-dir/x",
+    )
+    .ok();
+    sb.sh_as(
+        "agent-coder",
+        "umask 022; cd /home/alice/proj && echo a > agent-file && mkdir agent-dir \
+         && echo a > agent-dir/y",
+    )
+    .ok();
+    sb.sh_as(
+        "agent-coder",
+        "cd /home/alice/proj && echo edit >> owner-file && echo edit >> owner-dir/x \
+         && echo edit >> base && rm owner-dir/x && rmdir owner-dir && rm owner-file",
+    )
+    .ok();
+    sb.sh_as(
+        "alice",
+        "cd /home/alice/proj && echo edit >> agent-file && echo edit >> agent-dir/y \
+         && rm agent-dir/y && rmdir agent-dir && rm agent-file",
+    )
+    .ok();
+    assert_eq!(sb.sh("ls -A /home/alice/proj").ok().stdout.trim(), "base");
+}
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    let sb = Sandbox::new("share-symlink");
+    let uid = alice_and_coder(&sb);
+    sb.sh("mkdir -m 700 /tmp/rootonly && echo s > /tmp/rootonly/secret && chmod 600 /tmp/rootonly/secret")
+        .ok();
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/proj && echo x > /home/alice/proj/f",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    let before = getfacl(&sb, "/tmp/rootonly") + &getfacl(&sb, "/tmp/rootonly/secret");
+    sb.sh_as(
+        "agent-coder",
+        "cd /home/alice/proj && ln -s /tmp/rootonly dirlink && ln -s /tmp/rootonly/secret filelink \
+         && mkdir -p deep/er && ln -s / deep/er/rootlink",
+    )
+    .ok();
+    for args in [
+        &["share", "coder", "/home/alice/proj", "--rw"][..],
+        &["unshare", "coder", "/home/alice/proj"],
+        &["share", "coder", "/home/alice/proj", "--rw"],
+        &["share", "coder", "/home/alice/proj", "--ro"],
+    ] {
+        sb.as_user("alice", args).ok();
+        let after = getfacl(&sb, "/tmp/rootonly") + &getfacl(&sb, "/tmp/rootonly/secret");
+        assert_eq!(before, after, "target ACL changed by {args:?}");
+        assert!(acl_lines_naming(&sb, "/tmp/rootonly", uid).is_empty());
+        assert!(acl_lines_naming(&sb, "/etc", uid).is_empty());
+    }
+    assert_ne!(
+        sb.sh_as("agent-coder", "cat /home/alice/proj/filelink")
+            .code,
+        0
+    );
+}
+
+#[test]
+fn foreign_and_outside_hard_links_get_no_acl() {
+    let sb = Sandbox::new("share-hardlink");
+    let uid = alice_and_coder(&sb);
+    // Same file system as the tree (the sandbox's /tmp is another mount).
+    sb.sh("mkdir -m 700 /home/rootstuff && echo root-secret > /home/rootstuff/file && chmod 600 /home/rootstuff/file")
+        .ok();
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/proj && echo x > /home/alice/proj/f && echo netrc > /home/alice/.netrc && chmod 600 /home/alice/.netrc \
+         && ln /home/alice/.netrc /home/alice/proj/netrc-link && echo y > /home/alice/proj/inside && ln /home/alice/proj/inside /home/alice/proj/inside2",
+    )
+    .ok();
+    // A root file linked into the tree (what the agent could do where protected_hardlinks
+    // is off; root plants it here because this host has it on).
+    sb.sh("ln /home/rootstuff/file /home/alice/proj/rootlink")
+        .ok();
+    let out = sb
+        .as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    assert!(out.stderr.contains("rootlink"), "{out:#?}");
+    assert!(out.stderr.contains("netrc-link"), "{out:#?}");
+    assert!(acl_lines_naming(&sb, "/home/rootstuff", uid).is_empty());
+    assert!(acl_lines_naming(&sb, "/home/alice/.netrc", uid).is_empty());
+    assert_ne!(
+        sb.sh_as("agent-coder", "cat /home/alice/proj/rootlink")
+            .code,
+        0
+    );
+    assert_ne!(
+        sb.sh_as("agent-coder", "cat /home/alice/proj/netrc-link")
+            .code,
+        0
+    );
+    // Links that all lie inside the tree are shared.
+    sb.sh_as(
+        "agent-coder",
+        "cat /home/alice/proj/inside /home/alice/proj/inside2",
+    )
+    .ok();
+}
+
+#[test]
+fn git_metadata_is_read_only_for_the_agent_unless_allowed() {
+    let sb = Sandbox::new("share-git");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/repo/.git/hooks /home/alice/other/.git/hooks && echo '[core]' > /home/alice/repo/.git/config \
+         && echo '#!/bin/sh' > /home/alice/repo/.git/hooks/pre-commit && echo src > /home/alice/repo/src \
+         && echo '[core]' > /home/alice/other/.git/config",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/repo", "--rw"])
+        .ok();
+    for attack in [
+        "echo '\tfsmonitor = evil' >> /home/alice/repo/.git/config",
+        "echo evil >> /home/alice/repo/.git/hooks/pre-commit",
+        "echo evil > /home/alice/repo/.git/hooks/post-checkout",
+    ] {
+        assert_ne!(sb.sh_as("agent-coder", attack).code, 0, "{attack} worked");
+    }
+    sb.sh_as(
+        "agent-coder",
+        "cat /home/alice/repo/.git/config && echo ok >> /home/alice/repo/src",
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "share",
+            "coder",
+            "/home/alice/other",
+            "--rw",
+            "--allow-git-writes",
+        ],
+    )
+    .ok();
+    sb.sh_as(
+        "agent-coder",
+        "echo x >> /home/alice/other/.git/config && echo x > /home/alice/other/.git/hooks/h",
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "share",
+            "coder",
+            "/home/alice/repo",
+            "--ro",
+            "--allow-git-writes",
+        ],
+    )
+    .fails(2, "--rw");
+}
+
+#[test]
+fn git_metadata_is_read_only_in_the_view() {
+    let sb = Sandbox::new("share-git-view");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "chmod 700 /home/alice && mkdir /home/alice/repo && cd /home/alice/repo && git init -q && echo a > a && git add a \
+         && git -c user.name=a -c user.email=a@b commit -qm a",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/repo", "--rw"])
+        .ok();
+    let exec =
+        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    // The agent's git works on the owner's repository (no "dubious ownership").
+    exec("cd /home/alice/repo && git status --short && echo b >> a").ok();
+    assert_ne!(
+        exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/.git/config").code,
+        0
+    );
+    assert_ne!(
+        exec("echo evil > /home/alice/repo/.git/hooks/pre-commit").code,
+        0
+    );
+    assert_ne!(
+        exec("mv /home/alice/repo/.git /home/alice/repo/old").code,
+        0
+    );
+    sb.as_user(
+        "alice",
+        &[
+            "share",
+            "coder",
+            "/home/alice/repo",
+            "--rw",
+            "--allow-git-writes",
+        ],
+    )
+    .ok();
+    exec("echo '# ok' >> /home/alice/repo/.git/config").ok();
+}
+
+#[test]
+fn unshare_and_delete_leave_no_entry_for_the_agent() {
+    let sb = Sandbox::new("share-revoke");
+    let uid = alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/a/x/y /home/alice/b && chmod 750 /home/alice/a && echo 1 > /home/alice/a/x/y/f && chmod 640 /home/alice/a/x/y/f \
+         && echo 2 > /home/alice/b/g && mkdir /home/alice/c && echo 3 > /home/alice/c/h",
+    )
+    .ok();
+    let modes_before = sb
+        .sh("cd /home/alice/a && find . -printf '%m %p\\n' | sort")
+        .ok()
+        .stdout;
+    sb.as_user("alice", &["share", "coder", "/home/alice/a", "--rw"])
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/b"])
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/c/h", "--rw"])
+        .ok();
+    assert!(!acl_lines_naming(&sb, "/home/alice/a", uid).is_empty());
+    // Files added since the share are revoked too (they inherited the default ACL).
+    sb.sh_as(
+        "agent-coder",
+        "mkdir /home/alice/a/new && echo n > /home/alice/a/new/n",
+    )
+    .ok();
+    sb.sh_as("alice", "echo m > /home/alice/a/x/mine").ok();
+    sb.as_user("alice", &["unshare", "coder", "/home/alice/a"])
+        .ok();
+    assert!(acl_lines_naming(&sb, "/home/alice/a", uid).is_empty());
+    sb.sh("rm -rf /home/alice/a/new /home/alice/a/x/mine").ok();
+    // The tree is back to its plain modes: no ACL left at all.
+    assert_eq!(
+        sb.sh("cd /home/alice/a && find . -printf '%m %p\\n' | sort")
+            .ok()
+            .stdout,
+        modes_before
+    );
+    assert!(
+        !sb.sh("getfacl -R -s -p /home/alice/a")
+            .stdout
+            .contains("file:")
+    );
+    assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 2);
+    sb.as_user("alice", &["unshare", "coder", "/home/alice/a"])
+        .fails(1, "not shared");
+
+    sb.as_user("alice", &["delete", "coder"]).ok();
+    assert!(
+        acl_lines_naming(&sb, "/home/alice", uid).is_empty(),
+        "{}",
+        sb.sh("getfacl -R -n -p /home/alice").stdout
+    );
+    assert!(
+        !sb.sh("getfacl -R -s -p /home/alice")
+            .stdout
+            .contains("file:")
+    );
+}
+
+#[test]
+fn share_changes_access_in_place_and_refuses_nesting() {
+    let sb = Sandbox::new("share-reshare");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/p/inner && echo x > /home/alice/p/f",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/p"])
+        .ok();
+    assert_ne!(sb.sh_as("agent-coder", "echo y >> /home/alice/p/f").code, 0);
+    sb.as_user("alice", &["share", "coder", "/home/alice/p", "--rw"])
+        .ok();
+    sb.sh_as("agent-coder", "echo y >> /home/alice/p/f").ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/p/", "--ro"])
+        .ok();
+    assert_ne!(sb.sh_as("agent-coder", "echo z >> /home/alice/p/f").code, 0);
+    assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 1);
+    sb.as_user("alice", &["share", "coder", "/home/alice/p/inner"])
+        .fails(1, "lies inside");
+    sb.sh_as("alice", "mkdir /home/alice/q && mkdir /home/alice/q/sub")
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/q/sub"])
+        .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/q"])
+        .fails(1, "contains");
+}
+
+#[test]
+fn odd_names_deep_trees_and_relative_paths() {
+    let sb = Sandbox::new("share-odd");
+    let uid = alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/odd && cd /home/alice/odd && printf x > \"$(printf 'new\\nline')\" \
+         && printf x > \"$(printf 'bad\\377byte')\" && mkdir ' sp ace ' && printf x > ' sp ace /-f' \
+         && d=deep; for i in $(seq 1 300); do d=$d/d; done; mkdir -p $d && printf x > $d/leaf",
+    )
+    .ok();
+    // A relative path with `..`, resolved from the caller's directory.
+    sb.sh_as(
+        "alice",
+        &format!(
+            "cd /home/alice && {} share coder ./odd/../odd --rw",
+            sb.bin.display()
+        ),
+    )
+    .ok();
+    assert_eq!(sb.show("coder")["shares"][0]["path"], "/home/alice/odd");
+    // Every file and directory carries the grant (rw-, or rwx on directories).
+    let (hits, total) = granted(&sb, "/home/alice/odd", uid, &[6, 7]);
+    assert_eq!(hits, total);
+    assert!(total > 300);
+    sb.sh_as("agent-coder", "cat /home/alice/odd/deep/d/d/d/d/d/d/d/d/d/d/d/* >/dev/null 2>&1; find /home/alice/odd -name leaf -exec cat {} +")
+        .ok();
+    sb.as_user("alice", &["unshare", "coder", "/home/alice/odd"])
+        .ok();
+    assert!(acl_lines_naming(&sb, "/home/alice/odd", uid).is_empty());
+}
+
+#[test]
+fn every_refusal_changes_nothing() {
+    let sb = Sandbox::new("share-refusals");
+    let uid = alice_and_coder(&sb);
+    sb.add_user("bob", &["agentuser"]);
+    sb.as_user("bob", &["create", "bobs"]).ok();
+    sb.sh("mkdir -m 700 /tmp/rootdir && mkdir /tmp/rootdir/x && chown alice /tmp/rootdir/x")
+        .ok();
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/p && mkfifo /home/alice/fifo && ln -s /etc /home/alice/etclink && ln -s /tmp/rootdir/x /home/alice/hidden \
+         && mkdir \"$(printf '/home/alice/bad\\377')\"",
+    )
+    .ok();
+    sb.sh_as("bob", "mkdir /home/bob/bobdir").ok();
+    let refusals: &[(&str, &str)] = &[
+        ("/home/alice/missing", "No such file"),
+        ("/home/alice/fifo", "not a directory or regular file"),
+        ("/home/bob/bobdir", "you do not own it"),
+        ("/tmp/rootdir", "you do not own it"),
+        ("/home/alice/hidden", "Permission denied"),
+        ("/", "root directory"),
+        ("/home/alice/etclink", "system directory"),
+        ("/home/alice", "whole home directory"),
+        ("/home", "/home itself"),
+        ("/tmp", "/tmp itself"),
+        ("/var/lib/agentuser/homes/agent-coder", "agent"),
+        ("/var/lib/agentuser/homes/agent-bobs", "agent"),
+    ];
+    for (path, needle) in refusals {
+        sb.as_user("alice", &["share", "coder", path])
+            .fails(1, needle);
+    }
+    // Root may share what it likes, except what is refused for everyone.
+    for (path, needle) in [
+        ("/etc", "system directory"),
+        ("/usr/share", "system directory"),
+        ("/var", "system directory"),
+        ("/root", "system directory"),
+        ("/boot", "system directory"),
+        ("/proc/self", "system directory"),
+        ("/home/bob", "whole home directory"),
+        ("/var/lib/agentuser/homes/agent-bobs/x", "No such file"),
+        ("/var/lib/agentuser/homes/agent-bobs", "agent"),
+    ] {
+        sb.root(&["share", "coder", path]).fails(1, needle);
+    }
+    sb.root(&["share", "coder", "/home/alice/bad\u{fffd}"])
+        .fails(1, "No such file");
+    let mut cmd = sb.command(&[sb.bin.to_str().unwrap(), "share", "coder"]);
+    cmd.arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/home/alice/bad\xff"));
+    sb.run(cmd).fails(1, "UTF-8");
+    // A file system without ACL support (ramfs).
+    sb.sh(&format!(
+        "mkdir /tmp/ram && mount -t ramfs ram /tmp/ram && chown alice /tmp/ram && mkdir /tmp/ram/x \
+         && chown alice /tmp/ram/x && setpriv --reuid alice --regid alice --init-groups {} share coder /tmp/ram/x",
+        sb.bin.display()
+    ))
+    .fails(1, "does not support POSIX ACLs");
+    sb.as_user("bob", &["share", "coder", "/home/bob/bobdir"])
+        .fails(1, "not its owner");
+    sb.as_user("agent-coder", &["share", "coder", "/home/alice/p"])
+        .fails(1, "agent accounts");
+    assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 0);
+    assert!(acl_lines_naming(&sb, "/home", uid).is_empty());
+    assert!(acl_lines_naming(&sb, "/tmp", uid).is_empty());
+}
