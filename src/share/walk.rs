@@ -124,11 +124,19 @@ pub fn walk(
         deferred: Mutex::new(Vec::new()),
         links: Mutex::new(HashMap::new()),
     };
+    let _cwd = InProcFd::enter()?;
     // The root was chosen by the caller and checked already: it is acted on whatever its
     // link count.
-    let is_dir = kind(&stat) == SFlag::S_IFDIR;
-    shared.apply(root, &stat, Path::new(""), in_git, false)?;
-    if is_dir {
+    // A root that cannot be acted on (e.g. no longer owned by the share's owner when it
+    // is revoked) is reported like any other entry.
+    let enter = match shared.apply(root, &stat, Path::new(""), in_git, false) {
+        Ok(enter) => enter,
+        Err(e) => {
+            shared.problem(Path::new(""), e);
+            false
+        }
+    };
+    if enter {
         let root = Arc::new(nix::unistd::dup(root).context("dup")?);
         shared.push(vec![Job {
             parent: root,
@@ -163,8 +171,38 @@ fn kind(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
 }
 
+/// The path of a descriptor for the ACL calls: relative to the working directory, which is
+/// `/proc/self/fd` during the walk ([`InProcFd`]), so the kernel resolves one magic link
+/// instead of four components per call.
 fn proc_path(fd: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    PathBuf::from(fd.as_raw_fd().to_string())
+}
+
+/// Working directory `/proc/self/fd` for the walk; the previous one comes back on drop.
+struct InProcFd {
+    previous: OwnedFd,
+}
+
+impl InProcFd {
+    fn enter() -> anyhow::Result<InProcFd> {
+        use anyhow::Context as _;
+        let previous = nix::fcntl::open(
+            ".",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("opening the working directory")?;
+        nix::unistd::chdir("/proc/self/fd").context("/proc/self/fd (is /proc mounted?)")?;
+        Ok(InProcFd { previous })
+    }
+}
+
+impl Drop for InProcFd {
+    fn drop(&mut self) {
+        // The working directory only matters to relative paths, which nothing after the
+        // walk uses; failing to go back is harmless.
+        let _ = nix::unistd::fchdir(&self.previous);
+    }
 }
 
 impl Shared {
