@@ -75,7 +75,8 @@ fn delete_undoes_everything_and_never_reuses_the_uid() {
     sb.sh_as(
         "agent-coder",
         "touch /tmp/a /var/tmp/b /dev/shm/c; mkdir -p /tmp/d/e; touch /tmp/d/e/f; \
-         setsid sleep 1000 </dev/null >/dev/null 2>&1 &",
+         setsid sleep 1000 </dev/null >/dev/null 2>&1 & \
+         setsid sh -c 'while :; do sleep 1000 & sleep 0.01; done' </dev/null >/dev/null 2>&1 &",
     )
     .ok();
     sb.sh_as("alice", "touch /tmp/alice-file").ok();
