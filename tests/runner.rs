@@ -222,17 +222,18 @@ fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
         "alice",
         "--init-groups",
         "--",
-        "sh",
+        "bash",
         "-c",
         "exec -a 'mysql --password=hunter2' sleep 60",
     ]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     sb.sh("echo owner-temp > /tmp/owner-file && chmod 644 /tmp/owner-file")
         .ok();
     // Control: a plain uid switch reaches all of it.
     let control = sb
         .sh_as(
             "agent-coder",
-            "cat /home/alice/secret644; cat /proc/*/cmdline | tr '\\0' ' ' | grep -c hunter2; \
+            "cat /home/alice/secret644; cat /proc/*/cmdline | tr '\\0' ' ' | grep -c 'hunter[2]'; \
              cat /tmp/owner-file",
         )
         .stdout;
@@ -240,6 +241,7 @@ fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
         control.contains("readable") && control.contains("owner-temp"),
         "control: {control}"
     );
+    assert!(control.lines().any(|l| l == "1"), "control: {control}");
 
     for script in [
         "cat /home/alice/secret600",
@@ -266,7 +268,7 @@ fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
     let out = exec(
         &sb,
         "coder",
-        "cat /proc/*/cmdline | tr '\\0' ' ' | grep -c hunter2; ls -d /proc/[0-9]* | wc -l",
+        "cat /proc/*/cmdline | tr '\\0' ' ' | grep -c 'hunter[2]'; ls -d /proc/[0-9]* | wc -l",
     );
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], "0", "owner argv visible: {out:#?}");
