@@ -5,5 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod ids;
+pub mod mount;
 pub mod process;
+pub mod spawn;
 pub mod syslog;
