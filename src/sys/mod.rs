@@ -5,6 +5,8 @@
 #![allow(unsafe_code)]
 
 pub mod ids;
+pub mod mount;
 pub mod process;
+pub mod spawn;
 pub mod syslog;
 pub mod xattr;
