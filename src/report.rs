@@ -9,7 +9,7 @@ use crate::creds::{self, CredentialView};
 use crate::names::check_agent_name;
 use crate::policy;
 use crate::registry::{AgentRecord, AgentState};
-use crate::share::Access;
+use crate::share::{Access, ShareState};
 
 #[derive(Debug, Serialize)]
 pub struct AgentView {
@@ -30,6 +30,9 @@ pub struct AgentView {
 pub struct ShareView {
     pub path: String,
     pub access: Access,
+    /// `granting` or `revoking` when a share or unshare was interrupted; absent when ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<ShareState>,
 }
 
 fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
@@ -49,6 +52,7 @@ fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
             .map(|s| ShareView {
                 path: s.path.display().to_string(),
                 access: s.access,
+                state: (s.state != ShareState::Ready).then_some(s.state),
             })
             .collect(),
         credentials: creds::describe(ctx, record),
@@ -108,7 +112,12 @@ pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
     }
     println!("shares:");
     for s in &v.shares {
-        println!("  {:<3} {}", access_word(s.access), s.path);
+        let note = match s.state {
+            Some(ShareState::Granting) => " (interrupted: run share again)",
+            Some(ShareState::Revoking) => " (interrupted: run unshare again)",
+            _ => "",
+        };
+        println!("  {:<3} {}{note}", access_word(s.access), s.path);
     }
     println!("credentials:");
     for c in &v.credentials {

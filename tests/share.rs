@@ -324,7 +324,7 @@ fn git_metadata_is_read_only_for_the_agent_unless_allowed() {
 #[test]
 fn git_metadata_is_read_only_in_the_view() {
     let sb = Sandbox::new("share-git-view");
-    alice_and_coder(&sb);
+    let uid = alice_and_coder(&sb);
     sb.sh_as(
         "alice",
         "chmod 700 /home/alice && mkdir /home/alice/repo && cd /home/alice/repo && git init -q && echo a > a && git add a \
@@ -349,6 +349,26 @@ fn git_metadata_is_read_only_in_the_view() {
         exec("mv /home/alice/repo/.git /home/alice/repo/old").code,
         0
     );
+    // A repository the owner makes after the share inherits the agent's rwx default entry;
+    // the view still mounts its .git read-only.
+    sb.sh_as(
+        "alice",
+        "cd /home/alice/repo && mkdir sub && cd sub && git init -q",
+    )
+    .ok();
+    assert!(
+        sb.sh("getfacl -n -p /home/alice/repo/sub/.git/config")
+            .ok()
+            .stdout
+            .contains(&format!("user:{uid}:rw")),
+        "the new repository did not inherit the default ACL"
+    );
+    assert_ne!(
+        exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/sub/.git/config").code,
+        0,
+        "a .git made after the share was writable in the view"
+    );
+    exec("cd /home/alice/repo/sub && git status >/dev/null").ok();
     sb.as_user(
         "alice",
         &[
@@ -551,4 +571,43 @@ fn every_refusal_changes_nothing() {
     assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 0);
     assert!(acl_lines_naming(&sb, "/home", uid).is_empty());
     assert!(acl_lines_naming(&sb, "/tmp", uid).is_empty());
+}
+
+#[test]
+fn interrupted_share_and_unshare_are_completed_by_running_them_again() {
+    let sb = Sandbox::new("share-interrupted");
+    let uid = alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/big && cd /home/alice/big && for d in $(seq 1 40); do mkdir d$d; \
+         (cd d$d && touch $(seq 1 500)); done",
+    )
+    .ok();
+    for delay_ms in [20u64, 80, 200] {
+        let mut child =
+            sb.spawn(sb.user_command("alice", &["share", "coder", "/home/alice/big", "--rw"]));
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        sb.as_user("alice", &["share", "coder", "/home/alice/big", "--rw"])
+            .ok();
+        let (hits, total) = granted(&sb, "/home/alice/big", uid, &[6, 7]);
+        assert_eq!(hits, total, "after a share killed at {delay_ms} ms");
+
+        let mut child =
+            sb.spawn(sb.user_command("alice", &["unshare", "coder", "/home/alice/big"]));
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let again = sb.as_user("alice", &["unshare", "coder", "/home/alice/big"]);
+        assert!(
+            again.code == 0 || again.stderr.contains("not shared"),
+            "{again:#?}"
+        );
+        assert!(
+            acl_lines_naming(&sb, "/home/alice/big", uid).is_empty(),
+            "after an unshare killed at {delay_ms} ms"
+        );
+        assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 0);
+    }
 }
