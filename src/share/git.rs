@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow};
 use nix::dir::{Dir, Type};
+use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 
@@ -35,13 +36,19 @@ pub fn entries(root: &Path) -> Result<Vec<GitEntry>> {
     let mut stack: Vec<(Arc<OwnedFd>, CString, PathBuf)> =
         vec![(Arc::new(fd), c".".to_owned(), root.to_owned())];
     while let Some((parent, name, path)) = stack.pop() {
-        let dir_fd = openat(
+        let opened = openat(
             parent.as_fd(),
             name.as_c_str(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
-        )
-        .with_context(|| format!("{}", path.display()))?;
+        );
+        let dir_fd = match opened {
+            Ok(fd) => fd,
+            // Removed, or replaced by a file or symlink, since it was listed: nothing to
+            // search there.
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
+            Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+        };
         if fstat(&dir_fd)?.st_dev != device {
             continue;
         }

@@ -229,7 +229,7 @@ fn report_problems(command: &str, path: &Path, outcome: &walk::Outcome) {
         return;
     }
     eprintln!(
-        "agentuser: {command}: {}: {} entries skipped or unchanged:",
+        "agentuser: {command}: {}: {} entries skipped:",
         printable(path),
         outcome.problem_count
     );
