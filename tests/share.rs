@@ -611,3 +611,69 @@ fn interrupted_share_and_unshare_are_completed_by_running_them_again() {
         assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 0);
     }
 }
+
+#[test]
+fn symlinks_swapped_in_during_the_walk_do_not_redirect_it() {
+    let sb = Sandbox::new("share-swap-race");
+    let uid = alice_and_coder(&sb);
+    sb.sh("mkdir -m 700 /home/rootstuff && echo s > /home/rootstuff/secret")
+        .ok();
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/proj && cd /home/alice/proj && for d in $(seq 1 20); do mkdir d$d; \
+         (cd d$d && touch $(seq 1 200)); done",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    // The agent keeps swapping a directory and a symlink to the root-only one under the
+    // same names while the tree is walked again and again.
+    let racer = r#"
+import os
+os.chdir('/home/alice/proj')
+for n in range(20):
+    os.makedirs(f'd{n+1}/swap', exist_ok=True)
+    if not os.path.lexists(f'd{n+1}/link'):
+        os.symlink('/home/rootstuff', f'd{n+1}/link')
+while True:
+    for n in range(1, 21):
+        d = f'd{n}'
+        try:
+            os.rename(f'{d}/swap', f'{d}/real')
+            os.rename(f'{d}/link', f'{d}/swap')
+            os.rename(f'{d}/swap', f'{d}/link')
+            os.rename(f'{d}/real', f'{d}/swap')
+        except OSError:
+            pass
+"#;
+    let mut child = sb.spawn(sb.command(&[
+        "setpriv",
+        "--reuid",
+        "agent-coder",
+        "--regid",
+        "agent-coder",
+        "--init-groups",
+        "--",
+        "python3",
+        "-c",
+        racer,
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = getfacl(&sb, "/home/rootstuff") + &getfacl(&sb, "/home/rootstuff/secret");
+    for round in 0..4 {
+        let args: &[&str] = if round % 2 == 0 {
+            &["unshare", "coder", "/home/alice/proj"]
+        } else {
+            &["share", "coder", "/home/alice/proj", "--rw"]
+        };
+        sb.as_user("alice", args).ok();
+        let after = getfacl(&sb, "/home/rootstuff") + &getfacl(&sb, "/home/rootstuff/secret");
+        assert_eq!(
+            before, after,
+            "round {round}: the root-only tree got an ACL"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(acl_lines_naming(&sb, "/home/rootstuff", uid).is_empty());
+}
