@@ -4,6 +4,7 @@
 //! Each `unsafe` block carries a `SAFETY:` comment; keep these modules small.
 #![allow(unsafe_code)]
 
+pub mod agentfs;
 pub mod ids;
 pub mod process;
 pub mod syslog;

@@ -1,0 +1,197 @@
+//! The state of a credential, and `sync`: bring copies and live grants up to date with their
+//! sources. Sources are read with the owner's rights (never root's), the agent's side as the
+//! agent; nothing ever flows from the agent back to the owner.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::source::{self, Source, Unreadable};
+use super::{CredKind, CredentialRecord, agent, env, live, now, sha256_hex};
+use crate::context::Context;
+use crate::policy;
+use crate::registry::AgentRecord;
+use crate::sys::agentfs::Found;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Ok,
+    SourceChanged,
+    AgentModified,
+    MissingSource,
+    MissingCopy,
+    UnreadableSource,
+}
+
+impl State {
+    pub fn word(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::SourceChanged => "source-changed",
+            State::AgentModified => "agent-modified",
+            State::MissingSource => "missing-source",
+            State::MissingCopy => "missing-copy",
+            State::UnreadableSource => "unreadable-source",
+        }
+    }
+}
+
+/// A credential examined: its state, the source as read (when readable) and why the source
+/// or the agent's side is not as expected.
+pub struct Check {
+    pub state: State,
+    pub source: Option<Source>,
+    pub why: Option<String>,
+}
+
+/// Examines one credential.
+pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Check {
+    if cred.kind == CredKind::Env {
+        let state = match cred.source.to_str() {
+            Some(var) if env::exists(&ctx.registry.secrets_dir(&record.name), var) => State::Ok,
+            _ => State::MissingSource,
+        };
+        return Check {
+            state,
+            source: None,
+            why: None,
+        };
+    }
+    let (source, source_problem) = read_source(ctx, record, &cred.source);
+    let dest = cred.dest.as_deref().unwrap_or(Path::new(""));
+    let found = agent::read(record, dest, ctx.config.cred_max_bytes);
+    let mut why = None;
+    let agent_side = match (&found, cred.kind) {
+        (Ok(Found::Missing), _) => Some(State::MissingCopy),
+        (Ok(Found::Unexpected(reason)), _) => {
+            why = Some(reason.clone());
+            Some(State::AgentModified)
+        }
+        // A placeholder may hold anything: the mount covers it.
+        (Ok(Found::File(_)), CredKind::Live) => None,
+        (Ok(Found::File(data)), _) => {
+            (Some(sha256_hex(data)) != cred.dest_sha256).then_some(State::AgentModified)
+        }
+        (Err(e), _) => {
+            why = Some(format!("{e:#}"));
+            Some(State::AgentModified)
+        }
+    };
+    let state = if let Some(state) = agent_side {
+        state
+    } else if let Some((state, reason)) = source_problem {
+        why = Some(reason);
+        state
+    } else {
+        let src = source.as_ref().expect("readable source");
+        let granted = cred.kind != CredKind::Live || live::granted(&src.file, record.uid);
+        if Some(&src.sha256) != cred.sha256.as_ref() || !granted {
+            State::SourceChanged
+        } else {
+            State::Ok
+        }
+    };
+    Check { state, source, why }
+}
+
+/// Reads a source with the owner's rights.
+fn read_source(
+    ctx: &Context,
+    record: &AgentRecord,
+    path: &Path,
+) -> (Option<Source>, Option<(State, String)>) {
+    let owner = match policy::identity_of(record.owner_uid) {
+        Ok(owner) => owner,
+        Err(e) => return (None, Some((State::UnreadableSource, format!("{e:#}")))),
+    };
+    match source::read(path, &owner, ctx.config.cred_max_bytes) {
+        Ok(src) => (Some(src), None),
+        Err(e) => {
+            let state = match source::unreadable(&e) {
+                Some(Unreadable::Missing) => State::MissingSource,
+                _ => State::UnreadableSource,
+            };
+            (None, Some((state, format!("{e:#}"))))
+        }
+    }
+}
+
+/// What `sync` did with one credential.
+pub enum Outcome {
+    Unchanged,
+    Updated(String),
+    Kept(String),
+    Failed(String),
+}
+
+/// Brings one credential up to date. A copy the agent changed is overwritten only with
+/// `force`; a planted link or special file is never written through, `force` or not.
+pub fn sync_one(
+    ctx: &Context,
+    record: &AgentRecord,
+    cred: &mut CredentialRecord,
+    force: bool,
+) -> Outcome {
+    let check = check(ctx, record, cred);
+    let why = || check.why.clone().unwrap_or_default();
+    match (cred.kind, check.state) {
+        (_, State::Ok) => Outcome::Unchanged,
+        (CredKind::Env, _) => Outcome::Failed(format!(
+            "no stored value: set it again with 'agentuser cred env {} {}'",
+            record.name,
+            cred.source.display()
+        )),
+        (_, State::MissingSource | State::UnreadableSource) => Outcome::Failed(why()),
+        (CredKind::Copy, State::AgentModified) if !force => Outcome::Kept(format!(
+            "modified by the agent ({}), kept; 'cred sync --force' overwrites it",
+            check.why.as_deref().unwrap_or("content differs")
+        )),
+        (CredKind::Copy, state) => {
+            let src = check.source.expect("readable source");
+            let dest = cred.dest.clone().unwrap_or_default();
+            match agent::write_copy(record, &dest, &src.data) {
+                Ok(()) => {
+                    cred.sha256 = Some(src.sha256.clone());
+                    cred.dest_sha256 = Some(src.sha256);
+                    cred.recorded = now();
+                    Outcome::Updated(
+                        match state {
+                            State::MissingCopy => "copy was missing, copied again",
+                            State::AgentModified => "agent's changes overwritten (--force)",
+                            _ => "source changed, copied again",
+                        }
+                        .into(),
+                    )
+                }
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            }
+        }
+        (CredKind::Live, _) => {
+            let src = check.source.expect("readable source");
+            match refresh_live(ctx, record, cred, &src) {
+                Ok(()) => Outcome::Updated("placeholder and read access restored".into()),
+                Err(e) => Outcome::Failed(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+/// Makes sure a live credential's placeholder and ACL entry exist, and records the digest.
+fn refresh_live(
+    _ctx: &Context,
+    record: &AgentRecord,
+    cred: &mut CredentialRecord,
+    src: &Source,
+) -> Result<()> {
+    let dest = cred.dest.clone().unwrap_or_default();
+    agent::ensure_placeholder(record, &dest)?;
+    let owner = policy::identity_of(record.owner_uid)?;
+    live::check_owned(&src.file, &owner, &cred.source)?;
+    if !live::granted(&src.file, record.uid) {
+        live::grant(&src.file, record.uid, &cred.source)?;
+    }
+    cred.sha256 = Some(src.sha256.clone());
+    cred.recorded = now();
+    Ok(())
+}
