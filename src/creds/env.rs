@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -40,10 +40,6 @@ pub fn check_var(var: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-pub fn is_var_name(item: &str) -> bool {
-    check_var(item).is_ok()
 }
 
 /// Reads the value from standard input: one line without echo from a terminal, else the
@@ -115,6 +111,12 @@ pub fn read_value(var: &str) -> Result<String> {
 /// Stores the value of `var` in the agent's secrets directory.
 pub fn store(dir: &Path, var: &str, value: &str) -> Result<()> {
     ensure_root_dir(dir, 0o700)?;
+    // ensure_root_dir accepts any mode without write bits for others; values are private.
+    let mode = std::fs::symlink_metadata(dir)?.mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
     write_atomic(&dir.join(var), value.as_bytes())
 }
 

@@ -268,9 +268,6 @@ pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
         if c.kind == CredKind::Env {
             return Ok(c.source.as_os_str() == item);
         }
-        if item.to_str().is_some_and(env::is_var_name) && !Path::new(item).exists() {
-            return Ok(false);
-        }
         let path = dest::absolute(Path::new(item))?;
         let dest = c.dest.as_ref().map(|d| record.home.join(d));
         Ok(c.source == path
@@ -290,7 +287,7 @@ pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
         );
     }
     for &i in chosen.iter().rev() {
-        remove_one(ctx, &record, &record.credentials[i])?;
+        remove_one(ctx, &record, &record.credentials[i], true)?;
         let gone = record.credentials.remove(i);
         ctx.registry.save(&lock, &record)?;
         eventlog::record(
@@ -309,8 +306,15 @@ pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
 
 /// Takes one credential away from the agent: the copy, the ACL entry and placeholder, or the
 /// stored value. The agent's copy failing to go (it may have moved it behind a link) is only
-/// reported: what it read is its own already, and the record must still go.
-fn remove_one(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Result<()> {
+/// reported: what it read is its own already, and the record must still go. With `strict`
+/// false (delete, where the account itself goes), an ACL entry that cannot be reached is
+/// reported too, so that delete always completes: the uid it names is never handed out again.
+fn remove_one(
+    ctx: &Context,
+    record: &AgentRecord,
+    cred: &CredentialRecord,
+    strict: bool,
+) -> Result<()> {
     match cred.kind {
         CredKind::Env => {
             let var = cred.source.to_str().context("variable name")?;
@@ -318,10 +322,12 @@ fn remove_one(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> R
         }
         CredKind::Copy | CredKind::Live => {
             if cred.kind == CredKind::Live {
-                match policy::identity_of(record.owner_uid) {
-                    Ok(owner) => live::revoke(&cred.source, &owner, record.uid)?,
-                    // No owner left to act for: the entry names a uid never handed out again.
+                let revoked = policy::identity_of(record.owner_uid)
+                    .and_then(|owner| live::revoke(&cred.source, &owner, record.uid));
+                match revoked {
+                    Err(e) if strict => return Err(e),
                     Err(e) => eprintln!("agentuser: warning: {}", crate::error::one_line(&e)),
+                    Ok(()) => {}
                 }
             }
             if let Some(dest) = &cred.dest {
@@ -390,7 +396,7 @@ fn sync_all(
 /// Removes every credential of the agent (called by `delete`, which repeats until done).
 pub fn remove_all(ctx: &Context, lock: &Lock, record: &mut AgentRecord) -> Result<()> {
     while let Some(cred) = record.credentials.last() {
-        remove_one(ctx, record, cred)
+        remove_one(ctx, record, cred, false)
             .with_context(|| format!("credential {}", cred.source.display()))?;
         record.credentials.pop();
         ctx.registry.save(lock, record)?;
