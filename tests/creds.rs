@@ -401,6 +401,15 @@ fn rotation_is_synced_and_agent_changes_are_kept() {
     sb.root(&["cred", "sync", "coder", "--force"])
         .fails(1, "could not be synced");
     assert_eq!(agent_cat(), "token-v3");
+
+    // Neither side left: reported, not a crash.
+    sb.sh(&format!("rm {AUTH}")).ok();
+    sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
+    assert_eq!(states(&sb), ["missing-copy"]);
+    let out = sb
+        .as_user("alice", &["cred", "sync", "coder", "--force"])
+        .fails(1, "could not be synced");
+    assert!(out.stdout.contains("No such file"), "{out:#?}");
 }
 
 #[test]

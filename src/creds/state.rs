@@ -41,7 +41,8 @@ impl State {
 /// or the agent's side is not as expected.
 pub struct Check {
     pub state: State,
-    pub source: Option<Source>,
+    /// The source as read, or why it could not be read.
+    pub source: std::result::Result<Source, String>,
     pub why: Option<String>,
 }
 
@@ -54,11 +55,11 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
         };
         return Check {
             state,
-            source: None,
+            source: Err("not a file".into()),
             why: None,
         };
     }
-    let (source, source_problem) = read_source(ctx, record, &cred.source);
+    let source = read_source(ctx, record, &cred.source);
     let dest = cred.dest.as_deref().unwrap_or(Path::new(""));
     let found = agent::read(record, dest, ctx.config.cred_max_bytes);
     let mut why = None;
@@ -78,43 +79,43 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
             Some(State::AgentModified)
         }
     };
-    let state = if let Some(state) = agent_side {
-        state
-    } else if let Some((state, reason)) = source_problem {
-        why = Some(reason);
-        state
-    } else {
-        let src = source.as_ref().expect("readable source");
-        let granted = cred.kind != CredKind::Live || live::granted(&src.file, record.uid);
-        if Some(&src.sha256) != cred.sha256.as_ref() || !granted {
-            State::SourceChanged
-        } else {
-            State::Ok
+    let state = match (agent_side, &source) {
+        (Some(state), _) => state,
+        (None, Err((state, reason))) => {
+            why = Some(reason.clone());
+            *state
+        }
+        (None, Ok(src)) => {
+            let granted = cred.kind != CredKind::Live || live::granted(&src.file, record.uid);
+            if Some(&src.sha256) != cred.sha256.as_ref() || !granted {
+                State::SourceChanged
+            } else {
+                State::Ok
+            }
         }
     };
-    Check { state, source, why }
+    Check {
+        state,
+        source: source.map_err(|(_, reason)| reason),
+        why,
+    }
 }
 
-/// Reads a source with the owner's rights.
+/// Reads a source with the owner's rights; on failure, the state it means and why.
 fn read_source(
     ctx: &Context,
     record: &AgentRecord,
     path: &Path,
-) -> (Option<Source>, Option<(State, String)>) {
-    let owner = match policy::identity_of(record.owner_uid) {
-        Ok(owner) => owner,
-        Err(e) => return (None, Some((State::UnreadableSource, format!("{e:#}")))),
-    };
-    match source::read(path, &owner, ctx.config.cred_max_bytes) {
-        Ok(src) => (Some(src), None),
-        Err(e) => {
-            let state = match source::unreadable(&e) {
-                Some(Unreadable::Missing) => State::MissingSource,
-                _ => State::UnreadableSource,
-            };
-            (None, Some((state, format!("{e:#}"))))
-        }
-    }
+) -> std::result::Result<Source, (State, String)> {
+    let owner = policy::identity_of(record.owner_uid)
+        .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
+    source::read(path, &owner, ctx.config.cred_max_bytes).map_err(|e| {
+        let state = match source::unreadable(&e) {
+            Some(Unreadable::Missing) => State::MissingSource,
+            _ => State::UnreadableSource,
+        };
+        (state, format!("{e:#}"))
+    })
 }
 
 /// What `sync` did with one credential.
@@ -134,56 +135,54 @@ pub fn sync_one(
     force: bool,
 ) -> Outcome {
     let check = check(ctx, record, cred);
-    let why = || check.why.clone().unwrap_or_default();
-    match (cred.kind, check.state) {
-        (_, State::Ok) => Outcome::Unchanged,
-        (CredKind::Env, _) => Outcome::Failed(format!(
+    if check.state == State::Ok {
+        return Outcome::Unchanged;
+    }
+    if cred.kind == CredKind::Env {
+        return Outcome::Failed(format!(
             "no stored value: set it again with 'agentuser cred env {} {}'",
             record.name,
             cred.source.display()
-        )),
-        (_, State::MissingSource | State::UnreadableSource) => Outcome::Failed(why()),
-        (CredKind::Copy, State::AgentModified) if !force => Outcome::Kept(format!(
+        ));
+    }
+    if cred.kind == CredKind::Copy && check.state == State::AgentModified && !force {
+        return Outcome::Kept(format!(
             "modified by the agent ({}), kept; 'cred sync --force' overwrites it",
             check.why.as_deref().unwrap_or("content differs")
-        )),
-        (CredKind::Copy, state) => {
-            let src = check.source.expect("readable source");
-            let dest = cred.dest.clone().unwrap_or_default();
-            match agent::write_copy(record, &dest, &src.data) {
-                Ok(()) => {
-                    cred.sha256 = Some(src.sha256.clone());
-                    cred.dest_sha256 = Some(src.sha256);
-                    cred.recorded = now();
-                    Outcome::Updated(
-                        match state {
-                            State::MissingCopy => "copy was missing, copied again",
-                            State::AgentModified => "agent's changes overwritten (--force)",
-                            _ => "source changed, copied again",
-                        }
-                        .into(),
-                    )
-                }
-                Err(e) => Outcome::Failed(format!("{e:#}")),
-            }
-        }
-        (CredKind::Live, _) => {
-            let src = check.source.expect("readable source");
-            match refresh_live(ctx, record, cred, &src) {
-                Ok(()) => Outcome::Updated("placeholder and read access restored".into()),
-                Err(e) => Outcome::Failed(format!("{e:#}")),
-            }
-        }
+        ));
+    }
+    // Whatever the agent's side, nothing can be done without the source.
+    let src = match check.source {
+        Ok(src) => src,
+        Err(why) => return Outcome::Failed(why),
+    };
+    let done = match cred.kind {
+        CredKind::Live => refresh_live(record, cred, &src)
+            .map(|()| "placeholder and read access checked, digest recorded"),
+        _ => refresh_copy(record, cred, &src).map(|()| match check.state {
+            State::MissingCopy => "copy was missing, copied again",
+            State::AgentModified => "agent's changes overwritten (--force)",
+            _ => "source changed, copied again",
+        }),
+    };
+    match done {
+        Ok(what) => Outcome::Updated(what.into()),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
     }
 }
 
+/// Writes the source into the agent's home again and records both digests.
+fn refresh_copy(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source) -> Result<()> {
+    let dest = cred.dest.clone().unwrap_or_default();
+    agent::write_copy(record, &dest, &src.data)?;
+    cred.sha256 = Some(src.sha256.clone());
+    cred.dest_sha256 = Some(src.sha256.clone());
+    cred.recorded = now();
+    Ok(())
+}
+
 /// Makes sure a live credential's placeholder and ACL entry exist, and records the digest.
-fn refresh_live(
-    _ctx: &Context,
-    record: &AgentRecord,
-    cred: &mut CredentialRecord,
-    src: &Source,
-) -> Result<()> {
+fn refresh_live(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source) -> Result<()> {
     let dest = cred.dest.clone().unwrap_or_default();
     agent::ensure_placeholder(record, &dest)?;
     let owner = policy::identity_of(record.owner_uid)?;
