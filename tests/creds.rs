@@ -624,3 +624,23 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
     assert_ne!(exec(&format!("cat {GH} || cat {dest}")).stdout, "gh-v2");
 }
+
+#[test]
+fn a_value_typed_on_a_terminal_is_not_echoed() {
+    let sb = setup("creds-tty");
+    const SECRET: &str = "typed-secret-42";
+    let bin = sb.bin.display().to_string();
+    // script(1) gives the helper a terminal; the value is typed after the prompt appears.
+    let out = sb
+        .sh_as(
+            "alice",
+            &format!(
+                "(sleep 1; printf '{SECRET}\\r'; sleep 1) | \
+                 script -qec '{bin} cred env coder TYPED' /dev/null"
+            ),
+        )
+        .ok();
+    assert!(out.stdout.contains("value for TYPED"), "{out:#?}");
+    assert!(!out.stdout.contains(SECRET), "echoed: {out:#?}");
+    assert_eq!(read(&sb, "/var/lib/agentuser/secrets/coder/TYPED"), SECRET);
+}
