@@ -133,9 +133,16 @@ fn copy_is_private_to_the_agent_and_tracked() {
     assert_eq!(read(&sb, &format!("{HOME}/keys/a.json")), "token-v1");
     assert_eq!(read(&sb, &format!("{HOME}/keys/b.json")), "token-v1");
     assert_eq!(cred_list(&sb).len(), 3);
-    // Adding the same credential again refreshes it instead of duplicating it.
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    // Adding the same credential again (here by a relative path) refreshes it instead of
+    // duplicating it.
+    let bin = sb.bin.display().to_string();
+    sb.sh_as(
+        "alice",
+        &format!("cd /home/alice/.config && {bin} cred add coder ./opencode/auth.json"),
+    )
+    .ok();
     assert_eq!(cred_list(&sb).len(), 3);
+    assert_eq!(cred_list(&sb)[0]["source"], AUTH);
     assert_no_leftovers(&sb);
 
     // rm by source removes every copy of it and its records.
@@ -643,4 +650,51 @@ fn a_value_typed_on_a_terminal_is_not_echoed() {
     assert!(out.stdout.contains("value for TYPED"), "{out:#?}");
     assert!(!out.stdout.contains(SECRET), "echoed: {out:#?}");
     assert_eq!(read(&sb, "/var/lib/agentuser/secrets/coder/TYPED"), SECRET);
+}
+
+#[test]
+fn cred_changes_are_logged_without_values() {
+    let sb = setup("creds-syslog");
+    const SECRET: &str = "sk-logged-never-0042";
+    // As in accounts.rs: a /dev of the namespace's own with a listener on /dev/log.
+    let bin = sb.bin.display().to_string();
+    let alice = format!("setpriv --reuid alice --regid alice --init-groups -- {bin}");
+    let script = format!(
+        r#"set -e
+mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
+mount -t tmpfs -o mode=0755 dev /dev
+for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
+mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
+python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open("/tmp/ready", "w").close()
+s.settimeout(3)
+with open("/tmp/log.txt", "w") as out:
+    try:
+        while True:
+            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
+    except socket.timeout:
+        pass
+' &
+while [ ! -e /tmp/ready ]; do sleep 0.05; done
+{alice} cred add coder {AUTH}
+printf '{SECRET}' | {alice} cred env coder API_KEY
+printf token-v2 > {AUTH}
+{alice} cred sync coder
+{alice} cred rm coder API_KEY
+wait
+cat /tmp/log.txt"#
+    );
+    let log = sb.sh(&script).ok().stdout;
+    for action in [
+        "action=cred-add kind=copy",
+        "action=cred-env var=API_KEY",
+        "action=cred-sync",
+        "action=cred-rm kind=env",
+    ] {
+        assert!(log.contains(action), "no {action:?} in {log:?}");
+    }
+    assert!(!log.contains(SECRET), "the value reached syslog: {log:?}");
 }
