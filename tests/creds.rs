@@ -298,7 +298,9 @@ fn bad_sources_and_destinations_are_refused_cleanly() {
     let sb = setup("creds-bad-input");
     sb.sh_as(
         "alice",
-        "mkfifo /home/alice/fifo; printf 12345678901234567 > /home/alice/big",
+        "mkfifo /home/alice/fifo; printf 12345678901234567 > /home/alice/big; \
+         printf x > '/home/alice/evil
+name'",
     )
     .ok();
     for (args, code, needle) in [
@@ -320,6 +322,12 @@ fn bad_sources_and_destinations_are_refused_cleanly() {
         (vec!["/home/alice/fifo", "--to", "f"], 1, "FIFO"),
         (vec!["/dev/null", "--to", "n"], 1, "device"),
         (vec!["/home/alice/missing", "--to", "m"], 1, "No such file"),
+        (
+            vec!["/home/alice/evil\nname", "--to", "e"],
+            2,
+            "control characters",
+        ),
+        (vec![AUTH, "--to", "a\tb"], 2, "control characters"),
     ] {
         let mut argv = vec!["cred", "add", "coder"];
         argv.extend(args);

@@ -47,6 +47,7 @@ pub fn resolve(
                 ))
             })?,
     };
+    check_printable(&rel)?;
     let full = record.home.join(&rel);
     for share in &record.shares {
         if full.starts_with(&share.path) || share.path.starts_with(&full) {
@@ -58,6 +59,18 @@ pub fn resolve(
         }
     }
     Ok(rel)
+}
+
+/// Paths are recorded (TOML), printed and logged: they must be UTF-8 without control
+/// characters, so that no file name can forge a log line or break a record.
+pub fn check_printable(path: &Path) -> Result<()> {
+    match path.to_str() {
+        Some(text) if !text.chars().any(char::is_control) => Ok(()),
+        _ => Err(usage(format!(
+            "{}: only UTF-8 paths without control characters are supported",
+            path.display().to_string().escape_default()
+        ))),
+    }
 }
 
 /// A non-empty relative path of plain names (no `..`, no root), normalized.

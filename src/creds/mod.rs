@@ -140,13 +140,21 @@ fn load_agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
 
 /// `cred add`: a tracked copy, or with `live` a read-only bind of the original.
 pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool) -> Result<()> {
-    let lock = ctx.registry.lock()?;
-    let mut record = load_agent(ctx, name)?;
     let source_path = dest::absolute(file)?;
+    dest::check_printable(&source_path)?;
+    let record = load_agent(ctx, name)?;
     let homes: Vec<PathBuf> = [ctx.caller.uid, record.owner_uid]
         .into_iter()
         .filter_map(policy::home_of)
         .collect();
+    dest::resolve(to, &source_path, &homes, &record)?;
+    // Read before taking the lock: the caller's file (on a slow or hung file system, say)
+    // must not be able to hold up every other command.
+    let caller = ctx.caller.identity();
+    let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;
+
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
     let dest = dest::resolve(to, &source_path, &homes, &record)?;
     let kind = if live { CredKind::Live } else { CredKind::Copy };
     // One credential per destination; adding the same one again refreshes it.
@@ -166,8 +174,6 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         }
     }
 
-    let caller = ctx.caller.identity();
-    let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;
     let dest_sha256 = if live {
         live::check_owned(&src.file, &caller, &source_path)?;
         agent::ensure_placeholder(&record, &dest)?;

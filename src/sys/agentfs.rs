@@ -64,6 +64,14 @@ impl Tree {
         if stat.st_uid != owner {
             bail!("{}: not owned by uid {owner}", path.display());
         }
+        // Not a mount point (say, a FUSE file system its owner mounted over it), whose
+        // server could answer our every step.
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let parent_stat = nix::sys::stat::stat(parent)
+            .with_context(|| format!("checking {}", parent.display()))?;
+        if parent_stat.st_dev != stat.st_dev {
+            bail!("{}: a mount point, not a plain directory", path.display());
+        }
         Ok(Tree {
             root,
             path: path.to_path_buf(),
