@@ -644,17 +644,32 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
 fn a_value_typed_on_a_terminal_is_not_echoed() {
     let sb = setup("creds-tty");
     const SECRET: &str = "typed-secret-42";
-    let bin = sb.bin.display().to_string();
-    // script(1) gives the helper a terminal; the value is typed after the prompt appears.
-    let out = sb
-        .sh_as(
-            "alice",
-            &format!(
-                "(sleep 1; printf '{SECRET}\\r'; sleep 1) | \
-                 script -qec '{bin} cred env coder TYPED' /dev/null"
-            ),
-        )
-        .ok();
+    // A real pty: wait for the prompt, type the value, collect everything the terminal shows.
+    let driver = format!(
+        r#"import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("{bin}", ["agentuser", "cred", "env", "coder", "TYPED"])
+out = b""
+while b"(not echoed): " not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"{SECRET}\r")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#,
+        bin = sb.bin.display()
+    );
+    std::fs::write(sb.host_path("/tmp/type-secret.py"), driver).unwrap();
+    let out = sb.sh_as("alice", "python3 /tmp/type-secret.py").ok();
     assert!(out.stdout.contains("value for TYPED"), "{out:#?}");
     assert!(!out.stdout.contains(SECRET), "echoed: {out:#?}");
     assert_eq!(read(&sb, "/var/lib/agentuser/secrets/coder/TYPED"), SECRET);

@@ -49,7 +49,6 @@ pub fn read_value(var: &str) -> Result<String> {
     let mut raw = Vec::new();
     match tcgetattr(&stdin) {
         Ok(saved) => {
-            eprint!("value for {var} (not echoed): ");
             // Keep terminal signals pending while echo is off, so Ctrl-C cannot leave the
             // caller's terminal silent: it takes effect once the terminal is restored.
             let mut signals = SigSet::empty();
@@ -67,9 +66,11 @@ pub fn read_value(var: &str) -> Result<String> {
             let mut quiet = saved.clone();
             quiet.local_flags.remove(LocalFlags::ECHO);
             quiet.local_flags.insert(LocalFlags::ICANON);
+            // Echo goes off before the prompt appears, so nothing typed after it is echoed.
             let read = tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet)
                 .context("turning off terminal echo")
                 .and_then(|()| {
+                    eprint!("value for {var} (not echoed): ");
                     stdin
                         .lock()
                         .take(VALUE_MAX + 1)
