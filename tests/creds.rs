@@ -564,6 +564,34 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     assert_ne!(sb.sh_as("agent-coder", &format!("cat {GH}")).code, 0);
     assert!(!sb.host_path(GH_DEST).exists(), "placeholder left");
     assert_eq!(read(&sb, GH), "gh-v2");
+
+    // Named through a symlinked directory, a live file is recorded by its real path (the
+    // runner binds it without following links) and can be removed by either name.
+    sb.sh_as("alice", "ln -s .config/gh /home/alice/gh-link")
+        .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            "/home/alice/gh-link/hosts.yml",
+            "--live",
+            "--to",
+            "gh2",
+        ],
+    )
+    .ok();
+    assert_eq!(cred_list(&sb)[0]["source"], GH);
+    sb.as_user(
+        "alice",
+        &["cred", "rm", "coder", "/home/alice/gh-link/hosts.yml"],
+    )
+    .ok();
+    assert!(!sb.host_path(&format!("{HOME}/gh2")).exists());
+    assert!(cred_list(&sb).is_empty());
+    let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
+    assert!(!acl.contains(&agent_uid.to_string()), "{acl}");
 }
 
 #[test]
@@ -638,6 +666,28 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     assert_eq!(read(&sb, GH), "gh-v2");
     sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
     assert_ne!(exec(&format!("cat {GH} || cat {dest}")).stdout, "gh-v2");
+
+    // A live source named through a symlinked directory (dotfile managers do this).
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/dotfiles && ln -s dotfiles /home/alice/.dot && \
+         printf dot-v1 > /home/alice/dotfiles/tok",
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            "/home/alice/.dot/tok",
+            "--live",
+            "--to",
+            "tok",
+        ],
+    )
+    .ok();
+    assert_eq!(exec(&format!("cat {HOME}/tok")).ok().stdout, "dot-v1");
 }
 
 #[test]

@@ -140,22 +140,31 @@ fn load_agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
 
 /// `cred add`: a tracked copy, or with `live` a read-only bind of the original.
 pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool) -> Result<()> {
-    let source_path = dest::absolute(file)?;
-    dest::check_printable(&source_path)?;
+    let given = dest::absolute(file)?;
+    dest::check_printable(&given)?;
     let record = load_agent(ctx, name)?;
     let homes: Vec<PathBuf> = [ctx.caller.uid, record.owner_uid]
         .into_iter()
         .filter_map(policy::home_of)
         .collect();
-    dest::resolve(to, &source_path, &homes, &record)?;
+    dest::resolve(to, &given, &homes, &record)?;
+    let caller = ctx.caller.identity();
+    // A live file is recorded by its real path (resolved with the caller's rights): the
+    // runner binds it without following symlinks. A copy keeps the path as given, so sync
+    // follows the owner's links as they are then.
+    let source_path = if live {
+        source::canonical(&given, &caller)?
+    } else {
+        given.clone()
+    };
+    dest::check_printable(&source_path)?;
     // Read before taking the lock: the caller's file (on a slow or hung file system, say)
     // must not be able to hold up every other command.
-    let caller = ctx.caller.identity();
     let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;
 
     let lock = ctx.registry.lock()?;
     let mut record = load_agent(ctx, name)?;
-    let dest = dest::resolve(to, &source_path, &homes, &record)?;
+    let dest = dest::resolve(to, &given, &homes, &record)?;
     let kind = if live { CredKind::Live } else { CredKind::Copy };
     // One credential per destination; adding the same one again refreshes it.
     let existing = record
@@ -270,22 +279,21 @@ pub fn list(ctx: &Context, name: &str, json: bool) -> Result<()> {
 pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
     let lock = ctx.registry.lock()?;
     let mut record = load_agent(ctx, name)?;
-    let matches = |c: &CredentialRecord| -> Result<bool> {
+    let path = dest::absolute(Path::new(item))?;
+    // Live sources are recorded by their real path; the caller may name them through a link.
+    let real = source::canonical(&path, &ctx.caller.identity()).ok();
+    let matches = |c: &CredentialRecord| {
         if c.kind == CredKind::Env {
-            return Ok(c.source.as_os_str() == item);
+            return c.source.as_os_str() == item;
         }
-        let path = dest::absolute(Path::new(item))?;
-        let dest = c.dest.as_ref().map(|d| record.home.join(d));
-        Ok(c.source == path
-            || dest.as_ref() == Some(&path)
-            || c.dest.as_deref() == Some(Path::new(item)))
+        c.source == path
+            || Some(&c.source) == real.as_ref()
+            || c.dest.as_ref().map(|d| record.home.join(d)) == Some(path.clone())
+            || c.dest.as_deref() == Some(Path::new(item))
     };
-    let mut chosen = Vec::new();
-    for (i, c) in record.credentials.iter().enumerate() {
-        if matches(c)? {
-            chosen.push(i);
-        }
-    }
+    let chosen: Vec<usize> = (0..record.credentials.len())
+        .filter(|&i| matches(&record.credentials[i]))
+        .collect();
     if chosen.is_empty() {
         bail!(
             "agent '{name}': no credential '{}'",
@@ -350,7 +358,9 @@ fn remove_one(
 pub fn sync(ctx: &Context, name: &str, force: bool) -> Result<()> {
     let lock = ctx.registry.lock()?;
     let mut record = load_agent(ctx, name)?;
-    let failed = sync_all(ctx, &lock, &mut record, force, |line| println!("{line}"))?;
+    let failed = sync_all(ctx, &lock, &mut record, force, false, |line| {
+        println!("{line}")
+    })?;
     if failed > 0 {
         bail!("agent '{name}': {failed} credential(s) could not be synced");
     }
@@ -358,12 +368,15 @@ pub fn sync(ctx: &Context, name: &str, force: bool) -> Result<()> {
 }
 
 /// Syncs every file credential, saves the record when something changed, and returns how
-/// many failed. `note` receives one line per credential that changed or needs attention.
+/// many failed. `note` receives one line per credential that changed or needs attention;
+/// with `quiet`, a copy the agent modified is mentioned only while it holds back a newer
+/// source (exec would otherwise repeat it at every run).
 fn sync_all(
     ctx: &Context,
     lock: &Lock,
     record: &mut AgentRecord,
     force: bool,
+    quiet: bool,
     mut note: impl FnMut(String),
 ) -> Result<usize> {
     let mut failed = 0;
@@ -384,7 +397,14 @@ fn sync_all(
                 changed = true;
                 note(format!("{label}: {what}"));
             }
-            Outcome::Kept(why) => note(format!("{label}: {why}")),
+            Outcome::Kept {
+                why,
+                source_changed,
+            } => {
+                if source_changed || !quiet {
+                    note(format!("{label}: {why}"));
+                }
+            }
             Outcome::Failed(why) => {
                 failed += 1;
                 note(format!("{label}: {why}"));
@@ -440,7 +460,7 @@ pub fn sync_before_exec(ctx: &Context, record: &mut AgentRecord) -> Result<()> {
         .registry
         .load(&record.name)?
         .ok_or_else(|| anyhow!("agent '{}': no such agent", record.name))?;
-    sync_all(ctx, &lock, &mut fresh, false, |line| {
+    sync_all(ctx, &lock, &mut fresh, false, true, |line| {
         eprintln!("agentuser: {}: {line}", record.name)
     })?;
     *record = fresh;

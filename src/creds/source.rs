@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -61,6 +61,13 @@ pub fn read(path: &Path, who: &Identity, max: u64) -> Result<Source> {
             data,
             file,
         })
+    })
+}
+
+/// The real path of `path` (every symlink resolved), resolved with `who`'s rights.
+pub fn canonical(path: &Path, who: &Identity) -> Result<PathBuf> {
+    with_identity(who, || {
+        std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))
     })
 }
 

@@ -122,7 +122,11 @@ fn read_source(
 pub enum Outcome {
     Unchanged,
     Updated(String),
-    Kept(String),
+    /// A copy the agent modified, left alone; whether the source has news it holds back.
+    Kept {
+        why: String,
+        source_changed: bool,
+    },
     Failed(String),
 }
 
@@ -146,10 +150,17 @@ pub fn sync_one(
         ));
     }
     if cred.kind == CredKind::Copy && check.state == State::AgentModified && !force {
-        return Outcome::Kept(format!(
-            "modified by the agent ({}), kept; 'cred sync --force' overwrites it",
-            check.why.as_deref().unwrap_or("content differs")
-        ));
+        let source_changed = match &check.source {
+            Ok(src) => Some(&src.sha256) != cred.sha256.as_ref(),
+            Err(_) => true,
+        };
+        return Outcome::Kept {
+            why: format!(
+                "modified by the agent ({}), kept; 'cred sync --force' overwrites it",
+                check.why.as_deref().unwrap_or("content differs")
+            ),
+            source_changed,
+        };
     }
     // Whatever the agent's side, nothing can be done without the source.
     let src = match check.source {
