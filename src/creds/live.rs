@@ -40,7 +40,9 @@ pub fn grant(file: &File, agent_uid: u32, shown: &Path) -> Result<()> {
     let path = fd_path(file);
     let mut acl = PosixACL::read_acl(&path)
         .map_err(|e| anyhow!("reading the ACL of {}: {e}", shown.display()))?;
-    acl.set(Qualifier::User(agent_uid), ACL_READ);
+    // Add read to what the agent may already have (a share's entry), never take any away.
+    let perm = acl.get(Qualifier::User(agent_uid)).unwrap_or(0) | ACL_READ;
+    acl.set(Qualifier::User(agent_uid), perm);
     acl.write_acl(&path)
         .map_err(|e| anyhow!("setting an ACL on {}: {e}", shown.display()))
 }
