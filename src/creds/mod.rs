@@ -277,11 +277,12 @@ pub fn list(ctx: &Context, name: &str, json: bool) -> Result<()> {
 /// `cred rm`: an environment credential by variable name, a file credential by its source
 /// or destination path.
 pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
-    let lock = ctx.registry.lock()?;
-    let mut record = load_agent(ctx, name)?;
     let path = dest::absolute(Path::new(item))?;
     // Live sources are recorded by their real path; the caller may name them through a link.
+    // (Resolved before locking, like every access to the caller's files.)
     let real = source::canonical(&path, &ctx.caller.identity()).ok();
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
     let matches = |c: &CredentialRecord| {
         if c.kind == CredKind::Env {
             return c.source.as_os_str() == item;
