@@ -321,6 +321,22 @@ name'",
         (vec!["/home/alice/.config", "--to", "d"], 1, "directory"),
         (vec!["/home/alice/fifo", "--to", "f"], 1, "FIFO"),
         (vec!["/dev/null", "--to", "n"], 1, "device"),
+        // (Unreadable already: the helper is not dumpable, so its /proc entries are root's.)
+        (
+            vec!["/proc/self/environ", "--to", "p"],
+            1,
+            "/proc/self/environ",
+        ),
+        (
+            vec!["/proc/self/status", "--to", "p"],
+            1,
+            "pseudo file system",
+        ),
+        (
+            vec!["/sys/kernel/uevent_seqnum", "--to", "p"],
+            1,
+            "pseudo file system",
+        ),
         (vec!["/home/alice/missing", "--to", "m"], 1, "No such file"),
         (
             vec!["/home/alice/evil\nname", "--to", "e"],
@@ -345,7 +361,7 @@ name'",
         .sh(&format!("cd {HOME} && find . -type f | sort"))
         .ok()
         .stdout;
-    for never in ["escape", "./d", "./f", "./n", "./m", "./big"] {
+    for never in ["escape", "./d", "./f", "./n", "./m", "./p", "./big"] {
         assert!(!listing.contains(never), "{never} written: {listing}");
     }
     assert_eq!(cred_list(&sb).len(), 1);

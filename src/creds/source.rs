@@ -45,6 +45,7 @@ pub fn read(path: &Path, who: &Identity, max: u64) -> Result<Source> {
             .metadata()
             .with_context(|| format!("reading {shown}"))?;
         check_kind(&meta).with_context(|| format!("reading {shown}"))?;
+        check_file_system(&file).with_context(|| format!("reading {shown}"))?;
         if meta.len() > max {
             bail!("reading {shown}: larger than {max} bytes (cred_max_bytes in the config)");
         }
@@ -81,6 +82,37 @@ pub fn unreadable(err: &anyhow::Error) -> Option<Unreadable> {
         std::io::ErrorKind::PermissionDenied => Some(Unreadable::Denied),
         _ => None,
     }
+}
+
+/// Refuses kernel pseudo file systems. Their files pass for regular ones, but what they hold
+/// depends on who reads them: /proc/self/... named by the owner (directly, through /dev/fd or
+/// a symlink) would describe the privileged helper itself, at `sync` during a root-started
+/// exec as well. Non-dumpability already closes the worst of /proc/self (environ, mem); this
+/// closes the rest, whatever the path.
+fn check_file_system(file: &File) -> Result<()> {
+    use nix::sys::statfs::{
+        BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, NSFS_MAGIC,
+        PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SELINUX_MAGIC, SMACK_MAGIC, SYSFS_MAGIC, TRACEFS_MAGIC,
+        fstatfs,
+    };
+    let kind = fstatfs(file).context("fstatfs")?.filesystem_type();
+    let pseudo = [
+        PROC_SUPER_MAGIC,
+        SYSFS_MAGIC,
+        DEBUGFS_MAGIC,
+        TRACEFS_MAGIC,
+        SECURITYFS_MAGIC,
+        SELINUX_MAGIC,
+        SMACK_MAGIC,
+        CGROUP_SUPER_MAGIC,
+        CGROUP2_SUPER_MAGIC,
+        BPF_FS_MAGIC,
+        NSFS_MAGIC,
+    ];
+    if pseudo.contains(&kind) {
+        bail!("it is on a kernel pseudo file system (/proc, /sys...), not a credential file");
+    }
+    Ok(())
 }
 
 fn check_kind(meta: &std::fs::Metadata) -> Result<()> {
