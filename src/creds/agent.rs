@@ -36,8 +36,9 @@ pub fn write_copy(record: &AgentRecord, dest: &Path, data: &[u8]) -> Result<()> 
     in_home(record, |home| home.replace_file(dest, data, FILE_MODE))
 }
 
-/// Creates the empty mount target of a live credential (kept if a plain file is there).
-pub fn ensure_placeholder(record: &AgentRecord, dest: &Path) -> Result<()> {
+/// Creates the empty mount target of a live credential (kept if a plain file is there);
+/// whether it was created.
+pub fn ensure_placeholder(record: &AgentRecord, dest: &Path) -> Result<bool> {
     in_home(record, |home| home.ensure_placeholder(dest, FILE_MODE))
 }
 

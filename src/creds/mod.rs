@@ -185,8 +185,14 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
 
     let dest_sha256 = if live {
         live::check_owned(&src.file, &caller, &source_path)?;
-        agent::ensure_placeholder(&record, &dest)?;
-        live::grant(&src.file, record.uid, &source_path)?;
+        let created = agent::ensure_placeholder(&record, &dest)?;
+        if let Err(e) = live::grant(&src.file, record.uid, &source_path) {
+            // No ACL support there, say: take back the placeholder this add made.
+            if created {
+                let _ = agent::remove(&record, &dest);
+            }
+            return Err(e);
+        }
         None
     } else {
         agent::write_copy(&record, &dest, &src.data)?;

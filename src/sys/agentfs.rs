@@ -113,10 +113,11 @@ impl Tree {
 
     /// Makes sure an empty placeholder file exists at `rel` (a mount target for the runner),
     /// creating parent directories as needed. An existing plain file of ours is kept.
-    pub fn ensure_placeholder(&self, rel: &Path, mode: u32) -> Result<()> {
+    /// Returns whether it was created.
+    pub fn ensure_placeholder(&self, rel: &Path, mode: u32) -> Result<bool> {
         let (parent, name) = self.make_parent(rel)?;
         if self.check_replaceable(&parent, name, rel)? {
-            return Ok(());
+            return Ok(false);
         }
         let how = OpenHow::new()
             .flags(
@@ -132,7 +133,7 @@ impl Tree {
             .map_err(|e| anyhow!("creating {}: {}", self.show(rel), describe(e)))?;
         fchmod(&file, Mode::from_bits_truncate(mode))
             .with_context(|| format!("chmod {}", self.show(rel)))?;
-        Ok(())
+        Ok(true)
     }
 
     /// Reads the file at `rel` (at most `max` bytes) without following anything.
