@@ -145,8 +145,18 @@ fn copy_is_private_to_the_agent_and_tracked() {
     assert_eq!(cred_list(&sb)[0]["source"], AUTH);
     assert_no_leftovers(&sb);
 
-    // rm by source removes every copy of it and its records.
+    // rm by source removes every copy of it and its records, and what an interrupted write
+    // may have left next to a copy.
+    let stale = format!("{HOME}/.config/opencode/.agentuser-1-2-0.tmp");
+    sb.sh(&format!(
+        "printf token-v1 > {stale} && chown agent-coder: {stale}"
+    ))
+    .ok();
     sb.as_user("alice", &["cred", "rm", "coder", AUTH]).ok();
+    assert!(
+        !sb.host_path(&stale).exists(),
+        "temp copy left after cred rm"
+    );
     assert!(cred_list(&sb).is_empty());
     for gone in [AUTH_COPY, &format!("{HOME}/keys/a.json")] {
         assert!(!sb.host_path(gone).exists(), "{gone} survived cred rm");

@@ -9,9 +9,7 @@ use anyhow::Result;
 
 use crate::error::usage;
 use crate::registry::AgentRecord;
-
-/// Prefix of our temp files in the agent's home; a destination may not look like one.
-const TEMP_PREFIX: &str = ".agentuser-";
+use crate::sys::agentfs::TEMP_PREFIX;
 
 /// The destination relative to the agent's home: `--to` (relative to the home, or an
 /// absolute path inside it), else the source's path relative to one of `homes` (the

@@ -30,6 +30,9 @@ const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS)
     .union(ResolveFlag::RESOLVE_NO_XDEV);
 
+/// Names of our temp files start with this (a reserved destination name in creds::dest).
+pub const TEMP_PREFIX: &str = ".agentuser-";
+
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
@@ -89,6 +92,7 @@ impl Tree {
     pub fn replace_file(&self, rel: &Path, data: &[u8], mode: u32) -> Result<()> {
         let (parent, name) = self.make_parent(rel)?;
         self.check_replaceable(&parent, name, rel)?;
+        remove_temps(&parent);
         let (tmp_name, tmp) = create_temp(&parent)
             .with_context(|| format!("creating a temp file next to {}", self.show(rel)))?;
         let written = (|| -> nix::Result<()> {
@@ -182,6 +186,8 @@ impl Tree {
             Err(Errno::ENOENT) => return Ok(false),
             Err(e) => bail!("removing {}: {}", self.show(rel), describe(e)),
         };
+        // A write interrupted here earlier may have left the content in a temp file.
+        remove_temps(&parent);
         match unlinkat(&parent, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
@@ -280,6 +286,29 @@ fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
     Ok((parent, name))
 }
 
+/// Removes temp files an interrupted write left in `dir` (best effort: they hold a copy of
+/// a credential, which `cred rm` must not leave behind).
+fn remove_temps(dir: &OwnedFd) {
+    let Ok(copy) = nix::unistd::dup(dir) else {
+        return;
+    };
+    let Ok(mut entries) = nix::dir::Dir::from_fd(copy) else {
+        return;
+    };
+    let names: Vec<std::ffi::CString> = entries
+        .iter()
+        .flatten()
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| {
+            let n = n.to_bytes();
+            n.starts_with(TEMP_PREFIX.as_bytes()) && n.ends_with(b".tmp")
+        })
+        .collect();
+    for name in names {
+        let _ = unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+    }
+}
+
 /// A fresh temp file in `dir` (O_EXCL: never an existing entry, never through a link).
 fn create_temp(dir: &OwnedFd) -> nix::Result<(String, OwnedFd)> {
     let mut last = Errno::EEXIST;
@@ -288,7 +317,10 @@ fn create_temp(dir: &OwnedFd) -> nix::Result<(String, OwnedFd)> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let name = format!(".agentuser-{}-{nanos:x}-{attempt}.tmp", std::process::id());
+        let name = format!(
+            "{TEMP_PREFIX}{}-{nanos:x}-{attempt}.tmp",
+            std::process::id()
+        );
         let how = OpenHow::new()
             .flags(
                 OFlag::O_WRONLY
