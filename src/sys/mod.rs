@@ -6,5 +6,7 @@
 
 pub mod agentfs;
 pub mod ids;
+pub mod mount;
 pub mod process;
+pub mod spawn;
 pub mod syslog;
