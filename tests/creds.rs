@@ -648,10 +648,42 @@ fn delete_removes_every_credential() {
     assert_eq!(read(&sb, AUTH), "token-v1");
 }
 
-// The runner (exec) is another issue: these run once it has landed.
+/// An exec that the test talks to: lines from its stdout, a newline to its stdin to finish.
+struct Interactive {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    fn start(sb: &Sandbox, script: &str) -> Interactive {
+        let mut cmd = sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Interactive { child, stdout }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    /// Lets the script go on and returns the rest of its output.
+    fn finish(mut self) -> String {
+        use std::io::Read;
+        self.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        rest
+    }
+}
 
 #[test]
-#[ignore = "needs the runner"]
 fn exec_sees_rotated_copies_env_values_and_live_files() {
     let sb = setup("creds-exec");
     const GH: &str = "/home/alice/gh.yml";
@@ -676,18 +708,26 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     sb.sh_as("alice", &format!("printf token-v3 > {AUTH}")).ok();
     assert_eq!(exec(&format!("cat {AUTH_COPY}")).ok().stdout, "mine");
 
-    // The env value reaches the agent, and no process's argv.
-    let out =
-        exec("printf %s \"$GH_TOKEN\"; cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' >&2")
-            .ok();
-    assert_eq!(out.stdout, "ghp-secret-value");
-    assert!(!out.stderr.contains("ghp-secret-value"));
+    // The env value reaches the agent, and no process's argv on the host while it runs.
+    let mut run = Interactive::start(&sb, "printf '%s\\n' \"$GH_TOKEN\"; read x");
+    assert_eq!(run.line(), "ghp-secret-value");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let argv = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&argv).contains("ghp-secret-value"),
+            "the value is in the argv of {:?}",
+            entry.path()
+        );
+    }
+    run.finish();
 
-    // Live: current content at once, read-only, gone after rm.
+    // Live: the owner's change is seen at once, within the same run.
     let dest = format!("{HOME}/gh.yml");
-    assert_eq!(exec(&format!("cat {dest}")).ok().stdout, "gh-v1");
+    let mut run = Interactive::start(&sb, &format!("cat {dest}; echo; read x; cat {dest}"));
+    assert_eq!(run.line(), "gh-v1");
     sb.sh_as("alice", &format!("printf gh-v2 > {GH}")).ok();
-    assert_eq!(exec(&format!("cat {dest}")).ok().stdout, "gh-v2");
+    assert_eq!(run.finish(), "gh-v2");
+    // Read-only for the agent; gone after rm.
     assert_ne!(exec(&format!("printf x > {dest}")).code, 0);
     assert_eq!(read(&sb, GH), "gh-v2");
     sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
