@@ -754,6 +754,24 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     )
     .ok();
     assert_eq!(exec(&format!("cat {HOME}/tok")).ok().stdout, "dot-v1");
+
+    // THREAT-MODEL row 21: the agent swaps the mount target for a symlink to a system file.
+    // Neither sync nor the runner follows it: /etc/hostname keeps its content in the view.
+    let hostname = read(&sb, "/etc/hostname");
+    sb.sh_as(
+        "agent-coder",
+        &format!("rm {HOME}/tok && ln -s /etc/hostname {HOME}/tok"),
+    )
+    .ok();
+    let out = exec("cat /etc/hostname");
+    assert!(
+        !out.stdout.contains("dot-v1"),
+        "mounted through the link: {out:#?}"
+    );
+    if out.code == 0 {
+        assert_eq!(out.stdout, hostname);
+    }
+    assert_eq!(read(&sb, "/etc/hostname"), hostname);
 }
 
 #[test]
