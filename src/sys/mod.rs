@@ -5,5 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod ids;
+pub mod landlock;
 pub mod process;
+pub mod socket;
 pub mod syslog;

@@ -1,0 +1,512 @@
+//! The probe: runs in a child process as the agent (in the runner's view, or in the host's
+//! view with the plain uid switch), measures what that identity reaches, and writes the
+//! observations as one JSON object to stdout. It runs unprivileged, so every answer is the
+//! kernel's own access decision (modes, ACLs, mounts, namespaces), not our reading of it.
+//!
+//! Bounds: walks never follow symlinks or cross into other file systems, stop at
+//! [`Limits`], and read at most [`secrets::HEAD_BYTES`] of at most `max_reads` candidate
+//! files, opened with O_NOFOLLOW|O_NONBLOCK and checked to be regular files.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{AccessFlags, access};
+use serde::{Deserialize, Serialize};
+use walkdir::WalkDir;
+
+use super::network::{self, Listener, Proto, UnixSocket};
+use super::secrets::{self, HEAD_BYTES};
+
+/// Secret-looking files probed by name even when a home cannot be listed (a 0711 home still
+/// lets anyone open `~/.netrc` if the file itself is readable).
+const KNOWN_SECRET_PATHS: &[&str] = &[
+    ".netrc",
+    ".git-credentials",
+    ".aws/credentials",
+    ".ssh/id_rsa",
+    ".ssh/id_ed25519",
+    ".ssh/id_ecdsa",
+    ".docker/config.json",
+    ".kube/config",
+    ".config/gh/hosts.yml",
+    ".npmrc",
+    ".pypirc",
+    ".pgpass",
+    ".vault-token",
+    ".cargo/credentials.toml",
+    ".bashrc",
+    ".profile",
+    ".zshrc",
+    ".bash_history",
+    ".zsh_history",
+];
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Entries visited in all homes together.
+    pub max_home_entries: u64,
+    /// Entries visited by the writable scan.
+    pub max_writable_entries: u64,
+    /// Candidate files whose head is read.
+    pub max_reads: usize,
+    /// Secret files named per home (the rest are counted).
+    pub max_named: usize,
+    /// Readable non-secret files named per home as examples.
+    pub max_examples: usize,
+    /// Writable paths listed (the rest are counted).
+    pub max_writable: usize,
+    /// Wall-clock budget of the whole probe.
+    pub budget: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_home_entries: 2_000_000,
+            max_writable_entries: 300_000,
+            max_reads: 2048,
+            max_named: 10,
+            max_examples: 3,
+            max_writable: 40,
+            budget: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a probe looks at; built by the privileged process, moved into the child.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Other users' homes and /root.
+    pub homes: Vec<PathBuf>,
+    /// Never walked or reported: the agent's home, its shares, live credential targets.
+    pub skip: Vec<PathBuf>,
+    /// Roots of the writable scan, each with a depth limit.
+    pub writable_roots: Vec<(PathBuf, usize)>,
+    /// /tmp, /var/tmp and /dev/shm are the agent's own in this pass (runner's view).
+    pub private_tmp: bool,
+    /// Unix sockets and listeners the host shows (the probe adds what its namespace shows).
+    pub unix: Vec<UnixSocket>,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+}
+
+/// Directories whose contents are temporary and, in the runner's view, private.
+pub const TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// The default roots of the writable scan: where a planted file changes what others run or
+/// read (PATH directories, /etc, /opt, service data), with depth limits that keep it fast.
+pub fn default_writable_roots() -> Vec<(PathBuf, usize)> {
+    [
+        ("/", 1),
+        ("/etc", 3),
+        ("/usr", 2),
+        ("/usr/local", 4),
+        ("/opt", 3),
+        ("/srv", 3),
+        ("/var", 3),
+        ("/run", 2),
+        ("/boot", 2),
+        ("/mnt", 2),
+        ("/media", 2),
+        ("/home", 1),
+        ("/tmp", 1),
+        ("/var/tmp", 1),
+        ("/dev/shm", 1),
+    ]
+    .into_iter()
+    .map(|(p, d)| (PathBuf::from(p), d))
+    .collect()
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Observations {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub no_new_privs: bool,
+    pub homes: Vec<HomeScan>,
+    pub writable: Vec<Writable>,
+    pub writable_total: u64,
+    pub unix: Vec<UnixSocket>,
+    pub tcp: Vec<Listener>,
+    pub udp: Vec<Listener>,
+    /// Human-readable notes on limits hit ("home walk stopped after N entries").
+    pub truncated: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct HomeScan {
+    pub home: PathBuf,
+    /// The agent could list the home directory itself.
+    pub listable: bool,
+    pub readable_files: u64,
+    /// Named secrets, at most `max_named`.
+    pub secrets: Vec<Secret>,
+    pub secrets_total: u64,
+    /// A few readable non-secret files, to make the count concrete.
+    pub examples: Vec<PathBuf>,
+    /// Directories or files in this home the agent can write.
+    pub writable: Vec<PathBuf>,
+    pub writable_total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Secret {
+    pub path: PathBuf,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Writable {
+    pub path: PathBuf,
+    pub owner: u32,
+    pub mode: u32,
+    pub dir: bool,
+}
+
+/// The probe's entry point in the child: observe, print JSON, return the exit status.
+pub fn run(plan: &Plan) -> u8 {
+    // Non-dumpable: another process of the agent's uid cannot ptrace the probe and forge
+    // its report.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let observations = observe(plan);
+    let mut out = std::io::stdout().lock();
+    match serde_json::to_writer(&mut out, &observations)
+        .and_then(|()| out.flush().map_err(serde_json::Error::io))
+    {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Everything the current identity reaches, per the plan.
+pub fn observe(plan: &Plan) -> Observations {
+    let started = Instant::now();
+    let mut obs = Observations {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        groups: nix::unistd::getgroups()
+            .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_default(),
+        no_new_privs: nix::sys::prctl::get_no_new_privs().unwrap_or(false),
+        ..Observations::default()
+    };
+    let mut walker = Walker {
+        plan,
+        started,
+        home_entries: 0,
+        reads: 0,
+    };
+    for home in &plan.homes {
+        if plan.skip.iter().any(|s| s == home) {
+            continue;
+        }
+        let scan = walker.scan_home(home, &mut obs.truncated);
+        if scan.listable || scan.readable_files > 0 || scan.writable_total > 0 {
+            obs.homes.push(scan);
+        }
+    }
+    writable_scan(plan, started, &mut obs);
+    reach_sockets(plan, &mut obs);
+    obs
+}
+
+struct Walker<'a> {
+    plan: &'a Plan,
+    started: Instant,
+    home_entries: u64,
+    reads: usize,
+}
+
+impl Walker<'_> {
+    fn scan_home(&mut self, home: &Path, truncated: &mut Vec<String>) -> HomeScan {
+        let limits = &self.plan.limits;
+        let mut scan = HomeScan {
+            home: home.to_path_buf(),
+            listable: std::fs::read_dir(home).is_ok(),
+            ..HomeScan::default()
+        };
+        let mut seen = BTreeSet::new();
+        let skip = &self.plan.skip;
+        let walk = WalkDir::new(home)
+            .follow_links(false)
+            .same_file_system(true)
+            .into_iter()
+            .filter_entry(|e| !skip.iter().any(|s| s == e.path()));
+        for entry in walk {
+            let Ok(entry) = entry else { continue };
+            self.home_entries += 1;
+            if self.home_entries > limits.max_home_entries || self.started.elapsed() > limits.budget
+            {
+                truncated.push(format!(
+                    "home walk stopped in {} after {} entries",
+                    home.display(),
+                    self.home_entries
+                ));
+                break;
+            }
+            let file_type = entry.file_type();
+            if file_type.is_symlink() {
+                continue;
+            }
+            let path = entry.path();
+            if (file_type.is_dir() || entry.depth() <= 1)
+                && entry.depth() > 0
+                && access(path, AccessFlags::W_OK).is_ok()
+            {
+                record_writable(&mut scan, path, limits.max_writable);
+            }
+            if file_type.is_dir() {
+                continue;
+            }
+            if access(path, AccessFlags::R_OK).is_err() {
+                continue;
+            }
+            seen.insert(path.to_path_buf());
+            self.classify(home, path, &mut scan);
+        }
+        // A home that cannot be listed may still let anyone open files by name.
+        for rel in KNOWN_SECRET_PATHS {
+            let path = home.join(rel);
+            if seen.contains(&path) || skip.iter().any(|s| path.starts_with(s)) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_file() && access(&path, AccessFlags::R_OK).is_ok() {
+                self.classify(home, &path, &mut scan);
+            }
+        }
+        scan
+    }
+
+    fn classify(&mut self, home: &Path, path: &Path, scan: &mut HomeScan) {
+        let limits = &self.plan.limits;
+        scan.readable_files += 1;
+        let rel = path.strip_prefix(home).unwrap_or(path);
+        let secret = secrets::candidate(rel).and_then(|c| {
+            if c.content == secrets::Content::Any {
+                return Some(c.kind);
+            }
+            if self.reads >= limits.max_reads {
+                // Out of read budget: name it by its file name alone, flagged as unconfirmed.
+                return Some(c.kind);
+            }
+            self.reads += 1;
+            let head = read_head(path)?;
+            secrets::confirms(c.content, &head).then_some(c.kind)
+        });
+        match secret {
+            Some(kind) => {
+                scan.secrets_total += 1;
+                if scan.secrets.len() < limits.max_named {
+                    scan.secrets.push(Secret {
+                        path: path.to_path_buf(),
+                        kind: kind.to_string(),
+                    });
+                }
+            }
+            None if scan.examples.len() < limits.max_examples => {
+                scan.examples.push(path.to_path_buf());
+            }
+            None => {}
+        }
+    }
+}
+
+fn record_writable(scan: &mut HomeScan, path: &Path, max: usize) {
+    scan.writable_total += 1;
+    if scan.writable.len() < max {
+        scan.writable.push(path.to_path_buf());
+    }
+}
+
+/// The first bytes of a regular file, never following a symlink and never blocking on a
+/// FIFO or device.
+fn read_head(path: &Path) -> Option<Vec<u8>> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    file.take(HEAD_BYTES as u64).read_to_end(&mut head).ok()?;
+    Some(head)
+}
+
+/// Writable directories and files outside the agent's home, shares and (in the runner's
+/// view) its private temp directories.
+fn writable_scan(plan: &Plan, started: Instant, obs: &mut Observations) {
+    let limits = &plan.limits;
+    let homes: BTreeSet<&Path> = plan.homes.iter().map(PathBuf::as_path).collect();
+    let mut entries = 0u64;
+    let mut seen = BTreeSet::new();
+    let excluded = |p: &Path| {
+        plan.skip.iter().any(|s| p.starts_with(s))
+            || (plan.private_tmp && TEMP_DIRS.iter().any(|t| p.starts_with(t)))
+            // Other homes are covered by the home walk, pseudo file systems by nothing.
+            || homes.contains(p)
+            || ["/proc", "/sys", "/dev"].iter().any(|t| p == Path::new(t))
+    };
+    'roots: for (root, depth) in &plan.writable_roots {
+        let walk = WalkDir::new(root)
+            .max_depth(*depth)
+            .follow_links(false)
+            .same_file_system(true)
+            .into_iter()
+            .filter_entry(|e| !excluded(e.path()));
+        for entry in walk {
+            let Ok(entry) = entry else { continue };
+            entries += 1;
+            if entries > limits.max_writable_entries || started.elapsed() > limits.budget {
+                obs.truncated
+                    .push(format!("writable scan stopped after {entries} entries"));
+                break 'roots;
+            }
+            let file_type = entry.file_type();
+            if !(file_type.is_dir() || file_type.is_file()) {
+                continue;
+            }
+            let path = entry.path();
+            if access(path, AccessFlags::W_OK).is_err() || !seen.insert(path.to_path_buf()) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            obs.writable_total += 1;
+            if obs.writable.len() < limits.max_writable {
+                obs.writable.push(Writable {
+                    path: path.to_path_buf(),
+                    owner: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                    dir: meta.is_dir(),
+                });
+            }
+        }
+    }
+}
+
+/// Connect tests on the host's sockets plus those this namespace shows.
+fn reach_sockets(plan: &Plan, obs: &mut Observations) {
+    let mut unix: BTreeSet<UnixSocket> = plan.unix.iter().cloned().collect();
+    unix.extend(network::read_unix_sockets());
+    let skip = &plan.skip;
+    for socket in unix.into_iter().take(network::MAX_TESTS) {
+        if !socket.is_abstract() && skip.iter().any(|s| Path::new(&socket.name).starts_with(s)) {
+            continue;
+        }
+        if network::reaches_unix(&socket) {
+            obs.unix.push(socket);
+        }
+    }
+    let own = network::read_listeners();
+    let mut tcp: BTreeSet<Listener> = plan
+        .listeners
+        .iter()
+        .filter(|l| l.proto == Proto::Tcp)
+        .cloned()
+        .collect();
+    tcp.extend(own.iter().filter(|l| l.proto == Proto::Tcp).cloned());
+    for listener in tcp
+        .into_iter()
+        .filter(Listener::on_loopback)
+        .take(network::MAX_TESTS)
+    {
+        if network::reaches_tcp(&listener) {
+            obs.tcp.push(listener);
+        }
+    }
+    // A UDP port cannot be tested without sending a datagram: report what this network
+    // namespace shows.
+    obs.udp = own
+        .into_iter()
+        .filter(|l| l.proto == Proto::Udp && l.on_loopback())
+        .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentuser-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("alice/.ssh")).unwrap();
+        std::fs::create_dir_all(dir.join("alice/proj/src")).unwrap();
+        std::fs::write(dir.join("alice/.netrc"), "machine x login y password z").unwrap();
+        std::fs::write(dir.join("alice/.bashrc"), "export OPENAI_API_KEY=sk-x\n").unwrap();
+        std::fs::write(dir.join("alice/.ssh/id_ed25519"), "k").unwrap();
+        std::fs::write(dir.join("alice/proj/src/main.rs"), "fn main() {}").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", dir.join("alice/link")).unwrap();
+        for i in 0..20 {
+            std::fs::write(dir.join(format!("alice/proj/f{i}")), "").unwrap();
+        }
+        std::fs::set_permissions(dir.join("alice"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn home_walk_names_secrets_counts_the_rest_and_skips_shares() {
+        let dir = tree("probe-home");
+        let home = dir.join("alice");
+        let plan = Plan {
+            homes: vec![home.clone()],
+            skip: vec![home.join("proj/src")],
+            writable_roots: Vec::new(),
+            private_tmp: false,
+            unix: Vec::new(),
+            listeners: Vec::new(),
+            limits: Limits {
+                max_named: 2,
+                ..Limits::default()
+            },
+        };
+        let obs = observe(&plan);
+        let scan = &obs.homes[0];
+        assert!(scan.listable);
+        // .netrc, .bashrc, id_ed25519, 20 files in proj; not main.rs (shared), not the link.
+        assert_eq!(scan.readable_files, 23, "{scan:#?}");
+        assert_eq!(scan.secrets_total, 3);
+        assert_eq!(scan.secrets.len(), 2);
+        assert!(
+            scan.examples
+                .iter()
+                .all(|p| !p.ends_with("main.rs") && !p.ends_with("link"))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn writable_scan_respects_private_tmp_and_skips() {
+        let dir = tree("probe-writable");
+        let plan = Plan {
+            homes: Vec::new(),
+            skip: vec![dir.join("alice/proj")],
+            writable_roots: vec![(dir.clone(), 3)],
+            private_tmp: false,
+            unix: Vec::new(),
+            listeners: Vec::new(),
+            limits: Limits::default(),
+        };
+        let obs = observe(&plan);
+        // Root writes everything: all but the skipped tree and the symlink.
+        assert!(obs.writable.iter().any(|w| w.path.ends_with(".netrc")));
+        assert!(
+            !obs.writable
+                .iter()
+                .any(|w| w.path.starts_with(dir.join("alice/proj")))
+        );
+        assert!(!obs.writable.iter().any(|w| w.path.ends_with("link")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
