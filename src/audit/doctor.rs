@@ -205,32 +205,44 @@ fn untrusted_dir(dir: &Path) -> Option<Finding> {
     })
 }
 
+/// A state directory: root's and not writable by others (high), and no wider than `mode`
+/// (medium: names become listable, nothing more, since the files inside are 0600).
 fn root_dir(path: &Path, mode: u32, out: &mut Vec<Finding>) {
     let shown = path.display().to_string();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o7777 & !mode == 0 => {}
-        Ok(meta) => out.push(
-            Finding::new(
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            out.push(Finding::new(
                 Severity::High,
                 "state-dir",
                 &shown,
-                format!(
-                    "owned by uid {} with mode {:04o} (want root and {mode:04o})",
-                    meta.uid(),
-                    meta.mode() & 0o7777
-                ),
-            )
-            .fix(format!(
-                "chown root:root {shown} && chmod {mode:04o} {shown}"
-            )),
-        ),
-        Err(e) => out.push(Finding::new(
-            Severity::High,
+                format!("cannot stat: {e}"),
+            ));
+            return;
+        }
+    };
+    let actual = meta.mode() & 0o7777;
+    let severity = if !meta.is_dir() || meta.uid() != 0 || actual & 0o022 != 0 {
+        Severity::High
+    } else if actual & !mode != 0 {
+        Severity::Medium
+    } else {
+        return;
+    };
+    out.push(
+        Finding::new(
+            severity,
             "state-dir",
             &shown,
-            format!("cannot stat: {e}"),
+            format!(
+                "owned by uid {} with mode {actual:04o} (want root and {mode:04o})",
+                meta.uid()
+            ),
+        )
+        .fix(format!(
+            "chown root:root {shown} && chmod {mode:04o} {shown}"
         )),
-    }
+    );
 }
 
 /// (sysctl, weak value test, severity, why, good value).
@@ -325,7 +337,7 @@ fn proc_hidepid(out: &mut Vec<Finding>) {
                 Severity::Medium,
                 "proc",
                 "/proc",
-                "mounted without hidepid: outside agentuser's view, an agent reads every process's command line and environment-free details (THREAT-MODEL row 8)",
+                "mounted without hidepid: outside agentuser's view, any account, an agent outside agentuser's view included, reads every process's command line (THREAT-MODEL row 8)",
             )
             .fix("mount -o remount,hidepid=invisible /proc and add hidepid=invisible to /proc in /etc/fstab"),
         ),
@@ -397,23 +409,22 @@ fn kernel_features(out: &mut Vec<Finding>) {
     let max = host::sysctl("user.max_user_namespaces");
     let clone = host::sysctl("kernel.unprivileged_userns_clone");
     let unprivileged = max.as_deref() != Some("0") && clone.as_deref() != Some("0");
-    out.push(
-        Finding::new(
-            Severity::Info,
-            "namespaces",
-            "user namespaces",
-            if unprivileged {
-                "unprivileged user namespaces are enabled: agents can create them (kernel attack surface; agentuser does not need them)"
-            } else {
-                "unprivileged user namespaces are disabled"
-            },
-        )
-        .fix(if unprivileged {
-            "if nothing on the host needs them: sysctl -w kernel.unprivileged_userns_clone=0 (Debian) or user.max_user_namespaces=0"
+    let mut userns = Finding::new(
+        Severity::Info,
+        "namespaces",
+        "user namespaces",
+        if unprivileged {
+            "unprivileged user namespaces are enabled: agents can create them (kernel attack surface; agentuser does not need them)"
         } else {
-            "none needed"
-        }),
+            "unprivileged user namespaces are disabled"
+        },
     );
+    if unprivileged {
+        userns = userns.fix(
+            "if nothing on the host needs them: sysctl -w kernel.unprivileged_userns_clone=0 (Debian) or user.max_user_namespaces=0",
+        );
+    }
+    out.push(userns);
 }
 
 /// Sharing needs POSIX ACLs: set one on a scratch file in the state directory and read it
@@ -477,7 +488,7 @@ fn human_homes(ctx: &Context, out: &mut Vec<Finding>) {
         ) else {
             continue;
         };
-        if !(1000..65534).contains(&uid) || ctx.config.uid_in_range(uid) {
+        if uid < 1000 || uid == 65534 || ctx.config.uid_in_range(uid) {
             continue;
         }
         let Ok(meta) = std::fs::metadata(home) else {

@@ -238,7 +238,7 @@ fn homes_to_scan(ctx: &Context, record: &AgentRecord) -> Result<Vec<PathBuf>> {
             else {
                 continue;
             };
-            if (1000..65534).contains(&uid) || ctx.config.uid_in_range(uid) {
+            if (uid >= 1000 && uid != 65534) || ctx.config.uid_in_range(uid) {
                 homes.push(PathBuf::from(home));
             }
         }
