@@ -20,6 +20,7 @@ pub mod probes;
 pub mod report;
 pub mod secrets;
 pub mod sudoers;
+pub mod walk;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

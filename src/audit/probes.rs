@@ -11,16 +11,17 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::unistd::{AccessFlags, access};
 use serde::{Deserialize, Serialize};
-use walkdir::WalkDir;
 
 use super::network::{self, Listener, Proto, UnixSocket};
 use super::secrets::{self, HEAD_BYTES};
+use super::walk::{self, Flow, Kind};
 
 /// Secret-looking files probed by name even when a home cannot be listed (a 0711 home still
 /// lets anyone open `~/.netrc` if the file itself is readable).
@@ -224,83 +225,116 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    fn out_of_budget(&self) -> bool {
+        self.home_entries > self.plan.limits.max_home_entries
+            || self.started.elapsed() > self.plan.limits.budget
+    }
+
     fn scan_home(&mut self, home: &Path, truncated: &mut Vec<String>) -> HomeScan {
-        let limits = &self.plan.limits;
+        let plan = self.plan;
+        let limits = &plan.limits;
         let mut scan = HomeScan {
             home: home.to_path_buf(),
-            listable: std::fs::read_dir(home).is_ok(),
+            listable: access(home, AccessFlags::R_OK).is_ok() && std::fs::read_dir(home).is_ok(),
             ..HomeScan::default()
         };
+        // Directories holding a skipped path: only entries there need their full path built.
+        let skip_parents: BTreeSet<&Path> = plan.skip.iter().filter_map(|s| s.parent()).collect();
         let mut seen = BTreeSet::new();
-        let skip = &self.plan.skip;
-        let walk = WalkDir::new(home)
-            .follow_links(false)
-            .same_file_system(true)
-            .into_iter()
-            .filter_entry(|e| !skip.iter().any(|s| s == e.path()));
-        for entry in walk {
-            let Ok(entry) = entry else { continue };
+        let mut stopped = false;
+        let mut last_dir = PathBuf::new();
+        let mut last_rel = PathBuf::new();
+        if access(home, AccessFlags::W_OK).is_ok() {
+            record_writable(&mut scan, home.to_path_buf(), limits.max_writable);
+        }
+        walk::walk(home, usize::MAX, &mut |entry| {
             self.home_entries += 1;
-            if self.home_entries > limits.max_home_entries || self.started.elapsed() > limits.budget
-            {
-                truncated.push(format!(
-                    "home walk stopped in {} after {} entries",
-                    home.display(),
-                    self.home_entries
-                ));
-                break;
+            if self.out_of_budget() {
+                stopped = true;
+                return Flow::Stop;
             }
-            let file_type = entry.file_type();
-            if file_type.is_symlink() {
-                continue;
+            if skip_parents.contains(entry.parent) && plan.skip.contains(&entry.path()) {
+                return Flow::Prune;
             }
-            let path = entry.path();
-            if (file_type.is_dir() || entry.depth() <= 1)
-                && entry.depth() > 0
-                && access(path, AccessFlags::W_OK).is_ok()
-            {
-                record_writable(&mut scan, path, limits.max_writable);
+            match entry.kind {
+                Kind::Dir => {
+                    if entry.access(AccessFlags::W_OK) {
+                        record_writable(&mut scan, entry.path(), limits.max_writable);
+                    }
+                }
+                Kind::File => {
+                    if entry.depth == 1 && entry.access(AccessFlags::W_OK) {
+                        record_writable(&mut scan, entry.path(), limits.max_writable);
+                    }
+                    if entry.access(AccessFlags::R_OK) {
+                        scan.readable_files += 1;
+                        if last_dir.as_path() != entry.parent {
+                            last_dir = entry.parent.to_path_buf();
+                            last_rel = last_dir
+                                .strip_prefix(home)
+                                .unwrap_or(Path::new(""))
+                                .to_path_buf();
+                        }
+                        // Only files a rule might match, and the first few examples, cost
+                        // a path.
+                        let name = entry.name.to_bytes();
+                        if secrets::may_match(&last_rel, name)
+                            || scan.examples.len() < limits.max_examples
+                        {
+                            let path = entry.path();
+                            let head = || entry.open_read().and_then(read_head);
+                            self.classify(home, &path, head, &mut scan);
+                            if entry.depth <= 3 {
+                                seen.insert(path);
+                            }
+                        }
+                    }
+                }
+                Kind::Symlink | Kind::Other => {}
             }
-            if file_type.is_dir() {
-                continue;
-            }
-            if access(path, AccessFlags::R_OK).is_err() {
-                continue;
-            }
-            seen.insert(path.to_path_buf());
-            self.classify(home, path, &mut scan);
+            Flow::Continue
+        });
+        if stopped {
+            truncated.push(format!(
+                "home walk stopped in {} after {} entries",
+                home.display(),
+                self.home_entries
+            ));
         }
         // A home that cannot be listed may still let anyone open files by name.
         for rel in KNOWN_SECRET_PATHS {
             let path = home.join(rel);
-            if seen.contains(&path) || skip.iter().any(|s| path.starts_with(s)) {
+            if seen.contains(&path) || plan.skip.iter().any(|s| path.starts_with(s)) {
                 continue;
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
             if meta.is_file() && access(&path, AccessFlags::R_OK).is_ok() {
-                self.classify(home, &path, &mut scan);
+                scan.readable_files += 1;
+                let head = || open_path(&path).and_then(read_head);
+                self.classify(home, &path, head, &mut scan);
             }
         }
         scan
     }
 
-    fn classify(&mut self, home: &Path, path: &Path, scan: &mut HomeScan) {
+    fn classify(
+        &mut self,
+        home: &Path,
+        path: &Path,
+        head: impl FnOnce() -> Option<Vec<u8>>,
+        scan: &mut HomeScan,
+    ) {
         let limits = &self.plan.limits;
-        scan.readable_files += 1;
         let rel = path.strip_prefix(home).unwrap_or(path);
         let secret = secrets::candidate(rel).and_then(|c| {
-            if c.content == secrets::Content::Any {
-                return Some(c.kind);
-            }
-            if self.reads >= limits.max_reads {
-                // Out of read budget: name it by its file name alone, flagged as unconfirmed.
+            if c.content == secrets::Content::Any || self.reads >= limits.max_reads {
+                // Out of read budget, a name is named by its rule alone.
                 return Some(c.kind);
             }
             self.reads += 1;
-            let head = read_head(path)?;
-            secrets::confirms(c.content, &head).then_some(c.kind)
+            secrets::confirms(c.content, &head()?).then_some(c.kind)
         });
         match secret {
             Some(kind) => {
@@ -320,21 +354,26 @@ impl Walker<'_> {
     }
 }
 
-fn record_writable(scan: &mut HomeScan, path: &Path, max: usize) {
+fn record_writable(scan: &mut HomeScan, path: PathBuf, max: usize) {
     scan.writable_total += 1;
     if scan.writable.len() < max {
-        scan.writable.push(path.to_path_buf());
+        scan.writable.push(path);
     }
 }
 
-/// The first bytes of a regular file, never following a symlink and never blocking on a
-/// FIFO or device.
-fn read_head(path: &Path) -> Option<Vec<u8>> {
-    let file = File::options()
+fn open_path(path: &Path) -> Option<OwnedFd> {
+    File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .ok()?;
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// The first bytes of a regular file (never a FIFO or device: the open was non-blocking and
+/// the type is checked on the descriptor).
+fn read_head(fd: OwnedFd) -> Option<Vec<u8>> {
+    let file = File::from(fd);
     if !file.metadata().ok()?.is_file() {
         return None;
     }
@@ -348,8 +387,6 @@ fn read_head(path: &Path) -> Option<Vec<u8>> {
 fn writable_scan(plan: &Plan, started: Instant, obs: &mut Observations) {
     let limits = &plan.limits;
     let homes: BTreeSet<&Path> = plan.homes.iter().map(PathBuf::as_path).collect();
-    let mut entries = 0u64;
-    let mut seen = BTreeSet::new();
     let excluded = |p: &Path| {
         plan.skip.iter().any(|s| p.starts_with(s))
             || (plan.private_tmp && TEMP_DIRS.iter().any(|t| p.starts_with(t)))
@@ -357,40 +394,58 @@ fn writable_scan(plan: &Plan, started: Instant, obs: &mut Observations) {
             || homes.contains(p)
             || ["/proc", "/sys", "/dev"].iter().any(|t| p == Path::new(t))
     };
-    'roots: for (root, depth) in &plan.writable_roots {
-        let walk = WalkDir::new(root)
-            .max_depth(*depth)
-            .follow_links(false)
-            .same_file_system(true)
-            .into_iter()
-            .filter_entry(|e| !excluded(e.path()));
-        for entry in walk {
-            let Ok(entry) = entry else { continue };
-            entries += 1;
-            if entries > limits.max_writable_entries || started.elapsed() > limits.budget {
-                obs.truncated
-                    .push(format!("writable scan stopped after {entries} entries"));
-                break 'roots;
-            }
-            let file_type = entry.file_type();
-            if !(file_type.is_dir() || file_type.is_file()) {
-                continue;
-            }
-            let path = entry.path();
-            if access(path, AccessFlags::W_OK).is_err() || !seen.insert(path.to_path_buf()) {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            obs.writable_total += 1;
-            if obs.writable.len() < limits.max_writable {
+    let mut entries = 0u64;
+    let mut seen = BTreeSet::new();
+    let mut stopped = false;
+    for (root, depth) in &plan.writable_roots {
+        if stopped || excluded(root) {
+            continue;
+        }
+        if access(root.as_path(), AccessFlags::W_OK).is_ok() && seen.insert(root.clone()) {
+            if let Ok(meta) = std::fs::symlink_metadata(root) {
+                obs.writable_total += 1;
                 obs.writable.push(Writable {
-                    path: path.to_path_buf(),
-                    owner: meta.uid(),
-                    mode: meta.mode() & 0o7777,
+                    path: root.clone(),
+                    owner: std::os::unix::fs::MetadataExt::uid(&meta),
+                    mode: std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777,
                     dir: meta.is_dir(),
                 });
             }
         }
+        walk::walk(root, *depth, &mut |entry| {
+            entries += 1;
+            if entries > limits.max_writable_entries || started.elapsed() > limits.budget {
+                stopped = true;
+                return Flow::Stop;
+            }
+            if !matches!(entry.kind, Kind::Dir | Kind::File) {
+                return Flow::Continue;
+            }
+            let path = entry.path();
+            if excluded(&path) {
+                return Flow::Prune;
+            }
+            if !entry.access(AccessFlags::W_OK) || !seen.insert(path.clone()) {
+                return Flow::Continue;
+            }
+            let Some(stat) = entry.stat() else {
+                return Flow::Continue;
+            };
+            obs.writable_total += 1;
+            if obs.writable.len() < limits.max_writable {
+                obs.writable.push(Writable {
+                    path,
+                    owner: stat.st_uid,
+                    mode: stat.st_mode & 0o7777,
+                    dir: entry.kind == Kind::Dir,
+                });
+            }
+            Flow::Continue
+        });
+    }
+    if stopped {
+        obs.truncated
+            .push(format!("writable scan stopped after {entries} entries"));
     }
 }
 

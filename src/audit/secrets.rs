@@ -148,6 +148,25 @@ pub fn candidate(rel: &Path) -> Option<Candidate> {
     None
 }
 
+/// Cheap pre-check on the hot path of a home walk: whether a file named `name` in a
+/// directory `dir` (relative to the home) can match any rule. Rules either live under a
+/// dot-directory of the home (or snap/), or look at the file name alone.
+pub fn may_match(dir: &Path, name: &[u8]) -> bool {
+    let in_dot_dir = dir.as_os_str().is_empty()
+        || dir.components().next().is_some_and(|c| {
+            c.as_os_str().as_encoded_bytes().starts_with(b".") || c.as_os_str() == "snap"
+        });
+    if in_dot_dir || name.starts_with(b".env") || name == b".my.cnf" {
+        return true;
+    }
+    let lower_ends = |suffix: &[u8]| {
+        name.len() >= suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    [b".pem".as_slice(), b".key", b".p12", b".pfx", b".jks"]
+        .iter()
+        .any(|s| lower_ends(s))
+}
+
 /// Whether the head of a candidate's content confirms the rule.
 pub fn confirms(content: Content, head: &[u8]) -> bool {
     match content {
@@ -253,6 +272,27 @@ mod tests {
             Some("private key file")
         );
         assert_eq!(kind("src/main.rs", ""), None);
+    }
+
+    #[test]
+    fn pre_check_never_drops_a_rule() {
+        for rel in [
+            ".netrc",
+            ".ssh/deploy",
+            ".mozilla/firefox/x/logins.json",
+            "snap/firefox/common/.mozilla/firefox/x/cookies.sqlite",
+            "proj/.env",
+            "proj/.env.local",
+            "certs/server.PEM",
+            "x/store.p12",
+        ] {
+            let p = Path::new(rel);
+            let dir = p.parent().unwrap();
+            let name = p.file_name().unwrap().as_encoded_bytes();
+            assert!(candidate(p).is_some(), "{rel}");
+            assert!(may_match(dir, name), "{rel}");
+        }
+        assert!(!may_match(Path::new("proj/src"), b"main.rs"));
     }
 
     #[test]
