@@ -75,7 +75,8 @@ fn delete_undoes_everything_and_never_reuses_the_uid() {
     sb.sh_as(
         "agent-coder",
         "touch /tmp/a /var/tmp/b /dev/shm/c; mkdir -p /tmp/d/e; touch /tmp/d/e/f; \
-         setsid sleep 1000 </dev/null >/dev/null 2>&1 &",
+         setsid sleep 1000 </dev/null >/dev/null 2>&1 & \
+         setsid sh -c 'while :; do sleep 1000 & sleep 0.01; done' </dev/null >/dev/null 2>&1 &",
     )
     .ok();
     sb.sh_as("alice", "touch /tmp/alice-file").ok();
@@ -433,4 +434,52 @@ fn interrupted_create_and_delete_are_completed_by_running_them_again() {
     // No orphan accounts: every agent-like passwd entry has a record and vice versa.
     let orphans = sb.sh("getent passwd | grep -c '^agent-'").stdout;
     assert_eq!(orphans.trim(), "0");
+}
+
+#[test]
+fn state_changes_are_logged_to_syslog() {
+    let sb = Sandbox::new("syslog");
+    sb.add_user("alice", &["agentuser"]);
+    // This host has no syslog socket: give the namespace a /dev of its own with a listener
+    // on /dev/log, then run create and delete through the setuid path.
+    let bin = sb.bin.display().to_string();
+    let script = format!(
+        r#"set -e
+mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
+mount -t tmpfs -o mode=0755 dev /dev
+for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
+mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open("/tmp/ready", "w").close()
+s.settimeout(3)
+with open("/tmp/log.txt", "w") as out:
+    try:
+        while True:
+            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
+    except socket.timeout:
+        pass
+' &
+while [ ! -e /tmp/ready ]; do sleep 0.05; done
+setpriv --reuid alice --regid alice --init-groups -- {bin} create coder
+setpriv --reuid alice --regid alice --init-groups -- {bin} delete coder
+wait
+cat /tmp/log.txt"#
+    );
+    let log = sb.sh(&script).ok().stdout;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" agentuser[")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("caller=alice")
+            && l.contains("agent=coder")
+            && l.contains("action=create")),
+        "no create record in {log:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("action=delete")),
+        "no delete record in {log:?}"
+    );
+    // authpriv (10) * 8 + notice (5) = 85
+    assert!(lines.iter().all(|l| l.starts_with("<85>")), "{log:?}");
 }

@@ -1,42 +1,399 @@
-//! The runner: `exec` and `shell` (DESIGN.md section 4). Placeholder until the runner work
-//! lands.
+//! The runner: `exec` and `shell` (DESIGN.md section 4), and the probes `audit` runs in the
+//! same view.
+//!
+//! Steps, each failing closed with status 125 and nothing run:
+//! 1. (app.rs) caller recorded, process fully root, limits reset, no core dumps;
+//! 2. agent resolved, caller authorized (root or owner), run logged, credentials synced;
+//! 3. PAM account check and session ([`pam`]);
+//! 4. a pty and relay when a standard stream is a terminal ([`pty`]), else a new session;
+//! 5. pid namespace, then mount/IPC/network namespaces and the view ([`tree`], [`sandbox`]);
+//! 6. privilege drop and no-new-privs ([`privdrop`]);
+//! 7. descriptors above 2 closed at exec, environment from the allowlist ([`env`]);
+//! 8. working directory; 9. exec, wait, kill the namespace, close the session.
 #![forbid(unsafe_code)]
 
-use crate::cli::{ExecArgs, ShellArgs};
+mod env;
+mod launch;
+mod pam;
+mod privdrop;
+mod pty;
+mod sandbox;
+mod tree;
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::{SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+use crate::cli::{ExecArgs, Network, ShellArgs};
 use crate::context::Context;
-use crate::error::{not_implemented, report};
+use crate::error::{report, usage};
+use crate::registry::{AgentRecord, AgentState};
+use launch::{Agent, Streams};
 
 /// Exit status when agentuser fails before running the command.
 pub const EXIT_SETUP_FAILED: u8 = 125;
 
-pub fn exec(_ctx: &Context, _args: &ExecArgs) -> u8 {
-    report(&not_implemented("exec"));
-    1
+/// What to run: a command, or the agent's login shell.
+struct Request<'a> {
+    name: &'a str,
+    cwd: Option<&'a PathBuf>,
+    env: &'a [String],
+    network: Option<Network>,
+    /// None: the login shell.
+    command: Option<&'a [OsString]>,
 }
 
-pub fn shell(_ctx: &Context, _args: &ShellArgs) -> u8 {
-    report(&not_implemented("shell"));
-    1
+pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
+    finish(run(
+        ctx,
+        &Request {
+            name: &args.name,
+            cwd: args.cwd.as_ref(),
+            env: &args.env,
+            network: args.network,
+            command: Some(&args.command),
+        },
+    ))
+}
+
+pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
+    finish(run(
+        ctx,
+        &Request {
+            name: &args.name,
+            cwd: args.cwd.as_ref(),
+            env: &[],
+            network: args.network,
+            command: None,
+        },
+    ))
+}
+
+fn finish(result: Result<u8>) -> u8 {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            if crate::error::exit_code(&err) == 2 {
+                2
+            } else {
+                EXIT_SETUP_FAILED
+            }
+        }
+    }
+}
+
+/// Loads the agent and checks that the caller may run it.
+fn authorized_record(ctx: &Context, name: &str) -> Result<AgentRecord> {
+    crate::names::check_agent_name(name)?;
+    let record = ctx
+        .registry
+        .load(name)?
+        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
+    crate::policy::authorize_agent(ctx, &record)?;
+    if record.state != AgentState::Ready {
+        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
+    }
+    Ok(record)
+}
+
+fn run(ctx: &Context, req: &Request) -> Result<u8> {
+    let mut record = authorized_record(ctx, req.name)?;
+    let command_name = match req.command {
+        Some(cmd) => cmd[0].to_string_lossy().into_owned(),
+        None => "(login shell)".into(),
+    };
+    crate::eventlog::record(
+        ctx,
+        "exec",
+        &record.name,
+        &format!("command={command_name:?}"),
+    );
+    let extra_env = explicit_env(req.env)?;
+    crate::creds::sync_before_exec(ctx, &mut record)?;
+    let network = req.network.unwrap_or(ctx.config.network);
+    let plan = sandbox::plan(ctx, &record, network)?;
+    for warning in &plan.warnings {
+        eprintln!("agentuser: warning: {warning}");
+    }
+
+    let account = crate::account::user_by_name(&record.user)?.ok_or_else(|| {
+        anyhow!(
+            "agent '{}': account {} does not exist",
+            record.name,
+            record.user
+        )
+    })?;
+    if account.uid.as_raw() != record.uid || account.gid.as_raw() != record.gid {
+        bail!(
+            "agent '{}': account {} has uid/gid {}/{}, the record says {}/{}",
+            record.name,
+            record.user,
+            account.uid,
+            account.gid,
+            record.uid,
+            record.gid
+        );
+    }
+    let shell = if account.shell.as_os_str().is_empty() {
+        ctx.config.shell.clone()
+    } else {
+        account.shell.clone()
+    };
+    let command = build_command(ctx, &record, req, &shell, &extra_env)?;
+
+    let ttys = pty::terminal_streams();
+    let use_pty = ttys.iter().any(|&t| t);
+    let pty = use_pty.then(|| pty::open(ttys, record.uid)).transpose()?;
+    let pam = pam::PamSession::open(
+        &record.user,
+        &ctx.caller.name,
+        pty.as_ref().map(|p| p.name.as_str()),
+    )?;
+    let (master, slave) = match pty {
+        Some(p) => (Some(p.master), Some(p.slave)),
+        None => (None, None),
+    };
+
+    let preferred_cwd = caller_dir_in_share(&record);
+    let agent = Agent {
+        uid: record.uid,
+        gid: record.gid,
+        home: record.home.clone(),
+        cwd: req.cwd.cloned(),
+        preferred_cwd,
+        streams: match &slave {
+            Some(slave) => Streams::Pty {
+                slave: slave.as_fd(),
+                ttys,
+            },
+            None => Streams::Inherit,
+        },
+    };
+
+    // Signals wait in a signalfd from here on: none can kill the runner half way, and raw
+    // mode is always restored.
+    let signals = tree::runner_signals();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("sigprocmask")?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
+    let raw = pty::RawMode::enter(ttys)?;
+
+    let mut started = tree::start(Some(&plan), || {
+        agent.prepare()?;
+        launch::exec(&command)
+    })?;
+    // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
+    drop(agent);
+    drop(slave);
+    let mut relay = master.map(|m| pty::Relay::new(m, ttys));
+    let start = started.wait_for_start();
+    let status = supervise(started.child, &sfd, relay.as_mut(), ttys);
+    drop(raw);
+    let closed = pam.close();
+    if let Err(failure) = start {
+        eprintln!("agentuser: {failure}");
+        return Ok(failure.code);
+    }
+    let code = status?;
+    if let Err(err) = closed {
+        report(&err);
+    }
+    Ok(code)
+}
+
+/// Waits for the tree's root, relaying the terminal and passing signals on meanwhile.
+fn supervise(
+    child: nix::unistd::Pid,
+    sfd: &SignalFd,
+    mut relay: Option<&mut pty::Relay>,
+    ttys: [bool; 3],
+) -> Result<u8> {
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                if let Some(code) = tree::status_code(status) {
+                    if let Some(relay) = relay.as_deref_mut() {
+                        relay.drain()?;
+                    }
+                    return Ok(code);
+                }
+            }
+            Err(e) => return Err(e).context("waiting for the agent"),
+        }
+        let signal_ready = match relay.as_deref_mut() {
+            Some(relay) => relay.step(sfd.as_fd())?,
+            None => {
+                let mut fds = [nix::poll::PollFd::new(
+                    sfd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
+                true
+            }
+        };
+        if !signal_ready {
+            continue;
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {}
+                Signal::SIGWINCH => {
+                    if let Some(relay) = relay.as_deref() {
+                        pty::forward_window_size(ttys, relay.master.as_fd());
+                    }
+                }
+                other => {
+                    let _ = kill(child, other);
+                }
+            }
+        }
+    }
+}
+
+/// `--env VAR=VALUE` assignments, then the share and credential variables before them.
+fn explicit_env(assignments: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    assignments
+        .iter()
+        .map(|a| env::parse_assignment(a))
+        .collect()
+}
+
+fn build_command(
+    ctx: &Context,
+    record: &AgentRecord,
+    req: &Request,
+    shell: &std::path::Path,
+    explicit: &[(String, Vec<u8>)],
+) -> Result<launch::Command> {
+    let mut extra: Vec<(String, Vec<u8>)> = crate::share::agent_env(record)
+        .into_iter()
+        .map(|(n, v)| (n, v.into_bytes()))
+        .collect();
+    extra.extend(
+        crate::creds::env_vars(ctx, record)?
+            .into_iter()
+            .map(|(n, v)| (n, v.into_bytes())),
+    );
+    extra.extend(explicit.iter().cloned());
+    let environment = env::build(
+        &env::Identity {
+            home: record.home.as_os_str(),
+            user: &record.user,
+            shell: shell.as_os_str(),
+            path: &ctx.config.path,
+        },
+        &ctx.caller_env,
+        &ctx.config.env_allowlist,
+        &extra,
+    );
+    let cstring = |s: &OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| usage("the command contains a NUL byte"))
+    };
+    let (program, argv) = match req.command {
+        Some(cmd) => (
+            cstring(&cmd[0])?,
+            cmd.iter().map(|a| cstring(a)).collect::<Result<Vec<_>>>()?,
+        ),
+        None => {
+            // A login shell: argv[0] is "-" and the shell's base name.
+            let base = shell.file_name().unwrap_or(shell.as_os_str());
+            let mut argv0 = OsString::from("-");
+            argv0.push(base);
+            (cstring(shell.as_os_str())?, vec![cstring(&argv0)?])
+        }
+    };
+    Ok(launch::Command {
+        program,
+        argv,
+        envp: environment.to_cstrings()?,
+        path: ctx.config.path.clone(),
+    })
+}
+
+/// The caller's working directory when it lies inside one of the agent's shares.
+fn caller_dir_in_share(record: &AgentRecord) -> Option<PathBuf> {
+    let dir = std::env::current_dir().ok()?;
+    record
+        .shares
+        .iter()
+        .any(|s| dir.starts_with(&s.path))
+        .then_some(dir)
 }
 
 /// Runs `probe` in a child process as the agent, inside the same view `exec` builds (with
 /// `network`), without a PAM session or a pty. Returns the probe's exit status and what it
 /// wrote to its standard output. Used by `audit` so the sandbox logic exists once.
 pub fn run_in_view(
-    _ctx: &Context,
-    _record: &crate::registry::AgentRecord,
-    _network: crate::cli::Network,
-    _probe: impl FnOnce() -> u8,
-) -> anyhow::Result<(u8, Vec<u8>)> {
-    Err(not_implemented("running in the agent's view"))
+    ctx: &Context,
+    record: &AgentRecord,
+    network: Network,
+    probe: impl FnOnce() -> u8,
+) -> Result<(u8, Vec<u8>)> {
+    let plan = sandbox::plan(ctx, record, network)?;
+    run_probe(record, Some(&plan), probe)
 }
 
 /// Like [`run_in_view`] but with the plain uid switch only (the host's view, no namespaces),
 /// so `audit` can show what the namespaces add.
 pub fn run_as_agent_in_host_view(
     _ctx: &Context,
-    _record: &crate::registry::AgentRecord,
-    _probe: impl FnOnce() -> u8,
-) -> anyhow::Result<(u8, Vec<u8>)> {
-    Err(not_implemented("running as the agent"))
+    record: &AgentRecord,
+    probe: impl FnOnce() -> u8,
+) -> Result<(u8, Vec<u8>)> {
+    run_probe(record, None, probe)
+}
+
+fn run_probe(
+    record: &AgentRecord,
+    plan: Option<&sandbox::ViewPlan>,
+    probe: impl FnOnce() -> u8,
+) -> Result<(u8, Vec<u8>)> {
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let agent = Agent {
+        uid: record.uid,
+        gid: record.gid,
+        home: record.home.clone(),
+        cwd: None,
+        preferred_cwd: None,
+        streams: Streams::Capture {
+            stdout: out_w.as_fd(),
+        },
+    };
+    let mut started = tree::start(plan, || {
+        agent.prepare()?;
+        crate::sys::spawn::close_from(3)?;
+        let code = probe();
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        crate::sys::spawn::exit_now(code)
+    })?;
+    drop(agent);
+    drop(out_w);
+    let start = started.wait_for_start();
+    let mut output = Vec::new();
+    let read = std::fs::File::from(out_r).read_to_end(&mut output);
+    let status = loop {
+        match waitpid(started.child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.context("waiting for the probe")?,
+        }
+    };
+    if let Err(failure) = start {
+        bail!("running as agent '{}': {failure}", record.name);
+    }
+    read.context("reading the probe's output")?;
+    let code = tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED);
+    Ok((code, output))
 }

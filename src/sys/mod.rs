@@ -6,6 +6,8 @@
 
 pub mod ids;
 pub mod landlock;
+pub mod mount;
 pub mod process;
 pub mod socket;
+pub mod spawn;
 pub mod syslog;

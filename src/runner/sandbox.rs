@@ -1,0 +1,311 @@
+//! The agent's view (DESIGN.md section 4 step 5): new mount, IPC and (with `--network
+//! none`) network namespaces, entered by the pid-1 process of a new pid namespace.
+//!
+//! Mount order, so that nothing the agent can write is ever resolved twice (THREAT-MODEL row
+//! 21):
+//! 1. every source is opened with `openat2(RESOLVE_NO_SYMLINKS)` as an `O_PATH` descriptor,
+//!    before anything is hidden;
+//! 2. mounts whose target lies inside another exposed tree (a live credential in the home, a
+//!    nested share) are attached onto their target descriptor in the original tree;
+//! 3. each exposed tree (the home, every share) is cloned, detached, with everything mounted
+//!    inside it, and made nosuid/nodev (and read-only for `ro`, recursively);
+//! 4. `/home`, `/root`, `/run/user`, the agents' home base and other agents' homes are
+//!    covered by empty tmpfs, and `/tmp`, `/var/tmp`, `/dev/shm` by private ones;
+//! 5. the detached trees are attached at their own paths (mount points inside the fresh
+//!    tmpfs are created there, where only root can write);
+//! 6. a fresh `/proc` shows only the new pid namespace.
+//!
+//! A missing source or target is skipped with a warning; a symlink anywhere in a path is an
+//! error (the run is refused).
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::stat::{SFlag, fstat};
+
+use crate::cli::Network;
+use crate::context::Context;
+use crate::registry::AgentRecord;
+use crate::sys::mount as fdmount;
+use crate::view::ViewMount;
+
+/// Everything needed to build the view, computed by the runner before it forks.
+#[derive(Debug, Clone)]
+pub struct ViewPlan {
+    pub network: Network,
+    /// Covered by an empty tmpfs (mode 0755).
+    pub hidden: Vec<PathBuf>,
+    /// Covered by a private tmpfs (mode 1777).
+    pub private_tmp: Vec<PathBuf>,
+    /// The home first, then shares and live credentials.
+    pub mounts: Vec<ViewMount>,
+    /// Warnings to print (one line each) before the run.
+    pub warnings: Vec<String>,
+}
+
+/// Works out the view of `record`'s agent.
+pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<ViewPlan> {
+    let mut hidden: Vec<PathBuf> = ["/home", "/root", "/run/user"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    hidden.push(ctx.config.home_base.clone());
+    for other in ctx.registry.all()? {
+        if other.name != record.name && !other.home.starts_with(&ctx.config.home_base) {
+            hidden.push(other.home.clone());
+        }
+    }
+    let mut mounts = vec![ViewMount {
+        source: record.home.clone(),
+        target: record.home.clone(),
+        read_only: false,
+    }];
+    mounts.extend(crate::share::view_mounts(record));
+    mounts.extend(crate::creds::view_mounts(record));
+    let mut warnings = Vec::new();
+    mounts.retain(|m| {
+        let ok = is_normal_absolute(&m.source) && is_normal_absolute(&m.target);
+        if !ok {
+            warnings.push(format!(
+                "skipping mount {} -> {}: not a normalized absolute path",
+                m.source.display(),
+                m.target.display()
+            ));
+        }
+        ok
+    });
+    Ok(ViewPlan {
+        network,
+        hidden,
+        private_tmp: ["/tmp", "/var/tmp", "/dev/shm"]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        mounts,
+        warnings,
+    })
+}
+
+fn is_normal_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// Namespaces other than pid, entered by the pid-1 process of the new pid namespace.
+pub fn unshare_namespaces(network: Network) -> Result<()> {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
+    if network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).context("creating the mount, IPC and network namespaces")?;
+    if network == Network::None {
+        crate::sys::spawn::loopback_up().context("bringing up loopback")?;
+    }
+    Ok(())
+}
+
+/// Builds the view in the (new, private) mount namespace of the calling process, which must
+/// be the pid-1 process of the agent's pid namespace (for /proc). Returns warnings.
+pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    // Nothing mounted here propagates back to the host; host mounts still show up.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("making the mount namespace private")?;
+
+    // 1. Sources, before anything is hidden.
+    let mut sources = Vec::new();
+    for (i, m) in plan.mounts.iter().enumerate() {
+        match open_beneath_root(&m.source) {
+            Ok(fd) => sources.push((m, fd)),
+            Err(Errno::ENOENT) if i > 0 => warnings.push(format!(
+                "{}: does not exist, not mounted in the view",
+                m.source.display()
+            )),
+            Err(e) => bail!("opening {}: {}", m.source.display(), describe(e)),
+        }
+    }
+    let is_tree = |m: &ViewMount| m.source == m.target;
+    let inside_tree = |m: &ViewMount| {
+        plan.mounts
+            .iter()
+            .any(|t| is_tree(t) && t.target != m.target && m.target.starts_with(&t.target))
+    };
+
+    // 2. Inner mounts onto their targets in the original tree, outermost first.
+    let (mut inner, top): (Vec<_>, Vec<_>) = sources.into_iter().partition(|(m, _)| inside_tree(m));
+    inner.sort_by_key(|(m, _)| m.target.components().count());
+    for (m, src) in &inner {
+        let target = match open_beneath_root(&m.target) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                warnings.push(format!(
+                    "{}: mount target does not exist, skipped",
+                    m.target.display()
+                ));
+                continue;
+            }
+            Err(e) => bail!(
+                "opening mount target {}: {}",
+                m.target.display(),
+                describe(e)
+            ),
+        };
+        if !same_kind(src, &target)? {
+            warnings.push(format!(
+                "{}: mount target is not of the same kind as {}, skipped",
+                m.target.display(),
+                m.source.display()
+            ));
+            continue;
+        }
+        let tree = detached_copy(src, m.read_only)
+            .with_context(|| format!("mounting {}", m.source.display()))?;
+        fdmount::attach(tree.as_fd(), target.as_fd())
+            .map_err(describe)
+            .with_context(|| {
+                format!("mounting {} on {}", m.source.display(), m.target.display())
+            })?;
+    }
+
+    // 3. Detached copies of the exposed trees, with their inner mounts.
+    let mut trees = Vec::new();
+    for (m, src) in top {
+        let tree = detached_copy(&src, m.read_only)
+            .with_context(|| format!("mounting {}", m.source.display()))?;
+        trees.push((m, src, tree));
+    }
+
+    // 4. Hide and privatize.
+    let mut covered: Vec<&Path> = Vec::new();
+    let mut sorted: Vec<&PathBuf> = plan.hidden.iter().collect();
+    sorted.sort_by_key(|p| p.components().count());
+    for path in sorted {
+        if covered.iter().any(|c| path.starts_with(c)) {
+            continue;
+        }
+        if cover_with_tmpfs(path, "mode=0755")? {
+            covered.push(path);
+        }
+    }
+    for path in &plan.private_tmp {
+        if cover_with_tmpfs(path, "mode=1777")? {
+            covered.push(path);
+        }
+    }
+
+    // 5. Attach the exposed trees at their own paths.
+    for (m, src, tree) in trees {
+        let target = if covered.iter().any(|c| m.target.starts_with(c)) {
+            // Inside a fresh tmpfs: only root has written there.
+            if fstat(src.as_fd()).map(|s| s.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits())
+                == Ok(true)
+            {
+                std::fs::create_dir_all(&m.target)
+            } else {
+                create_file_mountpoint(&m.target)
+            }
+            .with_context(|| format!("creating mount point {}", m.target.display()))?;
+            open_beneath_root(&m.target)
+                .map_err(describe)
+                .with_context(|| format!("opening mount point {}", m.target.display()))?
+        } else {
+            src
+        };
+        fdmount::attach(tree.as_fd(), target.as_fd())
+            .map_err(describe)
+            .with_context(|| format!("mounting {}", m.target.display()))?;
+    }
+
+    // 6. A /proc of this pid namespace only.
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting /proc")?;
+    Ok(warnings)
+}
+
+/// Opens `path` as an O_PATH descriptor, refusing any symlink on the way, the last component
+/// included (O_NOFOLLOW would instead return a descriptor of the link itself).
+fn open_beneath_root(path: &Path) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(nix::fcntl::AT_FDCWD, path, how)
+}
+
+fn describe(e: Errno) -> anyhow::Error {
+    if e == Errno::ELOOP {
+        anyhow::anyhow!("a symbolic link is in the way (refused)")
+    } else {
+        anyhow::Error::new(std::io::Error::from(e))
+    }
+}
+
+fn same_kind(a: &OwnedFd, b: &OwnedFd) -> Result<bool> {
+    let kind = |fd: &OwnedFd| fstat(fd.as_fd()).map(|s| s.st_mode & SFlag::S_IFMT.bits());
+    Ok(kind(a).context("fstat")? == kind(b).context("fstat")?)
+}
+
+/// A detached recursive copy of the tree at `src`, nosuid and nodev, read-only if asked.
+fn detached_copy(src: &OwnedFd, read_only: bool) -> Result<OwnedFd> {
+    let tree = fdmount::clone_tree(src.as_fd())
+        .map_err(describe)
+        .context("open_tree")?;
+    let mut attrs = fdmount::MOUNT_ATTR_NOSUID | fdmount::MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= fdmount::MOUNT_ATTR_RDONLY;
+    }
+    fdmount::set_attributes(tree.as_fd(), attrs)
+        .map_err(describe)
+        .context("mount_setattr")?;
+    Ok(tree)
+}
+
+/// Covers a directory with an empty tmpfs; false when it does not exist.
+fn cover_with_tmpfs(path: &Path, mode: &str) -> Result<bool> {
+    let fd = match open_beneath_root(path) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(describe(e)).with_context(|| format!("hiding {}", path.display())),
+    };
+    let on = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    mount(
+        Some("tmpfs"),
+        on.as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(mode),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", path.display()))?;
+    Ok(true)
+}
+
+fn create_file_mountpoint(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+}

@@ -1,0 +1,224 @@
+//! The process tree of a run:
+//!
+//! ```text
+//! runner (root, host namespaces: PAM session, pty relay, signal forwarding)
+//!  └─ init (root, pid 1 of a new pid namespace; builds the view, reaps, forwards signals)
+//!      └─ agent (the agent's uid: the command, or an audit probe)
+//! ```
+//!
+//! When the agent's command exits, init exits with its status, and the kernel kills every
+//! process left in the pid namespace (THREAT-MODEL row 14). Failures before the command
+//! runs travel back on a close-on-exec pipe as one status byte (125, 126 or 127) and a
+//! message; a successful exec closes the pipe with nothing written.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+
+use anyhow::{Context, Result, anyhow};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, pipe2, setsid};
+
+use super::sandbox::{self, ViewPlan};
+use crate::sys::spawn::{catch_signals, close_from, exit_now, fork};
+
+/// Signals the runner and init pass on to the agent's command.
+pub const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// A failure before the command ran, with the exit status it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A started tree: the runner's direct child and the report pipe.
+pub struct Started {
+    pub child: Pid,
+    report: OwnedFd,
+}
+
+/// The runner's signal set: forwarded signals, SIGCHLD and SIGWINCH.
+pub fn runner_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGWINCH);
+    set
+}
+
+/// Forks the tree. With a view, the child is init of a new pid namespace that builds the
+/// view and forks the agent; without, the child is the agent itself (a plain uid switch).
+/// `agent` runs in the agent process and returns only on failure.
+pub fn start(view: Option<&ViewPlan>, agent: impl FnOnce() -> Result<()>) -> Result<Started> {
+    let (report_r, report_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let saved_pid_ns = match view {
+        Some(_) => {
+            let ns =
+                std::fs::File::open("/proc/self/ns/pid").context("opening /proc/self/ns/pid")?;
+            unshare(CloneFlags::CLONE_NEWPID).context("creating the pid namespace")?;
+            Some(ns)
+        }
+        None => None,
+    };
+    let forked = fork();
+    if let Some(ns) = saved_pid_ns {
+        // Later forks of the runner (none in exec; audit may run more) stay in its own pid
+        // namespace. Failing that, the runner cannot go on safely.
+        if matches!(forked, Ok(ForkResult::Parent { .. }) | Err(_))
+            && setns(ns.as_fd(), CloneFlags::CLONE_NEWPID).is_err()
+        {
+            std::process::abort();
+        }
+    }
+    match forked? {
+        ForkResult::Child => {
+            drop(report_r);
+            match view {
+                Some(plan) => init(plan, report_w, agent),
+                None => agent_process(report_w, agent),
+            }
+        }
+        ForkResult::Parent { child } => Ok(Started {
+            child,
+            report: report_r,
+        }),
+    }
+}
+
+/// Sends a failure up the report pipe and leaves.
+fn fail(report: &OwnedFd, err: &anyhow::Error) -> ! {
+    let code = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .map_or(super::EXIT_SETUP_FAILED, |f| f.code);
+    let mut message = vec![code];
+    message.extend_from_slice(crate::error::one_line(err).as_bytes());
+    let _ = nix::unistd::write(report.as_fd(), &message);
+    exit_now(code)
+}
+
+fn agent_process(report: OwnedFd, agent: impl FnOnce() -> Result<()>) -> ! {
+    let err = match agent() {
+        Ok(()) => anyhow!("agent process returned"),
+        Err(e) => e,
+    };
+    fail(&report, &err)
+}
+
+/// Pid 1 of the agent's pid namespace.
+fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) -> ! {
+    let mut set = runner_signals();
+    set.remove(Signal::SIGWINCH);
+    let setup = (|| -> Result<()> {
+        // Not in the caller's session: terminal signals reach the runner only, once.
+        setsid().context("setsid")?;
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
+        catch_signals(&set)?;
+        sandbox::unshare_namespaces(plan.network)?;
+        for warning in sandbox::build(plan)? {
+            eprintln!("agentuser: warning: {warning}");
+        }
+        Ok(())
+    })();
+    if let Err(err) = setup {
+        fail(&report, &err.context("building the agent's view"));
+    }
+    let agent_pid = match fork() {
+        Ok(ForkResult::Child) => agent_process(report, agent),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(err) => fail(&report, &err),
+    };
+    drop(report);
+    let code = supervise_as_init(agent_pid, &set).unwrap_or(super::EXIT_SETUP_FAILED);
+    exit_now(code)
+}
+
+/// Reaps every process of the namespace, passes signals on to the agent's command, keeps
+/// it from stopping for good (nothing could continue it), and returns its status.
+fn supervise_as_init(agent: Pid, set: &SigSet) -> Result<u8> {
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            let _ = crate::sys::spawn::dup_onto(null.as_fd(), fd);
+        }
+    }
+    close_from(3)?;
+    let sfd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    loop {
+        // Reap first: the agent may already be gone.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == agent => return Ok(code as u8),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
+                    return Ok(128u8.wrapping_add(sig as u8));
+                }
+                Ok(WaitStatus::Stopped(pid, _)) if pid == agent => {
+                    let _ = kill(agent, Signal::SIGCONT);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let Some(info) = sfd.read_signal().context("reading signals")? else {
+            continue;
+        };
+        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+            if sig != Signal::SIGCHLD {
+                let _ = kill(agent, sig);
+            }
+        }
+    }
+}
+
+impl Started {
+    /// Reads the report pipe to its end: `Err` with the failure when the agent process
+    /// could not start the command, `Ok` once it did (the exec closed the pipe).
+    pub fn wait_for_start(&mut self) -> std::result::Result<(), Failure> {
+        let mut data = Vec::new();
+        let mut file = std::fs::File::from(self.report.try_clone().map_err(|e| Failure {
+            code: super::EXIT_SETUP_FAILED,
+            message: format!("report pipe: {e}"),
+        })?);
+        let _ = file.read_to_end(&mut data);
+        match data.split_first() {
+            None => Ok(()),
+            Some((&code, message)) => Err(Failure {
+                code,
+                message: String::from_utf8_lossy(message).into_owned(),
+            }),
+        }
+    }
+}
+
+/// The exit status of a finished child, as a shell would report it.
+pub fn status_code(status: WaitStatus) -> Option<u8> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code as u8),
+        WaitStatus::Signaled(_, sig, _) => Some(128u8.wrapping_add(sig as u8)),
+        _ => None,
+    }
+}

@@ -1,0 +1,83 @@
+//! The descriptor-based mount API (open_tree, mount_setattr, move_mount; Linux 5.12+), which
+//! nix does not wrap. Every mount the runner makes from or onto a path the agent could
+//! write goes through these, so no path is resolved again after it was opened without
+//! following symlinks (THREAT-MODEL row 21).
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached copy of the mount tree at `fd` (recursive: submounts come along), like a
+/// `mount --rbind` that is not attached anywhere yet.
+pub fn clone_tree(fd: BorrowedFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: open_tree reads the empty C string and returns a new descriptor or -1.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE
+                | OPEN_TREE_CLOEXEC
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        )
+    };
+    let fd = Errno::result(rc)?;
+    // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sets mount attributes on every mount of the (detached) tree at `fd`.
+pub fn set_attributes(fd: BorrowedFd, attrs: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads one struct mount_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// Attaches the detached tree `tree` onto the file or directory open at `target`.
+pub fn attach(tree: BorrowedFd, target: BorrowedFd) -> Result<(), Errno> {
+    // SAFETY: move_mount reads two empty C strings; both descriptors are valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map(drop)
+}

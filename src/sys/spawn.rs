@@ -1,0 +1,188 @@
+//! Process plumbing for the runner: fork, leaving a child without unwinding, descriptors
+//! closed at exec, signal state reset, controlling terminal and window size.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+use nix::unistd::ForkResult;
+
+/// fork(2). Only for the runner, whose process is single-threaded: the child may then run
+/// ordinary Rust code (no lock can be held by a thread that does not exist in the child).
+pub fn fork() -> Result<ForkResult> {
+    // SAFETY: agentuser never spawns threads, so the child inherits no lock held by another
+    // thread; it leaves through `exit_now` and never returns into the parent's frames.
+    unsafe { nix::unistd::fork() }.context("fork")
+}
+
+/// Ends a forked child at once: no destructors, no atexit handlers, no stdio flush of the
+/// parent's buffers (which would duplicate output).
+pub fn exit_now(code: u8) -> ! {
+    // SAFETY: _exit is async-signal-safe and does not return.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
+/// Marks every descriptor from `first` up as close-on-exec (close_range(2) with
+/// CLOSE_RANGE_CLOEXEC): the exec closes them all, while a failing exec can still report
+/// through a descriptor among them.
+pub fn cloexec_from(first: u32) -> Result<()> {
+    // SAFETY: plain system call with integer arguments; it only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .context("close_range(CLOSE_RANGE_CLOEXEC)")
+}
+
+/// Closes every descriptor from `first` up, now.
+pub fn close_from(first: u32) -> Result<()> {
+    // SAFETY: plain system call; the caller owns every descriptor above `first` (no Rust
+    // object that outlives this call refers to one).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    Errno::result(rc).map(drop).context("close_range")
+}
+
+/// Restores default dispositions for every catchable signal and unblocks all signals, so
+/// the command starts with the signal state a login would give it (SIG_IGN and the mask
+/// survive exec; the caller of a setuid program chooses both).
+pub fn reset_signals() -> Result<()> {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL replaces no Rust handler whose state could be broken.
+        unsafe { signal(sig, SigHandler::SigDfl) }.with_context(|| format!("resetting {sig}"))?;
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).context("sigprocmask")
+}
+
+/// Gives the signals in `set` a no-op handler. They are then never "ignored by default"
+/// (which the kernel does for a pid namespace's init), yet a blocked one stays queued for
+/// a signalfd.
+pub fn catch_signals(set: &SigSet) -> Result<()> {
+    extern "C" fn noop(_: libc::c_int) {}
+    for sig in set.iter() {
+        // SAFETY: the handler does nothing, so it is trivially async-signal-safe.
+        unsafe { signal(sig, SigHandler::Handler(noop)) }
+            .with_context(|| format!("handling {sig}"))?;
+    }
+    Ok(())
+}
+
+/// Makes `fd` (a terminal) the controlling terminal of the calling session leader.
+pub fn set_controlling_tty(fd: BorrowedFd) -> Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(rc).map(drop).context("TIOCSCTTY")
+}
+
+/// The window size of a terminal.
+pub fn window_size(fd: BorrowedFd) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one struct winsize into `ws`, which is valid and writable.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(ws)
+}
+
+/// Sets the window size of a terminal (on a pty master, the kernel signals SIGWINCH to the
+/// slave's foreground process group).
+pub fn set_window_size(fd: BorrowedFd, ws: &libc::winsize) {
+    // SAFETY: TIOCSWINSZ reads one struct winsize from `ws`, which is valid.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) };
+}
+
+/// Permitted, effective and ambient capability sets are all empty.
+pub fn has_no_capabilities() -> bool {
+    let mut header = libc_cap_header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [libc_cap_data::default(); 2];
+    // SAFETY: capget with a version-3 header writes two cap_data structs into `data`.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    let ambient_empty = (0..64).all(|cap| {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_IS_SET,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        r != 1
+    });
+    data.iter().all(|d| d.effective == 0 && d.permitted == 0) && ambient_empty
+}
+
+#[repr(C)]
+struct libc_cap_header {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct libc_cap_data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the loopback interface of the current network namespace up.
+pub fn loopback_up() -> Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("socket")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq, which is valid; the union
+    // field used is ifru_flags, as the ioctls define.
+    unsafe {
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))
+            .context("SIOCGIFFLAGS")?;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))
+            .context("SIOCSIFFLAGS")?;
+    }
+    Ok(())
+}
+
+/// Standard descriptor 0, 1 or 2 (always open: see `process::ensure_std_fds`).
+pub fn std_fd(fd: RawFd) -> BorrowedFd<'static> {
+    assert!((0..=2).contains(&fd));
+    // SAFETY: descriptors 0-2 are opened at start-up and never closed by the process.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// dup2(2) onto a standard descriptor (nix's dup2 wants an owned target).
+pub fn dup_onto(src: BorrowedFd, target: RawFd) -> Result<()> {
+    // SAFETY: plain system call on two descriptor numbers; `target` is 0-2, replaced
+    // atomically.
+    let rc = unsafe { libc::dup2(src.as_raw_fd(), target) };
+    Errno::result(rc).map(drop).context("dup2")
+}

@@ -1,0 +1,486 @@
+//! exec and shell: every test performs an attack for real, as a second uid, and fails if
+//! the attack works.
+
+mod common;
+
+use common::{Out, Sandbox};
+
+fn exec(sb: &Sandbox, agent: &str, script: &str) -> Out {
+    sb.root(&["exec", agent, "--", "/bin/sh", "-c", script])
+}
+
+/// A sandbox with alice (an owner in group agentuser, 0755 home with secrets) and her agent.
+fn setup(name: &str) -> Sandbox {
+    let sb = Sandbox::new(name);
+    sb.add_user("alice", &["agentuser"]);
+    sb.sh(
+        "echo topsecret > /home/alice/secret600 && chmod 600 /home/alice/secret600 && \
+         echo readable > /home/alice/secret644 && chmod 644 /home/alice/secret644 && \
+         chown alice: /home/alice/secret*",
+    )
+    .ok();
+    sb.as_user("alice", &["create", "coder"]).ok();
+    sb
+}
+
+#[test]
+fn runs_as_the_agent_with_exit_codes() {
+    let sb = setup("runner-basic");
+    let uid = sb.show("coder")["uid"].as_u64().unwrap();
+    let out = exec(&sb, "coder", "id -u; id -g; id -G; pwd").ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], uid.to_string(), "{out:#?}");
+    assert_eq!(lines[1], uid.to_string());
+    assert_eq!(lines[2], uid.to_string(), "supplementary groups: {out:#?}");
+    assert_eq!(lines[3], "/var/lib/agentuser/homes/agent-coder");
+    assert_eq!(exec(&sb, "coder", "exit 7").code, 7);
+    assert_eq!(exec(&sb, "coder", "kill -TERM $$").code, 128 + 15);
+    sb.root(&["exec", "coder", "--", "no-such-command"])
+        .fails(127, "not found");
+    sb.root(&["exec", "coder", "--", "/etc/passwd"])
+        .fails(126, "ermission denied");
+    sb.root(&["exec", "ghost", "--", "true"])
+        .fails(125, "no such agent");
+    sb.root(&["exec", "coder", "--cwd", "/home/alice", "--", "true"])
+        .fails(125, "--cwd");
+}
+
+/// Runs `sh` as root on a fresh pty (python3's pty module) inside the sandbox and types
+/// `lines` into it, waiting after each for the expected text to appear. Returns the
+/// transcript.
+fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
+    const DRIVER: &str = r#"
+import json, os, pty, select, sys, time
+steps = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ['PS1'] = '$ '
+    os.execv('/bin/sh', ['sh', '-i'])
+out = b''
+def pump(until, timeout):
+    global out
+    end = time.time() + timeout
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not data:
+                return False
+            out += data
+            if until and until.encode() in out.split(b'<<mark>>')[-1]:
+                return True
+    return until == ''
+for send, expect in steps:
+    out += b'<<mark>>'
+    os.write(fd, send.encode())
+    if not pump(expect, 20 if expect else 0.7):
+        sys.stdout.write(out.decode(errors='replace'))
+        sys.exit('timed out waiting for %r' % expect)
+os.write(fd, b'exit\n')
+pump('', 5)
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors='replace'))
+"#;
+    let steps: Vec<(String, String)> = steps
+        .iter()
+        .map(|(s, e)| (s.to_string(), e.to_string()))
+        .collect();
+    let json = serde_json::to_string(&steps).unwrap();
+    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json]));
+    assert_eq!(out.code, 0, "pty driver failed: {out:#?}");
+    out.stdout
+}
+
+/// Writes a file readable by everyone into the sandbox's work directory (visible in the
+/// agent's view) and returns its path.
+fn work_file(sb: &Sandbox, name: &str, text: &str) -> String {
+    let path = sb.dir.join("work").join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const INJECT: &str = r#"
+import fcntl, os, termios
+fds = [0, 1, 2]
+try:
+    fds.append(os.open('/dev/tty', os.O_RDWR))
+except OSError as e:
+    print('no controlling terminal:', e)
+done = 0
+for fd in fds:
+    try:
+        for c in 'touch /tmp/pwned\n':
+            fcntl.ioctl(fd, termios.TIOCSTI, c.encode())
+        done += 1
+    except OSError:
+        pass
+print('INJECTED', done)
+"#;
+
+#[test]
+fn tiocsti_cannot_reach_the_callers_shell() {
+    let sb = setup("runner-tiocsti");
+    let inject = work_file(&sb, "inject.py", INJECT);
+    let bin = sb.bin.display().to_string();
+    let pwned = sb.host_path("/tmp/pwned");
+
+    // Control: under a plain uid switch the attack works on this host.
+    on_a_terminal(
+        &sb,
+        &[(
+            &format!(
+                "setpriv --reuid agent-coder --regid agent-coder --clear-groups python3 {inject}\n"
+            ),
+            "INJECTED",
+        )],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").unwrap_or_default();
+    if legacy.trim() == "1" {
+        assert!(
+            pwned.exists(),
+            "the control attack failed: the test proves nothing"
+        );
+    }
+    let _ = std::fs::remove_file(&pwned);
+
+    // With a terminal: the agent gets its own pty.
+    let transcript = on_a_terminal(
+        &sb,
+        &[
+            (
+                &format!("{bin} exec coder -- python3 {inject}; echo after-$((6*7))\n"),
+                "after-42",
+            ),
+            ("echo again-$((6*7))\n", "again-42"),
+        ],
+    );
+    assert!(!pwned.exists(), "TIOCSTI through the pty ran: {transcript}");
+    // Without a terminal on any standard stream: no controlling terminal either.
+    let transcript = on_a_terminal(
+        &sb,
+        &[
+            (
+                &format!(
+                    "{bin} exec coder -- python3 {inject} </dev/null 2>&1 | cat; echo rc-$((6*7))\n"
+                ),
+                "rc-42",
+            ),
+            ("echo again-$((6*7))\n", "again-42"),
+        ],
+    );
+    assert!(transcript.contains("INJECTED 0"), "{transcript}");
+    assert!(!pwned.exists(), "TIOCSTI without a tty ran: {transcript}");
+}
+
+#[test]
+fn the_terminal_works_like_a_terminal() {
+    let sb = setup("runner-pty");
+    let bin = sb.bin.display().to_string();
+    let transcript = on_a_terminal(
+        &sb,
+        &[
+            // The agent's own pty, owned by the agent; the caller's window size.
+            (
+                &format!(
+                    "stty rows 33 cols 111; {bin} exec coder -- sh -c 'stat -c %U $(tty); stty size'\n"
+                ),
+                "33 111",
+            ),
+            // Ctrl-C reaches the agent's foreground job.
+            (&format!("{bin} exec coder -- sleep 100\n"), ""),
+            ("\x03", ""),
+            ("echo rc-$?\n", "rc-130"),
+            // Raw mode is restored: the caller's terminal is canonical with echo again.
+            (
+                "stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | sort | tr '\\n' +; echo\n",
+                "echo+icanon+",
+            ),
+            // Job control in the login shell.
+            (&format!("{bin} shell coder\n"), "$ "),
+            ("sleep 100\n", ""),
+            ("\x1a", "Stopped"),
+            ("kill %1; echo shell-ok-$((1+1))\n", "shell-ok-2"),
+            ("exit\n", "$ "),
+        ],
+    );
+    assert!(transcript.contains("agent-coder"), "{transcript}");
+}
+
+#[test]
+fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
+    let sb = setup("runner-view");
+    // A process of the owner with a secret in its argv, and a file in the shared /tmp.
+    let mut owner_proc = sb.spawn(sb.command(&[
+        "setpriv",
+        "--reuid",
+        "alice",
+        "--regid",
+        "alice",
+        "--init-groups",
+        "--",
+        "bash",
+        "-c",
+        "exec -a 'mysql --password=hunter2' sleep 60",
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sb.sh("echo owner-temp > /tmp/owner-file && chmod 644 /tmp/owner-file")
+        .ok();
+    // Control: a plain uid switch reaches all of it.
+    let control = sb
+        .sh_as(
+            "agent-coder",
+            "cat /home/alice/secret644; cat /proc/*/cmdline | tr '\\0' ' ' | grep -c 'hunter[2]'; \
+             cat /tmp/owner-file",
+        )
+        .stdout;
+    assert!(
+        control.contains("readable") && control.contains("owner-temp"),
+        "control: {control}"
+    );
+    assert!(control.lines().any(|l| l == "1"), "control: {control}");
+
+    for script in [
+        "cat /home/alice/secret600",
+        "cat /home/alice/secret644",
+        "ls /home/alice",
+        "cat /tmp/owner-file",
+    ] {
+        let out = exec(&sb, "coder", script);
+        assert_ne!(out.code, 0, "{script} worked: {out:#?}");
+        assert!(!out.stdout.contains("topsecret") && !out.stdout.contains("readable"));
+    }
+    let out = exec(
+        &sb,
+        "coder",
+        "ls -A /home /root /run/user 2>/dev/null | grep -v ':$' | grep .; echo end",
+    )
+    .ok();
+    assert_eq!(
+        out.stdout.trim(),
+        "end",
+        "hidden directories list: {out:#?}"
+    );
+    // Only the agent's own processes (and its init) are visible, and no argv of others.
+    let out = exec(
+        &sb,
+        "coder",
+        "cat /proc/*/cmdline | tr '\\0' ' ' | grep -c 'hunter[2]'; ls -d /proc/[0-9]* | wc -l",
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "0", "owner argv visible: {out:#?}");
+    let visible: u32 = lines[1].trim().parse().unwrap();
+    assert!(visible <= 6, "{visible} processes visible: {out:#?}");
+    // Its own home is there and writable; its /tmp is private and gone afterwards.
+    exec(
+        &sb,
+        "coder",
+        "echo mine > ~/note && cat ~/note && echo t > /tmp/agent-file && test -w /dev/shm",
+    )
+    .ok();
+    assert!(!sb.host_path("/tmp/agent-file").exists());
+    assert!(
+        sb.host_path("/var/lib/agentuser/homes/agent-coder/note")
+            .exists()
+    );
+    let _ = owner_proc.kill();
+    let _ = owner_proc.wait();
+}
+
+#[test]
+fn descriptors_environment_and_privileges_do_not_leak() {
+    let sb = setup("runner-leaks");
+    let bin = sb.bin.display().to_string();
+    // A descriptor root opened before exec.
+    let out = sb.sh(&format!(
+        "exec 9</home/alice/secret600; {bin} exec coder -- sh -c 'cat <&9; ls /proc/self/fd'"
+    ));
+    assert!(!out.stdout.contains("topsecret"), "fd 9 readable: {out:#?}");
+    let fds: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert!(
+        fds.len() <= 4,
+        "descriptors above 2 reached the agent: {out:#?}"
+    );
+
+    // Canary variables in the caller's environment.
+    let mut cmd = sb.command(&[&bin, "exec", "coder", "--env", "CHOSEN=yes", "--", "env"]);
+    for (name, value) in [
+        ("GITHUB_TOKEN", "canary-gh"),
+        ("SSH_AUTH_SOCK", "/tmp/canary-ssh"),
+        ("AWS_SECRET_ACCESS_KEY", "canary-aws"),
+        ("LD_PRELOAD", "/tmp/canary.so"),
+        ("DBUS_SESSION_BUS_ADDRESS", "unix:path=/tmp/canary"),
+        ("LC_ALL", "/tmp/canary-locale"),
+        ("TERM", "xterm-256color"),
+    ] {
+        cmd.env(name, value);
+    }
+    let out = sb.run(cmd).ok();
+    assert!(
+        !out.stdout.contains("canary"),
+        "canary leaked: {}",
+        out.stdout
+    );
+    for wanted in [
+        "HOME=/var/lib/agentuser/homes/agent-coder",
+        "USER=agent-coder",
+        "LOGNAME=agent-coder",
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "TERM=xterm-256color",
+        "CHOSEN=yes",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == wanted),
+            "{wanted}: {}",
+            out.stdout
+        );
+    }
+    sb.root(&["exec", "coder", "--env", "1BAD=x", "--", "true"])
+        .fails(2, "invalid variable name");
+
+    // No way back to root: setuid(0), sudo, a setuid binary.
+    let out = exec(
+        &sb,
+        "coder",
+        "python3 -c 'import os; os.setuid(0)' 2>/dev/null && echo SETUID-WORKED; \
+         sudo -n id 2>/dev/null && echo SUDO-WORKED; grep -E '^(NoNewPrivs|CapEff|CapPrm)' /proc/self/status",
+    );
+    assert!(!out.stdout.contains("WORKED"), "{out:#?}");
+    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{out:#?}");
+    assert!(out.stdout.contains("CapEff:\t0000000000000000"), "{out:#?}");
+}
+
+#[test]
+fn nothing_the_agent_starts_outlives_the_run() {
+    let sb = setup("runner-daemon");
+    exec(
+        &sb,
+        "coder",
+        "setsid sh -c 'sleep 1000' </dev/null >/dev/null 2>&1 & (nohup sleep 1000 >/dev/null 2>&1 &); echo started",
+    )
+    .ok();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let left = sb.processes_in_range();
+    assert!(
+        left.is_empty(),
+        "agent processes survived the run: {left:?}"
+    );
+}
+
+#[test]
+fn network_none_cuts_off_loopback_services() {
+    let sb = setup("runner-network");
+    let port = 20000 + (sb.uid_base / 1000) % 20000;
+    let mut listener = sb.spawn(sb.command(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen(16)\nprint('up',flush=True)\ntime.sleep(60)"
+        ),
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let probe = format!(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1',{port}),timeout=3); print('CONNECTED')\" 2>/dev/null; \
+         python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print('LOOPBACK-UP')\""
+    );
+    let host = exec(&sb, "coder", &probe);
+    assert!(
+        host.stdout.contains("CONNECTED"),
+        "default (host) network: {host:#?}"
+    );
+    let none = sb.root(&[
+        "exec",
+        "coder",
+        "--network",
+        "none",
+        "--",
+        "/bin/sh",
+        "-c",
+        &probe,
+    ]);
+    assert!(
+        !none.stdout.contains("CONNECTED"),
+        "--network none reached the host: {none:#?}"
+    );
+    assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
+    let _ = listener.kill();
+    let _ = listener.wait();
+}
+
+#[test]
+fn signals_reach_the_agent_and_pipes_are_binary_safe() {
+    use std::io::{BufRead, Read, Write};
+    let sb = setup("runner-signals");
+    let bin = sb.bin.display().to_string();
+    for (sig, name) in [
+        (nix::sys::signal::Signal::SIGTERM, "TERM"),
+        (nix::sys::signal::Signal::SIGHUP, "HUP"),
+        (nix::sys::signal::Signal::SIGINT, "INT"),
+    ] {
+        let script = format!(
+            "trap 'echo got-{name}; exit 3' {name}; echo ready; while :; do sleep 0.05; done"
+        );
+        let mut child = sb.spawn(sb.command(&[&bin, "exec", "coder", "--", "sh", "-c", &script]));
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(rest.trim(), format!("got-{name}"));
+        assert_eq!(status.code(), Some(3), "{name}");
+    }
+
+    // 10 MiB of every byte value through stdin and stdout, EOF included.
+    let data: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut cmd = sb.command(&[&bin, "exec", "coder", "--", "cat"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&feed).unwrap());
+    let mut echoed = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut echoed)
+        .unwrap();
+    writer.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        echoed == data,
+        "round trip differs ({} bytes back)",
+        echoed.len()
+    );
+}
+
+#[test]
+fn only_root_and_the_owner_may_run_the_agent() {
+    let sb = setup("runner-setuid");
+    sb.add_user("bob", &["agentuser"]);
+    let uid = sb.show("coder")["uid"].as_u64().unwrap();
+    let out = sb
+        .as_user("alice", &["exec", "coder", "--", "id", "-u"])
+        .ok();
+    assert_eq!(out.stdout.trim(), uid.to_string());
+    let out = sb.as_user(
+        "alice",
+        &["exec", "coder", "--", "cat", "/home/alice/secret600"],
+    );
+    assert_ne!(out.code, 0, "{out:#?}");
+    sb.as_user("bob", &["exec", "coder", "--", "id"])
+        .fails(125, "not its owner");
+    sb.as_user("bob", &["shell", "coder"])
+        .fails(125, "not its owner");
+    sb.as_user("agent-coder", &["exec", "coder", "--", "id"])
+        .fails(125, "agent accounts may not use agentuser");
+}
