@@ -178,21 +178,7 @@ pub fn pass_findings(
     gids.sort_unstable();
     gids.dedup();
     for gid in gids.into_iter().filter(|&g| g != agent_gid) {
-        let name = group_name(gid);
-        let (severity, why) = RISKY_GROUPS
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, s, w)| (*s, *w))
-            .unwrap_or((Severity::Info, "a supplementary group"));
-        out.push(
-            Finding::new(
-                severity,
-                "group",
-                &name,
-                format!("member of group {name}: {why}"),
-            )
-            .fix(format!("gpasswd -d AGENT_USER {name}")),
-        );
+        out.push(group_finding(gid, "the probe held it"));
     }
     for note in &obs.truncated {
         out.push(Finding::new(Severity::Info, "bounded", "scan", note));
@@ -201,6 +187,23 @@ pub fn pass_findings(
         f.views = vec![view];
     }
     out
+}
+
+/// A group the agent holds (measured) or will get at any login (from the group database).
+pub fn group_finding(gid: u32, how: &str) -> Finding {
+    let name = group_name(gid);
+    let (severity, why) = RISKY_GROUPS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, s, w)| (*s, *w))
+        .unwrap_or((Severity::Info, "a supplementary group"));
+    Finding::new(
+        severity,
+        "group",
+        &name,
+        format!("member of group {name} ({how}): {why}"),
+    )
+    .fix(format!("gpasswd -d AGENT_USER {name}"))
 }
 
 fn homes(obs: &Observations, out: &mut Vec<Finding>) {

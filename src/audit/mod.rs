@@ -126,13 +126,20 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             }
         }
     }
+    // The runner may drop supplementary groups, but cron, at, su and ssh logins call
+    // initgroups: what the group database gives the account is reached in the host view.
+    for gid in database_groups(&record) {
+        findings.push(
+            assess::group_finding(
+                gid,
+                "in the group database: every login outside agentuser gets it",
+            )
+            .in_views(&[View::Host]),
+        );
+    }
     let mut findings = assess::merge(findings);
     let view_nnp = view.as_ref().map(|o| o.no_new_privs).unwrap_or(false);
-    let groups = view
-        .as_ref()
-        .or(host.as_ref())
-        .map(|o| o.groups.clone())
-        .unwrap_or_default();
+    let groups = database_groups(&record);
     findings.extend(account_findings(ctx, &record, &groups, view_nnp));
     report::sort(&mut findings);
 
@@ -168,6 +175,22 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
         );
     }
     Ok(code)
+}
+
+/// Supplementary groups the group database gives the agent's account.
+fn database_groups(record: &AgentRecord) -> Vec<u32> {
+    let Ok(user) = std::ffi::CString::new(record.user.as_bytes()) else {
+        return Vec::new();
+    };
+    nix::unistd::getgrouplist(&user, nix::unistd::Gid::from_raw(record.gid))
+        .map(|groups| {
+            groups
+                .into_iter()
+                .map(|g| g.as_raw())
+                .filter(|&g| g != record.gid)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Checks a probe's exit status and parses its report.

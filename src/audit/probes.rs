@@ -145,6 +145,8 @@ pub struct HomeScan {
     pub home: PathBuf,
     /// The agent could list the home directory itself.
     pub listable: bool,
+    /// Entries the agent saw directly in the home (an empty placeholder shows nothing).
+    pub entries: u64,
     pub readable_files: u64,
     /// Named secrets, at most `max_named`.
     pub secrets: Vec<Secret>,
@@ -208,7 +210,8 @@ pub fn observe(plan: &Plan) -> Observations {
             continue;
         }
         let scan = walker.scan_home(home, &mut obs.truncated);
-        if scan.listable || scan.readable_files > 0 || scan.writable_total > 0 {
+        if (scan.listable && scan.entries > 0) || scan.readable_files > 0 || scan.writable_total > 0
+        {
             obs.homes.push(scan);
         }
     }
@@ -255,6 +258,9 @@ impl Walker<'_> {
             }
             if skip_parents.contains(entry.parent) && plan.skip.contains(&entry.path()) {
                 return Flow::Prune;
+            }
+            if entry.depth == 1 {
+                scan.entries += 1;
             }
             match entry.kind {
                 Kind::Dir => {
