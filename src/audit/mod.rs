@@ -228,10 +228,14 @@ fn plan(ctx: &Context, record: &AgentRecord) -> Result<(Plan, SocketOwners)> {
                 .map(|m| (s.name.clone(), m.uid()))
         })
         .collect();
-    let owners = SocketOwners {
-        holders: network::socket_holders(&inodes),
-        files,
+    // Which process holds a socket is root's knowledge (other users' /proc/PID/fd): the
+    // agent's owner learns only what the agent itself could (socket file owners).
+    let holders = if ctx.caller.is_root {
+        network::socket_holders(&inodes)
+    } else {
+        BTreeMap::new()
     };
+    let owners = SocketOwners { holders, files };
     let plan = Plan {
         homes: homes_to_scan(ctx, record)?,
         skip,
