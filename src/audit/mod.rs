@@ -333,25 +333,32 @@ fn account_findings(
         ));
     }
     for cred in creds::describe(ctx, record) {
-        let fine = matches!(
-            cred.state.as_str(),
-            "ok" | "current" | "in sync" | "unchanged"
-        );
+        // States as creds reports them: ok, source-changed, agent-modified, missing-source,
+        // missing-copy, unreadable-source ("unknown" before a check exists).
+        let fine = matches!(cred.state.as_str(), "ok" | "unknown");
         let subject = cred.dest.clone().unwrap_or_else(|| cred.source.clone());
-        out.push(Finding::new(
-            if fine || cred.state == "unknown" {
+        let detail = format!(
+            "{:?} credential from {}: {}",
+            cred.kind, cred.source, cred.state
+        )
+        .to_lowercase();
+        let mut f = Finding::new(
+            if fine {
                 Severity::Info
             } else {
                 Severity::Medium
             },
             "credential",
             subject,
-            format!(
-                "{:?} credential from {}: {}",
-                cred.kind, cred.source, cred.state
-            )
-            .to_lowercase(),
-        ));
+            detail,
+        );
+        if !fine {
+            f = f.fix(format!(
+                "agentuser cred sync {} (or cred rm it if it is no longer needed)",
+                record.name
+            ));
+        }
+        out.push(f);
     }
     let mut named: Vec<(u32, String)> =
         groups.iter().map(|&g| (g, assess::group_name(g))).collect();
