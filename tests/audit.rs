@@ -40,7 +40,8 @@ struct LeakyHost {
 }
 
 /// An owner with a 0755 home holding a 0644 .netrc and a .bashrc exporting a key, a root
-/// listener on 127.0.0.1, a root abstract socket, and an agent in group docker.
+/// listener on 127.0.0.1, a root abstract socket, and an agent in group docker with a
+/// NOPASSWD sudo rule.
 fn leaky_host(name: &str) -> LeakyHost {
     let sb = Sandbox::new(name);
     sb.add_user("alice", &[]);
@@ -53,7 +54,10 @@ fn leaky_host(name: &str) -> LeakyHost {
     )
     .ok();
     sb.root(&["create", "coder", "--owner", "alice"]).ok();
-    sb.sh("usermod -aG docker agent-coder").ok();
+    sb.sh("usermod -aG docker agent-coder
+         printf 'agent-coder ALL=(ALL) NOPASSWD: ALL\n' > /etc/sudoers.d/agent
+         chmod 0440 /etc/sudoers.d/agent")
+        .ok();
     let (tcp, port) = python(
         &sb,
         "import socket,time\n\
@@ -138,6 +142,18 @@ fn audit_reports_what_each_view_reaches() {
         );
     }
     assert!(report["passes"]["view"]["ok"] == true && report["passes"]["host"]["ok"] == true);
+    // The sudoers rule is read by the privileged side; no-new-privs (measured in the view)
+    // confines it to the host view.
+    let sudo = finding(&report, "sudo", "/etc/sudoers.d/agent:1");
+    assert!(
+        reached_in(sudo, "host") && !reached_in(sudo, "view"),
+        "{report:#}"
+    );
+    assert_eq!(sudo.unwrap()["severity"], "high");
+    assert!(
+        finding(&report, "no-new-privs", "runner").is_none(),
+        "{report:#}"
+    );
 
     // The table names the same things, one line each.
     let table = sb.as_user("alice", &["audit", "coder"]);
@@ -152,6 +168,19 @@ fn audit_with_network_none_reaches_neither_listener_nor_homes() {
     let host = leaky_host("audit-netnone");
     let sb = &host.sb;
     sb.write_config("network = \"none\"");
+    // A file name the agent chose, with an OSC 52 clipboard write in it, in shared /tmp.
+    sb.sh_as(
+        "agent-coder",
+        "touch \"$(printf '/tmp/x\\033]52;c;aGk=\\007')\"",
+    )
+    .ok();
+    let table = sb.root(&["audit", "coder"]);
+    assert!(
+        table.stdout.contains("/tmp/x\\u{1b}]52"),
+        "{}",
+        table.stdout
+    );
+    assert!(!table.stdout.contains('\u{1b}') && !table.stdout.contains('\u{7}'));
     let report = sb.root(&["audit", "coder", "--json"]).json();
     assert_eq!(report["network"], "none");
     let tcp = format!("tcp 127.0.0.1:{}", host.port);
