@@ -313,7 +313,7 @@ fn probe_plan(root: &Path) -> agentuser::audit::probes::Plan {
         homes: vec![root.join("alice"), root.join("bob")],
         skip: vec![root.join("alice/shared")],
         writable_roots: vec![(root.join("opt"), 2)],
-        private_tmp: false,
+        host_temp: Vec::new(),
         unix: wanted,
         listeners: Vec::new(),
         limits: Default::default(),

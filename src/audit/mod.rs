@@ -79,7 +79,14 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let network = ctx.config.network;
     let (base, owners) = plan(ctx, &record)?;
     let view_plan = Plan {
-        private_tmp: true,
+        host_temp: probes::TEMP_DIRS
+            .iter()
+            .filter_map(|t| {
+                std::fs::metadata(t)
+                    .ok()
+                    .map(|m| (PathBuf::from(t), m.dev(), m.ino()))
+            })
+            .collect(),
         ..base.clone()
     };
     let view = finish(runner::run_in_view(ctx, &record, network, move || {
@@ -240,7 +247,7 @@ fn plan(ctx: &Context, record: &AgentRecord) -> Result<(Plan, SocketOwners)> {
         homes: homes_to_scan(ctx, record)?,
         skip,
         writable_roots: probes::default_writable_roots(),
-        private_tmp: false,
+        host_temp: Vec::new(),
         unix,
         listeners,
         limits: probes::Limits::default(),

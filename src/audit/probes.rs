@@ -88,8 +88,10 @@ pub struct Plan {
     pub skip: Vec<PathBuf>,
     /// Roots of the writable scan, each with a depth limit.
     pub writable_roots: Vec<(PathBuf, usize)>,
-    /// /tmp, /var/tmp and /dev/shm are the agent's own in this pass (runner's view).
-    pub private_tmp: bool,
+    /// The host's /tmp, /var/tmp and /dev/shm as (path, device, inode). In the runner's view
+    /// a temp directory that is not the host's is the agent's private one and is not
+    /// reported; one that is still the host's is (measured, not assumed).
+    pub host_temp: Vec<(PathBuf, u64, u64)>,
     /// Unix sockets and listeners the host shows (the probe adds what its namespace shows).
     pub unix: Vec<UnixSocket>,
     pub listeners: Vec<Listener>,
@@ -393,9 +395,20 @@ fn read_head(fd: OwnedFd) -> Option<Vec<u8>> {
 fn writable_scan(plan: &Plan, started: Instant, obs: &mut Observations) {
     let limits = &plan.limits;
     let homes: BTreeSet<&Path> = plan.homes.iter().map(PathBuf::as_path).collect();
+    let private: Vec<&Path> = plan
+        .host_temp
+        .iter()
+        .filter(|(path, dev, ino)| {
+            std::fs::metadata(path).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino()) != (*dev, *ino)
+            })
+        })
+        .map(|(path, _, _)| path.as_path())
+        .collect();
     let excluded = |p: &Path| {
         plan.skip.iter().any(|s| p.starts_with(s))
-            || (plan.private_tmp && TEMP_DIRS.iter().any(|t| p.starts_with(t)))
+            || private.iter().any(|t| p.starts_with(t))
             // Other homes are covered by the home walk, pseudo file systems by nothing.
             || homes.contains(p)
             || ["/proc", "/sys", "/dev"].iter().any(|t| p == Path::new(t))
@@ -524,7 +537,7 @@ mod tests {
             homes: vec![home.clone()],
             skip: vec![home.join("proj/src")],
             writable_roots: Vec::new(),
-            private_tmp: false,
+            host_temp: Vec::new(),
             unix: Vec::new(),
             listeners: Vec::new(),
             limits: Limits {
@@ -548,13 +561,20 @@ mod tests {
     }
 
     #[test]
-    fn writable_scan_respects_private_tmp_and_skips() {
+    fn writable_scan_honours_skips_and_private_temp_dirs() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tree("probe-writable");
+        let alice = std::fs::metadata(dir.join("alice")).unwrap();
         let plan = Plan {
             homes: Vec::new(),
             skip: vec![dir.join("alice/proj")],
             writable_roots: vec![(dir.clone(), 3)],
-            private_tmp: false,
+            // alice/.ssh is "not the host's" (another inode): private, not reported;
+            // alice is the host's own: still reported.
+            host_temp: vec![
+                (dir.join("alice/.ssh"), 0, 0),
+                (dir.join("alice"), alice.dev(), alice.ino()),
+            ],
             unix: Vec::new(),
             listeners: Vec::new(),
             limits: Limits::default(),
@@ -568,6 +588,11 @@ mod tests {
                 .any(|w| w.path.starts_with(dir.join("alice/proj")))
         );
         assert!(!obs.writable.iter().any(|w| w.path.ends_with("link")));
+        assert!(
+            !obs.writable
+                .iter()
+                .any(|w| w.path.starts_with(dir.join("alice/.ssh")))
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
