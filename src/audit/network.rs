@@ -21,8 +21,10 @@ const ACCEPTCON: u32 = 0x0001_0000;
 /// How long a TCP connect test may wait (loopback answers in microseconds; a full backlog
 /// or a filtering rule must not stall the audit).
 const TCP_TIMEOUT: Duration = Duration::from_millis(300);
-/// Most sockets or ports tested per pass.
-pub const MAX_TESTS: usize = 512;
+/// Most unix sockets tested per pass (each test is one non-blocking connect).
+pub const MAX_UNIX_TESTS: usize = 4096;
+/// Most loopback TCP ports tested per pass (each may wait up to TCP_TIMEOUT).
+pub const MAX_TCP_TESTS: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct UnixSocket {

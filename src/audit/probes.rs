@@ -218,7 +218,7 @@ pub fn observe(plan: &Plan) -> Observations {
         }
     }
     writable_scan(plan, started, &mut obs);
-    reach_sockets(plan, &mut obs);
+    reach_sockets(plan, started, &mut obs);
     obs
 }
 
@@ -468,12 +468,21 @@ fn writable_scan(plan: &Plan, started: Instant, obs: &mut Observations) {
     }
 }
 
-/// Connect tests on the host's sockets plus those this namespace shows.
-fn reach_sockets(plan: &Plan, obs: &mut Observations) {
+/// Connect tests on the host's sockets plus those this namespace shows, within the caps
+/// and the probe's time budget (a loopback port behind a DROP rule costs a timeout).
+fn reach_sockets(plan: &Plan, started: Instant, obs: &mut Observations) {
+    let limits = &plan.limits;
     let mut unix: BTreeSet<UnixSocket> = plan.unix.iter().cloned().collect();
     unix.extend(network::read_unix_sockets());
+    if unix.len() > network::MAX_UNIX_TESTS {
+        obs.truncated.push(format!(
+            "tested {} of {} unix sockets",
+            network::MAX_UNIX_TESTS,
+            unix.len()
+        ));
+    }
     let skip = &plan.skip;
-    for socket in unix.into_iter().take(network::MAX_TESTS) {
+    for socket in unix.into_iter().take(network::MAX_UNIX_TESTS) {
         if !socket.is_abstract() && skip.iter().any(|s| Path::new(&socket.name).starts_with(s)) {
             continue;
         }
@@ -489,13 +498,17 @@ fn reach_sockets(plan: &Plan, obs: &mut Observations) {
         .cloned()
         .collect();
     tcp.extend(own.iter().filter(|l| l.proto == Proto::Tcp).cloned());
-    for listener in tcp
-        .into_iter()
-        .filter(Listener::on_loopback)
-        .take(network::MAX_TESTS)
-    {
-        if network::reaches_tcp(&listener) {
-            obs.tcp.push(listener);
+    let tcp: Vec<Listener> = tcp.into_iter().filter(Listener::on_loopback).collect();
+    for (tested, listener) in tcp.iter().enumerate() {
+        if tested >= network::MAX_TCP_TESTS || started.elapsed() > limits.budget {
+            obs.truncated.push(format!(
+                "tested {tested} of {} loopback TCP ports",
+                tcp.len()
+            ));
+            break;
+        }
+        if network::reaches_tcp(listener) {
+            obs.tcp.push(listener.clone());
         }
     }
     // A UDP port cannot be tested without sending a datagram: report what this network
