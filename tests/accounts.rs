@@ -393,19 +393,27 @@ fn concurrent_creates_get_distinct_uids() {
     }
 }
 
+/// Starts `agentuser ARGS` as root, SIGKILLs it after `delay_ms`, then runs the same
+/// command again to completion and returns that second run.
+fn kill_then_rerun(sb: &Sandbox, args: &[&str], delay_ms: u64) -> common::Out {
+    let mut argv = vec![sb.bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let mut child = sb.spawn(sb.command(&argv));
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Let any tool the killed helper had started finish before looking.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    sb.root(args)
+}
+
 #[test]
 fn interrupted_create_and_delete_are_completed_by_running_them_again() {
     let sb = Sandbox::new("interrupted");
     for (i, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
         let name = format!("int{i}");
         let user = format!("agent-{name}");
-        let mut child = sb.spawn(sb.command(&[sb.bin.to_str().unwrap(), "create", &name]));
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Let any tool the killed helper had started finish before looking.
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        let again = sb.root(&["create", &name]);
+        let again = kill_then_rerun(&sb, &["create", &name], delay_ms);
         assert!(
             again.code == 0 || again.stderr.contains("already exists"),
             "re-running create after a kill at {delay_ms} ms: {again:#?}"
@@ -414,12 +422,7 @@ fn interrupted_create_and_delete_are_completed_by_running_them_again() {
         assert_eq!(record["state"], "ready", "{record}");
         assert!(sb.user_exists(&user));
 
-        let mut child = sb.spawn(sb.command(&[sb.bin.to_str().unwrap(), "delete", &name]));
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        let again = sb.root(&["delete", &name]);
+        let again = kill_then_rerun(&sb, &["delete", &name], delay_ms);
         assert!(
             again.code == 0 || again.stderr.contains("no such agent"),
             "re-running delete after a kill at {delay_ms} ms: {again:#?}"
