@@ -150,6 +150,17 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     findings.extend(account_findings(ctx, &record, &groups, view_nnp));
     report::sort(&mut findings);
 
+    print(&record, network, passes, findings, json)
+}
+
+/// Prints the report; the exit status is 1 when any finding is high.
+fn print(
+    record: &AgentRecord,
+    network: Network,
+    passes: BTreeMap<&'static str, PassStatus>,
+    findings: Vec<Finding>,
+    json: bool,
+) -> Result<u8> {
     let summary = Summary::of(&findings);
     let code = u8::from(summary.high > 0);
     if json {
@@ -174,7 +185,10 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
                 Network::None => "none",
             }
         );
-        println!("REACHED: view = in the view exec builds; host-only = only outside agentuser\n");
+        println!(
+            "REACHED: view = in the view exec builds; host-only = only outside agentuser; \
+             - = the account itself\n"
+        );
         print!("{}", report::table(&findings, true));
         println!(
             "\n{} high, {} medium, {} info",
