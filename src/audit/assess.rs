@@ -424,3 +424,116 @@ pub fn group_name(gid: u32) -> String {
         _ => gid.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::network::{Listener, Proto};
+    use crate::audit::probes::{HomeScan, Secret, Writable};
+
+    const AGENT: u32 = 1_900_000_000;
+
+    fn severity_of(findings: &[Finding], subject: &str) -> Option<Severity> {
+        findings
+            .iter()
+            .find(|f| f.subject == subject)
+            .map(|f| f.severity)
+    }
+
+    #[test]
+    fn severities_follow_what_was_reached() {
+        let socket = |name: &str, inode| UnixSocket {
+            name: name.into(),
+            kind: crate::sys::socket::STREAM,
+            inode,
+        };
+        let obs = Observations {
+            uid: AGENT,
+            gid: AGENT,
+            no_new_privs: true,
+            homes: vec![HomeScan {
+                home: "/home/alice".into(),
+                listable: true,
+                entries: 3,
+                readable_files: 5,
+                secrets: vec![Secret {
+                    path: "/home/alice/.netrc".into(),
+                    kind: "netrc credentials".into(),
+                }],
+                secrets_total: 1,
+                ..HomeScan::default()
+            }],
+            writable: vec![
+                Writable {
+                    path: "/tmp".into(),
+                    owner: 0,
+                    mode: 0o1777,
+                    dir: true,
+                },
+                Writable {
+                    path: "/usr/local/bin".into(),
+                    owner: 0,
+                    mode: 0o777,
+                    dir: true,
+                },
+            ],
+            unix: vec![
+                socket("/run/dbus/system_bus_socket", 1),
+                socket("/run/docker.sock", 2),
+                socket("/run/user/1000/bus", 3),
+                socket("/home/agent/own.sock", 4),
+                socket("@/tmp/.X11-unix/X0", 5),
+            ],
+            tcp: vec![
+                Listener {
+                    proto: Proto::Tcp,
+                    addr: "127.0.0.1".parse().unwrap(),
+                    port: 5432,
+                    uid: 0,
+                },
+                Listener {
+                    proto: Proto::Tcp,
+                    addr: "127.0.0.1".parse().unwrap(),
+                    port: 8000,
+                    uid: AGENT,
+                },
+            ],
+            ..Observations::default()
+        };
+        let owners = SocketOwners {
+            holders: [(4, (AGENT, "agent".to_string()))].into_iter().collect(),
+            files: BTreeMap::new(),
+        };
+        let f = pass_findings(&obs, View::View, AGENT, AGENT, &owners);
+        assert!(f.iter().all(|f| f.views == [View::View]));
+        assert_eq!(severity_of(&f, "/home/alice/.netrc"), Some(Severity::High));
+        assert_eq!(severity_of(&f, "/home/alice"), Some(Severity::Medium));
+        assert_eq!(severity_of(&f, "/tmp"), Some(Severity::Medium));
+        assert_eq!(severity_of(&f, "/usr/local/bin"), Some(Severity::High));
+        assert_eq!(
+            severity_of(&f, "/run/dbus/system_bus_socket"),
+            Some(Severity::Info)
+        );
+        assert_eq!(severity_of(&f, "/run/docker.sock"), Some(Severity::High));
+        assert_eq!(severity_of(&f, "/run/user/1000/bus"), Some(Severity::High));
+        assert_eq!(severity_of(&f, "@/tmp/.X11-unix/X0"), Some(Severity::High));
+        assert_eq!(severity_of(&f, "tcp 127.0.0.1:5432"), Some(Severity::High));
+        // The agent's own socket and port are not findings.
+        assert_eq!(severity_of(&f, "/home/agent/own.sock"), None);
+        assert_eq!(severity_of(&f, "tcp 127.0.0.1:8000"), None);
+        // no_new_privs held: no finding about it.
+        assert!(!f.iter().any(|f| f.category == "no-new-privs"));
+    }
+
+    #[test]
+    fn merge_unions_views_and_keeps_the_worst_severity() {
+        let a = Finding::new(Severity::Medium, "x", "s", "d").in_views(&[View::Host]);
+        let b = Finding::new(Severity::High, "x", "s", "d").in_views(&[View::View]);
+        let c = Finding::new(Severity::Info, "x", "other", "d").in_views(&[View::View]);
+        let merged = merge(vec![a, b, c]);
+        assert_eq!(merged.len(), 2);
+        let s = merged.iter().find(|f| f.subject == "s").unwrap();
+        assert_eq!(s.views, [View::View, View::Host]);
+        assert_eq!(s.severity, Severity::High);
+    }
+}
