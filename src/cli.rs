@@ -112,6 +112,7 @@ delete is completed by running it again.")]
     /// Start the agent's login shell, under the same rules as exec
     Shell(ShellArgs),
     /// Report what the agent can actually reach
+    #[command(long_about = AUDIT_LONG_ABOUT)]
     Audit {
         /// Agent name
         name: String,
@@ -120,12 +121,44 @@ delete is completed by running it again.")]
         json: bool,
     },
     /// Check the installation and the host for settings that weaken isolation
+    #[command(long_about = DOCTOR_LONG_ABOUT)]
     Doctor {
         /// Print a JSON report instead of a table
         #[arg(long)]
         json: bool,
     },
 }
+
+const AUDIT_LONG_ABOUT: &str = "\
+Report what the agent can actually reach.
+
+A probe runs as the agent twice: in the view `exec` builds (with the configured network), and \
+with the plain uid switch (the host's view, which the agent's uid gets whenever it runs outside \
+agentuser: cron, at, su, an ssh login). Each finding names the concrete path, socket, port, \
+group or rule, its severity (high, medium, info) and where it was reached (view, host-only, \
+both). It covers readable files in other users' homes and /root (secret-looking ones named: \
+SSH keys, .netrc, cloud and registry credentials, browser profiles, shell files exporting \
+tokens), writable paths outside the agent's home, shares and private temp directories, unix \
+sockets (path and abstract) and loopback TCP ports of other users that accept a connection \
+(nothing is sent), UDP listeners, risky groups, sudo rules, cron/at/linger, and the agent's \
+shares and credentials with their state. File contents are never printed; at most the first \
+4 KiB of a few candidate files are read to classify them.
+
+Exit status: 0 when no finding is high, 1 otherwise (host-only findings count), 2 on a usage \
+error.";
+
+const DOCTOR_LONG_ABOUT: &str = "\
+Check the installation and the host for settings that weaken isolation.
+
+Installation: the binary is setuid-root and only root can replace it, /etc/pam.d/agentuser is \
+present, the config is valid and root-owned, the state directories and agent homes have the \
+right owners and modes. Host: dev.tty.legacy_tiocsti, fs.protected_symlinks, \
+fs.protected_hardlinks, fs.protected_regular, fs.protected_fifos, /proc hidepid, the Landlock \
+ABI, namespaces, a working POSIX ACL round trip, human homes others can enter, and whether \
+agent accounts may use cron or at. Every finding says how to fix it.
+
+Any user but an agent may run doctor: it reports only what a local user can learn anyway, \
+never a file's content. Exit status: 0 when no finding is high, 1 otherwise.";
 
 #[derive(Debug, Args)]
 pub struct ShareArgs {

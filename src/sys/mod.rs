@@ -6,7 +6,9 @@
 
 pub mod agentfs;
 pub mod ids;
+pub mod landlock;
 pub mod mount;
 pub mod process;
+pub mod socket;
 pub mod spawn;
 pub mod syslog;
