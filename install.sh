@@ -31,5 +31,13 @@ install -d -o root -g root -m 0755 /etc/agentuser
 [ -e /etc/agentuser/config.toml ] ||
     install -o root -g root -m 0644 etc/config.toml /etc/agentuser/config.toml
 getent group agentuser >/dev/null || groupadd --system agentuser
+# A locked password does not stop key logins under UsePAM, and an agent can write its own
+# ~/.ssh/authorized_keys: keep agent accounts (default template agent-{name}) out of sshd,
+# which would give them the host's view instead of agentuser's.
+if [ -d /etc/ssh/sshd_config.d ] && [ ! -e /etc/ssh/sshd_config.d/agentuser.conf ]; then
+    printf '# Installed by agentuser: agent accounts never log in over ssh.\nDenyUsers agent-*\n' \
+        > /etc/ssh/sshd_config.d/agentuser.conf
+    chmod 644 /etc/ssh/sshd_config.d/agentuser.conf
+fi
 install -d -o root -g root -m 0711 /var/lib/agentuser
 echo "agentuser installed; add users to group 'agentuser' to let them create agents."

@@ -121,6 +121,7 @@ same for every share of the agent.")]
     /// Start the agent's login shell, under the same rules as exec
     Shell(ShellArgs),
     /// Report what the agent can actually reach
+    #[command(long_about = AUDIT_LONG_ABOUT)]
     Audit {
         /// Agent name
         name: String,
@@ -129,12 +130,44 @@ same for every share of the agent.")]
         json: bool,
     },
     /// Check the installation and the host for settings that weaken isolation
+    #[command(long_about = DOCTOR_LONG_ABOUT)]
     Doctor {
         /// Print a JSON report instead of a table
         #[arg(long)]
         json: bool,
     },
 }
+
+const AUDIT_LONG_ABOUT: &str = "\
+Report what the agent can actually reach.
+
+A probe runs as the agent twice: in the view `exec` builds (with the configured network), and \
+with the plain uid switch (the host's view, which the agent's uid gets whenever it runs outside \
+agentuser: cron, at, su, an ssh login). Each finding names the concrete path, socket, port, \
+group or rule, its severity (high, medium, info) and where it was reached (view, host-only, \
+both). It covers readable files in other users' homes and /root (secret-looking ones named: \
+SSH keys, .netrc, cloud and registry credentials, browser profiles, shell files exporting \
+tokens), writable paths outside the agent's home, shares and private temp directories, unix \
+sockets (path and abstract) and loopback TCP ports of other users that accept a connection \
+(nothing is sent), UDP listeners, risky groups, sudo rules, cron/at/linger, and the agent's \
+shares and credentials with their state. File contents are never printed; at most the first \
+4 KiB of a few candidate files are read to classify them.
+
+Exit status: 0 when no finding is high, 1 otherwise (host-only findings count), 2 on a usage \
+error.";
+
+const DOCTOR_LONG_ABOUT: &str = "\
+Check the installation and the host for settings that weaken isolation.
+
+Installation: the binary is setuid-root and only root can replace it, /etc/pam.d/agentuser is \
+present, the config is valid and root-owned, the state directories and agent homes have the \
+right owners and modes. Host: dev.tty.legacy_tiocsti, fs.protected_symlinks, \
+fs.protected_hardlinks, fs.protected_regular, fs.protected_fifos, /proc hidepid, the Landlock \
+ABI, namespaces, a working POSIX ACL round trip, human homes others can enter, and whether \
+agent accounts may use cron or at. Every finding says how to fix it.
+
+Any user but an agent may run doctor: it reports only what a local user can learn anyway, \
+never a file's content. Exit status: 0 when no finding is high, 1 otherwise.";
 
 #[derive(Debug, Args)]
 pub struct ShareArgs {
@@ -195,6 +228,20 @@ rights.";
 #[derive(Debug, Subcommand)]
 pub enum CredCommand {
     /// Give the agent a credential file (a tracked copy, or --live)
+    #[command(long_about = "\
+Give the agent a credential file.
+
+By default the file is copied: it is read with your own access rights (so nothing you could \
+not read yourself can be obtained), at most `cred_max_bytes` bytes, and written into the \
+agent's home as the agent, mode 0600, through a temp file and a rename. No symbolic link is \
+followed in any component of the destination, and a link, FIFO or hard link planted there is \
+refused, not written through. The SHA-256 of the source and of the copy are recorded, so \
+`cred list` shows whether either changed and `cred sync` (and every exec) copies a changed \
+source again.
+
+With --live the original stays where it is: it gets a read ACL entry for the agent (on the \
+file only, never on its directories) and is bind-mounted read-only at the destination in the \
+agent's view, so a token your tools refresh is seen at once. The file must be yours.")]
     Add {
         /// Agent name
         name: String,
@@ -203,18 +250,32 @@ pub enum CredCommand {
         /// Destination relative to the agent's home (default: FILE's path relative to your home)
         #[arg(long, value_name = "PATH")]
         to: Option<PathBuf>,
-        /// Bind-mount the original read-only into the agent's view instead of copying it
+        /// Bind-mount the original (a file you own) read-only into the agent's view instead of
+        /// copying it
         #[arg(long)]
         live: bool,
     },
     /// Store an environment credential; the value is read from standard input
+    #[command(long_about = "\
+Store an environment credential; the value is read from standard input.
+
+From a terminal the value is read as one line without echo; otherwise the whole input is \
+taken, with one trailing newline dropped. The value is stored readable by root only under \
+/var/lib/agentuser/secrets/NAME/ and set in the agent's environment by exec. It never \
+appears in a command line, in `show`, `list` or `cred list`, in logs or in error messages. \
+Storing a variable again replaces its value.")]
     Env {
         /// Agent name
         name: String,
-        /// Environment variable name
+        /// Environment variable name: letters, digits and '_', not starting with a digit
         var: String,
     },
     /// List the agent's credentials and their state
+    #[command(long_about = "\
+List the agent's credentials: kind (copy, live, env), source, destination, recorded SHA-256 \
+and state: ok, source-changed (sync copies it again), agent-modified (the agent changed or \
+replaced its copy; sync keeps it unless --force), missing-source, unreadable-source (you can \
+no longer read it), missing-copy (sync restores it). Environment values are never shown.")]
     List {
         /// Agent name
         name: String,
@@ -223,17 +284,27 @@ pub enum CredCommand {
         json: bool,
     },
     /// Remove a credential (a file credential by its source, an environment one by name)
+    #[command(long_about = "\
+Remove a credential: the agent's copy, or the read ACL entry and the mount of a live file, or \
+the stored environment value; then its record. A file credential is named by its source (every \
+copy of it goes) or its destination, an environment credential by its variable name.")]
     Rm {
         /// Agent name
         name: String,
-        /// The credential's source FILE or VAR name
+        /// The credential's source FILE, its destination, or its VAR name
         item: OsString,
     },
     /// Re-copy credentials whose source changed
+    #[command(long_about = "\
+Re-copy credentials whose source changed, and restore missing copies and the placeholders and \
+read access of live credentials. Sources are read with the owner's access rights. A copy the \
+agent modified is reported and kept unless --force; nothing is ever copied from the agent \
+back. exec does the same before every run, quietly when nothing changed. Prints one line per \
+credential it changed or could not sync; exits 1 when any could not be synced.")]
     Sync {
         /// Agent name
         name: String,
-        /// Overwrite copies the agent modified
+        /// Overwrite copies the agent modified (a planted link is still never followed)
         #[arg(long)]
         force: bool,
     },

@@ -183,3 +183,25 @@ pub fn may_see(ctx: &Context, record: &AgentRecord) -> bool {
 pub fn not_yours(name: &str) -> anyhow::Error {
     anyhow!("agent '{name}': permission denied: you are not its owner")
 }
+
+/// The identity of a user who is not the caller (an agent's owner, whose rights apply when
+/// `sync` reads a credential source without the owner present).
+pub fn identity_of(uid: u32) -> Result<Identity> {
+    let user = User::from_uid(Uid::from_raw(uid))
+        .with_context(|| format!("looking up uid {uid}"))?
+        .ok_or_else(|| anyhow!("uid {uid} has no passwd entry"))?;
+    let groups = supplementary_groups(&user)?;
+    Ok(Identity {
+        uid,
+        gid: user.gid.as_raw(),
+        groups,
+    })
+}
+
+/// The home directory of a user, from the passwd database (never from $HOME).
+pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+}

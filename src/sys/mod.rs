@@ -4,9 +4,12 @@
 //! Each `unsafe` block carries a `SAFETY:` comment; keep these modules small.
 #![allow(unsafe_code)]
 
+pub mod agentfs;
 pub mod ids;
+pub mod landlock;
 pub mod mount;
 pub mod process;
+pub mod socket;
 pub mod spawn;
 pub mod syslog;
 pub mod xattr;

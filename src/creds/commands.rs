@@ -1,0 +1,231 @@
+//! The `cred` subcommands: authorize, read what the caller names with the caller's rights
+//! (before taking the registry lock), then change the agent and its record under the lock.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+
+use super::{
+    CredKind, CredentialRecord, agent, describe, dest, env, kind_word, live, now, remove_one,
+    source, sync_all,
+};
+use crate::context::Context;
+use crate::names::check_agent_name;
+use crate::registry::{AgentRecord, AgentState};
+use crate::{eventlog, policy};
+
+/// Loads an agent that is ready and that the caller may manage.
+fn load_agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
+    check_agent_name(name)?;
+    let record = ctx
+        .registry
+        .load(name)?
+        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
+    policy::authorize_agent(ctx, &record)?;
+    if record.state != AgentState::Ready {
+        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
+    }
+    Ok(record)
+}
+
+/// `cred add`: a tracked copy, or with `live` a read-only bind of the original.
+pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool) -> Result<()> {
+    let given = dest::absolute(file)?;
+    dest::check_printable(&given)?;
+    let record = load_agent(ctx, name)?;
+    let homes: Vec<PathBuf> = [ctx.caller.uid, record.owner_uid]
+        .into_iter()
+        .filter_map(policy::home_of)
+        .collect();
+    dest::resolve(to, &given, &homes, &record)?;
+    let caller = ctx.caller.identity();
+    // A live file is recorded by its real path (resolved with the caller's rights): the
+    // runner binds it without following symlinks. A copy keeps the path as given, so sync
+    // follows the owner's links as they are then.
+    let source_path = if live {
+        source::canonical(&given, &caller)?
+    } else {
+        given.clone()
+    };
+    dest::check_printable(&source_path)?;
+    // Read before taking the lock: the caller's file (on a slow or hung file system, say)
+    // must not be able to hold up every other command.
+    let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;
+
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
+    let dest = dest::resolve(to, &given, &homes, &record)?;
+    let kind = if live { CredKind::Live } else { CredKind::Copy };
+    // One credential per destination; adding the same one again refreshes it.
+    let existing = record
+        .credentials
+        .iter()
+        .position(|c| c.kind != CredKind::Env && c.dest.as_deref() == Some(dest.as_path()));
+    if let Some(i) = existing {
+        let other = &record.credentials[i];
+        if other.kind != kind || other.source != source_path {
+            bail!(
+                "{}: already holds the {} credential from {} (remove it first)",
+                record.home.join(&dest).display(),
+                kind_word(other.kind),
+                other.source.display()
+            );
+        }
+    }
+
+    let dest_sha256 = if live {
+        live::check_owned(&src.file, &caller, &source_path)?;
+        let created = agent::ensure_placeholder(&record, &dest)?;
+        if let Err(e) = live::grant(&src.file, record.uid, &source_path) {
+            // No ACL support there, say: take back the placeholder this add made.
+            if created {
+                let _ = agent::remove(&record, &dest);
+            }
+            return Err(e);
+        }
+        None
+    } else {
+        agent::write_copy(&record, &dest, &src.data)?;
+        Some(src.sha256.clone())
+    };
+    let cred = CredentialRecord {
+        kind,
+        source: source_path.clone(),
+        dest: Some(dest.clone()),
+        sha256: Some(src.sha256.clone()),
+        dest_sha256,
+        recorded: now(),
+    };
+    match existing {
+        Some(i) => record.credentials[i] = cred,
+        None => record.credentials.push(cred),
+    }
+    ctx.registry.save(&lock, &record)?;
+    eventlog::record(
+        ctx,
+        "cred-add",
+        name,
+        &format!(
+            "kind={} source={} dest={}",
+            kind_word(kind),
+            source_path.display(),
+            dest.display()
+        ),
+    );
+    Ok(())
+}
+
+/// `cred env`: stores the value read from stdin for `var`.
+pub fn set_env(ctx: &Context, name: &str, var: &str) -> Result<()> {
+    env::check_var(var)?;
+    // Authorize before prompting, and read before locking (a terminal may take a while).
+    load_agent(ctx, name)?;
+    let value = env::read_value(var)?;
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
+    env::store(&ctx.registry.secrets_dir(name), var, &value)?;
+    drop(value);
+    let known = record
+        .credentials
+        .iter()
+        .any(|c| c.kind == CredKind::Env && c.source == Path::new(var));
+    if !known {
+        record.credentials.push(CredentialRecord {
+            kind: CredKind::Env,
+            source: PathBuf::from(var),
+            dest: None,
+            sha256: None,
+            dest_sha256: None,
+            recorded: now(),
+        });
+    }
+    ctx.registry.save(&lock, &record)?;
+    eventlog::record(ctx, "cred-env", name, &format!("var={var}"));
+    Ok(())
+}
+
+/// `cred list`.
+pub fn list(ctx: &Context, name: &str, json: bool) -> Result<()> {
+    let record = load_agent(ctx, name)?;
+    let views = describe(ctx, &record);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<17} {:<12} SOURCE -> DESTINATION",
+        "KIND", "STATE", "SHA256"
+    );
+    for v in &views {
+        let sha = v.sha256.as_deref().map_or("-", |s| &s[..12.min(s.len())]);
+        println!(
+            "{:<4} {:<17} {:<12} {} -> {}",
+            kind_word(v.kind),
+            v.state,
+            sha,
+            v.source,
+            v.dest.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `cred rm`: an environment credential by variable name, a file credential by its source
+/// or destination path.
+pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
+    let path = dest::absolute(Path::new(item))?;
+    // Live sources are recorded by their real path; the caller may name them through a link.
+    // (Resolved before locking, like every access to the caller's files.)
+    let real = source::canonical(&path, &ctx.caller.identity()).ok();
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
+    let matches = |c: &CredentialRecord| {
+        if c.kind == CredKind::Env {
+            return c.source.as_os_str() == item;
+        }
+        c.source == path
+            || Some(&c.source) == real.as_ref()
+            || c.dest.as_ref().map(|d| record.home.join(d)) == Some(path.clone())
+            || c.dest.as_deref() == Some(Path::new(item))
+    };
+    let chosen: Vec<usize> = (0..record.credentials.len())
+        .filter(|&i| matches(&record.credentials[i]))
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "agent '{name}': no credential '{}'",
+            item.to_string_lossy().escape_default()
+        );
+    }
+    for &i in chosen.iter().rev() {
+        remove_one(ctx, &record, &record.credentials[i], true)?;
+        let gone = record.credentials.remove(i);
+        ctx.registry.save(&lock, &record)?;
+        eventlog::record(
+            ctx,
+            "cred-rm",
+            name,
+            &format!(
+                "kind={} source={}",
+                kind_word(gone.kind),
+                gone.source.display()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `cred sync`: re-copies changed sources, reports what it did on stdout.
+pub fn sync(ctx: &Context, name: &str, force: bool) -> Result<()> {
+    let lock = ctx.registry.lock()?;
+    let mut record = load_agent(ctx, name)?;
+    let failed = sync_all(ctx, &lock, &mut record, force, false, |line| {
+        println!("{line}")
+    })?;
+    if failed > 0 {
+        bail!("agent '{name}': {failed} credential(s) could not be synced");
+    }
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! Credentials (DESIGN.md section 6): tracked copies, live files, environment values.
+//!
+//! - copy: read with the caller's rights ([`source`]), written into the agent's home as the
+//!   agent without following any link ([`agent`]), 0600; source and copy digests recorded.
+//! - live: the owner's file gets a read ACL entry for the agent and is bind-mounted read-only
+//!   by the runner over an empty placeholder the agent owns ([`live`]).
+//! - env: a value from stdin, stored root-only, injected at exec ([`env`]).
+//!
+//! `sync` and every exec re-copy changed sources; the agent's changes are reported and kept
+//! unless forced ([`state`]). Values of environment credentials never leave [`env`] except
+//! through [`env_vars`] to the runner. The subcommands themselves are in [`commands`].
+#![forbid(unsafe_code)]
+
+mod agent;
+mod commands;
+mod dest;
+mod env;
+mod live;
+mod source;
+mod state;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::context::Context;
+use crate::registry::{AgentRecord, Lock};
+use crate::view::ViewMount;
+use crate::{eventlog, policy};
+use state::Outcome;
+
+pub use commands::{add, list, remove, set_env, sync};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredKind {
+    Copy,
+    Live,
+    Env,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub kind: CredKind,
+    /// Source file (copy, live; absolute) or variable name (env).
+    pub source: PathBuf,
+    /// Destination relative to the agent's home (copy, live).
+    #[serde(default)]
+    pub dest: Option<PathBuf>,
+    /// SHA-256 of the source when it was last copied or checked (copy, live).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// SHA-256 of what was written into the agent's home (copy).
+    #[serde(default)]
+    pub dest_sha256: Option<String>,
+    /// When the digests were recorded, seconds since the epoch.
+    #[serde(default)]
+    pub recorded: u64,
+}
+
+/// A credential as `show`, `list` and `cred list` print it; never an env value.
+#[derive(Debug, Clone, Serialize)]
+pub struct CredentialView {
+    pub kind: CredKind,
+    pub source: String,
+    pub dest: Option<String>,
+    pub sha256: Option<String>,
+    pub state: String,
+}
+
+impl fmt::Display for CredentialView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<4} {:<17} {} -> {}",
+            kind_word(self.kind),
+            self.state,
+            self.source,
+            self.dest.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+fn kind_word(kind: CredKind) -> &'static str {
+    match kind {
+        CredKind::Copy => "copy",
+        CredKind::Live => "live",
+        CredKind::Env => "env",
+    }
+}
+
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Each credential with its current state (reads sources as the owner, copies as the agent).
+pub fn describe(ctx: &Context, record: &AgentRecord) -> Vec<CredentialView> {
+    record
+        .credentials
+        .iter()
+        .map(|c| CredentialView {
+            kind: c.kind,
+            source: c.source.display().to_string(),
+            dest: c
+                .dest
+                .as_ref()
+                .map(|d| record.home.join(d).display().to_string()),
+            sha256: c.sha256.clone(),
+            state: state::check(ctx, record, c).state.word().into(),
+        })
+        .collect()
+}
+
+/// Takes one credential away from the agent: the copy, the ACL entry and placeholder, or the
+/// stored value. The agent's copy failing to go (it may have moved it behind a link) is only
+/// reported: what it read is its own already, and the record must still go. With `strict`
+/// false (delete, where the account itself goes), an ACL entry that cannot be reached is
+/// reported too, so that delete always completes: the uid it names is never handed out again.
+fn remove_one(
+    ctx: &Context,
+    record: &AgentRecord,
+    cred: &CredentialRecord,
+    strict: bool,
+) -> Result<()> {
+    match cred.kind {
+        CredKind::Env => {
+            let var = cred.source.to_str().context("variable name")?;
+            env::remove(&ctx.registry.secrets_dir(&record.name), var)
+        }
+        CredKind::Copy | CredKind::Live => {
+            if cred.kind == CredKind::Live {
+                let revoked = policy::identity_of(record.owner_uid)
+                    .and_then(|owner| live::revoke(&cred.source, &owner, record.uid));
+                match revoked {
+                    Err(e) if strict => return Err(e),
+                    Err(e) => eprintln!("agentuser: warning: {}", crate::error::one_line(&e)),
+                    Ok(()) => {}
+                }
+            }
+            if let Some(dest) = &cred.dest {
+                if let Err(e) = agent::remove(record, dest) {
+                    eprintln!("agentuser: warning: {}", crate::error::one_line(&e));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Syncs every file credential, saves the record when something changed, and returns how
+/// many failed. `note` receives one line per credential that changed or needs attention;
+/// with `quiet`, a copy the agent modified is mentioned only while it holds back a newer
+/// source (exec would otherwise repeat it at every run).
+fn sync_all(
+    ctx: &Context,
+    lock: &Lock,
+    record: &mut AgentRecord,
+    force: bool,
+    quiet: bool,
+    mut note: impl FnMut(String),
+) -> Result<usize> {
+    let mut failed = 0;
+    let mut changed = false;
+    let mut creds = std::mem::take(&mut record.credentials);
+    for cred in &mut creds {
+        let label = match &cred.dest {
+            Some(dest) => format!(
+                "{} {}",
+                kind_word(cred.kind),
+                record.home.join(dest).display()
+            ),
+            None => format!("{} {}", kind_word(cred.kind), cred.source.display()),
+        };
+        match state::sync_one(ctx, record, cred, force) {
+            Outcome::Unchanged => {}
+            Outcome::Updated(what) => {
+                changed = true;
+                note(format!("{label}: {what}"));
+            }
+            Outcome::Kept {
+                why,
+                source_changed,
+            } => {
+                if source_changed || !quiet {
+                    note(format!("{label}: {why}"));
+                }
+            }
+            Outcome::Failed(why) => {
+                failed += 1;
+                note(format!("{label}: {why}"));
+            }
+        }
+    }
+    record.credentials = creds;
+    if changed {
+        ctx.registry.save(lock, record)?;
+        eventlog::record(ctx, "cred-sync", &record.name, "");
+    }
+    Ok(failed)
+}
+
+/// Removes every credential of the agent (called by `delete`, which repeats until done).
+pub fn remove_all(ctx: &Context, lock: &Lock, record: &mut AgentRecord) -> Result<()> {
+    while let Some(cred) = record.credentials.last() {
+        remove_one(ctx, record, cred, false)
+            .with_context(|| format!("credential {}", cred.source.display()))?;
+        record.credentials.pop();
+        ctx.registry.save(lock, record)?;
+    }
+    Ok(())
+}
+
+/// The bind mounts the runner adds for live credentials: the owner's file, read-only, over
+/// the placeholder at the destination in the agent's home.
+pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
+    record
+        .credentials
+        .iter()
+        .filter(|c| c.kind == CredKind::Live)
+        .filter_map(|c| {
+            Some(ViewMount {
+                source: c.source.clone(),
+                target: record.home.join(c.dest.as_ref()?),
+                read_only: true,
+            })
+        })
+        .collect()
+}
+
+/// Re-copies changed copy credentials and restores live placeholders and grants before a
+/// run. Takes the registry lock itself (call it without holding the lock) and reloads the
+/// record. Quiet when nothing changed; otherwise one line per credential on stderr. A
+/// credential that cannot be synced is reported, not fatal: the agent runs with what it has.
+pub fn sync_before_exec(ctx: &Context, record: &mut AgentRecord) -> Result<()> {
+    if !record.credentials.iter().any(|c| c.kind != CredKind::Env) {
+        return Ok(());
+    }
+    let lock = ctx.registry.lock()?;
+    let mut fresh = ctx
+        .registry
+        .load(&record.name)?
+        .ok_or_else(|| anyhow!("agent '{}': no such agent", record.name))?;
+    sync_all(ctx, &lock, &mut fresh, false, true, |line| {
+        eprintln!("agentuser: {}: {line}", record.name)
+    })?;
+    *record = fresh;
+    Ok(())
+}
+
+/// Environment credentials for the agent's environment, as (name, value).
+pub fn env_vars(ctx: &Context, record: &AgentRecord) -> Result<Vec<(String, String)>> {
+    let dir = ctx.registry.secrets_dir(&record.name);
+    let mut vars = Vec::new();
+    for cred in record
+        .credentials
+        .iter()
+        .filter(|c| c.kind == CredKind::Env)
+    {
+        let var = cred.source.to_str().context("variable name")?;
+        let value = env::load(&dir, var)?.ok_or_else(|| {
+            anyhow!(
+                "environment credential {var}: no stored value (set it with 'agentuser cred env {} {var}')",
+                record.name
+            )
+        })?;
+        vars.push((var.to_string(), value));
+    }
+    Ok(vars)
+}

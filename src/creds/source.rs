@@ -1,0 +1,132 @@
+//! Reading a credential's source with a user's own access rights (THREAT-MODEL row 17):
+//! the caller's at `cred add`, the owner's at `sync`, never root's. A user can obtain
+//! through the helper only what they could read themselves.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::sys::ids::{Identity, with_identity};
+
+/// A source file as read: its content, digest, and the open descriptor (still
+/// naming the very file that was read, for the ACL of a live credential).
+pub struct Source {
+    pub data: Vec<u8>,
+    pub sha256: String,
+    pub file: File,
+}
+
+/// Why a source could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    Missing,
+    Denied,
+}
+
+/// Reads `path` as `who`: a regular file of at most `max` bytes. Symlinks are followed
+/// with `who`'s rights, like any program `who` runs would.
+pub fn read(path: &Path, who: &Identity, max: u64) -> Result<Source> {
+    let shown = path.display();
+    with_identity(who, || {
+        // Look before opening: opening a device or FIFO can have side effects or block.
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {shown}"))?;
+        check_kind(&meta).with_context(|| format!("reading {shown}"))?;
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+            .with_context(|| format!("reading {shown}"))?;
+        // The path may have changed between the look and the open: check what was opened.
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {shown}"))?;
+        check_kind(&meta).with_context(|| format!("reading {shown}"))?;
+        check_file_system(&file).with_context(|| format!("reading {shown}"))?;
+        if meta.len() > max {
+            bail!("reading {shown}: larger than {max} bytes (cred_max_bytes in the config)");
+        }
+        let mut data = Vec::new();
+        (&file)
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .with_context(|| format!("reading {shown}"))?;
+        if data.len() as u64 > max {
+            bail!("reading {shown}: larger than {max} bytes (cred_max_bytes in the config)");
+        }
+        Ok(Source {
+            sha256: super::sha256_hex(&data),
+            data,
+            file,
+        })
+    })
+}
+
+/// The real path of `path` (every symlink resolved), resolved with `who`'s rights.
+pub fn canonical(path: &Path, who: &Identity) -> Result<PathBuf> {
+    with_identity(who, || {
+        std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))
+    })
+}
+
+/// Classifies a read failure for state reports.
+pub fn unreadable(err: &anyhow::Error) -> Option<Unreadable> {
+    let io = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())?;
+    match io.kind() {
+        std::io::ErrorKind::NotFound => Some(Unreadable::Missing),
+        std::io::ErrorKind::PermissionDenied => Some(Unreadable::Denied),
+        _ => None,
+    }
+}
+
+/// Refuses kernel pseudo file systems. Their files pass for regular ones, but what they hold
+/// depends on who reads them: /proc/self/... named by the owner (directly, through /dev/fd or
+/// a symlink) would describe the privileged helper itself, at `sync` during a root-started
+/// exec as well. Non-dumpability already closes the worst of /proc/self (environ, mem); this
+/// closes the rest, whatever the path.
+fn check_file_system(file: &File) -> Result<()> {
+    use nix::sys::statfs::{
+        BPF_FS_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, NSFS_MAGIC,
+        PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SELINUX_MAGIC, SMACK_MAGIC, SYSFS_MAGIC, TRACEFS_MAGIC,
+        fstatfs,
+    };
+    let kind = fstatfs(file).context("fstatfs")?.filesystem_type();
+    let pseudo = [
+        PROC_SUPER_MAGIC,
+        SYSFS_MAGIC,
+        DEBUGFS_MAGIC,
+        TRACEFS_MAGIC,
+        SECURITYFS_MAGIC,
+        SELINUX_MAGIC,
+        SMACK_MAGIC,
+        CGROUP_SUPER_MAGIC,
+        CGROUP2_SUPER_MAGIC,
+        BPF_FS_MAGIC,
+        NSFS_MAGIC,
+    ];
+    if pseudo.contains(&kind) {
+        bail!("it is on a kernel pseudo file system (/proc, /sys...), not a credential file");
+    }
+    Ok(())
+}
+
+fn check_kind(meta: &std::fs::Metadata) -> Result<()> {
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    bail!("it is {what}, not a regular file")
+}

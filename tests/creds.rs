@@ -1,0 +1,857 @@
+//! Credentials (`cred add|env|list|rm|sync`): the attacks of THREAT-MODEL rows 10, 11, 17,
+//! 21 and 22 performed for real by the agent uid or a non-root owner; each test fails if the
+//! attack works.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+
+use common::{Out, Sandbox};
+
+const HOME: &str = "/var/lib/agentuser/homes/agent-coder";
+const AUTH: &str = "/home/alice/.config/opencode/auth.json";
+const AUTH_COPY: &str = "/var/lib/agentuser/homes/agent-coder/.config/opencode/auth.json";
+
+/// A sandbox where alice (group agentuser) owns agent `coder` and has an OpenCode login.
+fn setup(name: &str) -> Sandbox {
+    let sb = Sandbox::new(name);
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.sh_as(
+        "alice",
+        &format!("umask 077; mkdir -p /home/alice/.config/opencode && printf token-v1 > {AUTH}"),
+    )
+    .ok();
+    sb
+}
+
+/// One way of running the helper (as the owner, as root).
+type Run<'a> = &'a dyn Fn(&[&str]) -> Out;
+
+fn read(sb: &Sandbox, inside: &str) -> String {
+    std::fs::read_to_string(sb.host_path(inside)).unwrap_or_else(|e| panic!("{inside}: {e}"))
+}
+
+fn sha256(sb: &Sandbox, inside: &str) -> String {
+    let out = sb.sh(&format!("sha256sum {inside}")).ok();
+    out.stdout.split_whitespace().next().unwrap().to_string()
+}
+
+/// Runs `cmd` with `input` on its standard input.
+fn with_stdin(mut cmd: Command, input: &[u8]) -> Out {
+    use std::os::unix::process::ExitStatusExt;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // The helper may refuse before reading its input: a closed pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    let output = child.wait_with_output().unwrap();
+    Out {
+        code: output
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0)),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn cred_list(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let out = sb
+        .as_user("alice", &["cred", "list", "coder", "--json"])
+        .ok();
+    out.json().as_array().unwrap().clone()
+}
+
+fn states(sb: &Sandbox) -> Vec<String> {
+    cred_list(sb)
+        .iter()
+        .map(|c| c["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// No temp file of ours is left anywhere in the agent's home.
+fn assert_no_leftovers(sb: &Sandbox) {
+    let out = sb.sh(&format!("find {HOME} -name '.agentuser-*'")).ok();
+    assert_eq!(out.stdout.trim(), "", "temp files left behind");
+}
+
+#[test]
+fn copy_is_private_to_the_agent_and_tracked() {
+    let sb = setup("creds-copy");
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
+    assert_eq!(read(&sb, AUTH_COPY), "token-v1");
+    let meta = std::fs::symlink_metadata(sb.host_path(AUTH_COPY)).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.nlink()),
+        (agent_uid, agent_uid, 1)
+    );
+    for dir in [".config", ".config/opencode"] {
+        let meta = std::fs::symlink_metadata(sb.host_path(&format!("{HOME}/{dir}"))).unwrap();
+        assert_eq!(meta.uid(), agent_uid, "{dir} not created as the agent");
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{dir}");
+    }
+    // The agent reads its copy; the source stays the owner's alone.
+    let out = sb.sh_as("agent-coder", &format!("cat {AUTH_COPY}")).ok();
+    assert_eq!(out.stdout, "token-v1");
+    assert_ne!(sb.sh_as("agent-coder", &format!("cat {AUTH}")).code, 0);
+
+    let list = cred_list(&sb);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["kind"], "copy");
+    assert_eq!(list[0]["source"], AUTH);
+    assert_eq!(list[0]["dest"], AUTH_COPY);
+    assert_eq!(list[0]["state"], "ok");
+    assert_eq!(list[0]["sha256"], sha256(&sb, AUTH));
+    assert_eq!(sb.show("coder")["credentials"][0]["state"], "ok");
+    let text = sb.as_user("alice", &["cred", "list", "coder"]).ok().stdout;
+    assert!(text.contains("copy") && text.contains(AUTH_COPY), "{text}");
+
+    // --to: relative to the home, or absolute inside it.
+    sb.as_user(
+        "alice",
+        &["cred", "add", "coder", AUTH, "--to", "keys/a.json"],
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            AUTH,
+            "--to",
+            &format!("{HOME}/keys/b.json"),
+        ],
+    )
+    .ok();
+    assert_eq!(read(&sb, &format!("{HOME}/keys/a.json")), "token-v1");
+    assert_eq!(read(&sb, &format!("{HOME}/keys/b.json")), "token-v1");
+    assert_eq!(cred_list(&sb).len(), 3);
+    // Adding the same credential again (here by a relative path) refreshes it instead of
+    // duplicating it.
+    let bin = sb.bin.display().to_string();
+    sb.sh_as(
+        "alice",
+        &format!("cd /home/alice/.config && {bin} cred add coder ./opencode/auth.json"),
+    )
+    .ok();
+    assert_eq!(cred_list(&sb).len(), 3);
+    assert_eq!(cred_list(&sb)[0]["source"], AUTH);
+    assert_no_leftovers(&sb);
+
+    // rm by source removes every copy of it and its records, and what an interrupted write
+    // may have left next to a copy.
+    let stale = format!("{HOME}/.config/opencode/.agentuser-1-2-0.tmp");
+    sb.sh(&format!(
+        "printf token-v1 > {stale} && chown agent-coder: {stale}"
+    ))
+    .ok();
+    sb.as_user("alice", &["cred", "rm", "coder", AUTH]).ok();
+    assert!(
+        !sb.host_path(&stale).exists(),
+        "temp copy left after cred rm"
+    );
+    assert!(cred_list(&sb).is_empty());
+    for gone in [AUTH_COPY, &format!("{HOME}/keys/a.json")] {
+        assert!(!sb.host_path(gone).exists(), "{gone} survived cred rm");
+    }
+    assert_eq!(read(&sb, AUTH), "token-v1", "the source must stay");
+    sb.as_user("alice", &["cred", "rm", "coder", AUTH])
+        .fails(1, "no credential");
+}
+
+#[test]
+fn planted_links_and_fifos_in_the_agents_home_are_refused() {
+    let sb = setup("creds-planted");
+    let passwd = read(&sb, "/etc/passwd");
+    // Root writing through a followed link would hit these: run the helper as root too.
+    let callers: [Run; 2] = [&|args| sb.as_user("alice", args), &|args| sb.root(args)];
+
+    // The final component is a symlink to /etc/passwd.
+    sb.sh_as(
+        "agent-coder",
+        &format!("mkdir -p {HOME}/.config/opencode && ln -s /etc/passwd {AUTH_COPY}"),
+    )
+    .ok();
+    for run in callers {
+        run(&["cred", "add", "coder", AUTH]).fails(1, "symbolic link");
+        run(&["cred", "add", "coder", AUTH, "--live"]).fails(1, "symbolic link");
+    }
+    assert_eq!(read(&sb, "/etc/passwd"), passwd);
+    let acl = sb.sh(&format!("getfacl -p {AUTH}")).ok().stdout;
+    assert!(!acl.contains("agent-coder"), "{acl}");
+
+    // A parent directory is a symlink to /etc.
+    sb.sh_as(
+        "agent-coder",
+        &format!("rm -rf {HOME}/.config && ln -s /etc {HOME}/.config"),
+    )
+    .ok();
+    for run in callers {
+        run(&["cred", "add", "coder", AUTH]).fails(1, "symbolic link");
+        run(&["cred", "add", "coder", AUTH, "--to", ".config/passwd"]).fails(1, "symbolic link");
+    }
+    assert_eq!(read(&sb, "/etc/passwd"), passwd);
+    assert!(
+        !sb.host_path("/etc/opencode").exists(),
+        "wrote through the link"
+    );
+
+    // A hardlink to a root file (protected_hardlinks stops the agent making one here, so
+    // root plants it, as on a host without that protection).
+    sb.sh(&format!(
+        "printf root-secret > /var/lib/agentuser/root-file && rm {HOME}/.config && \
+         mkdir -p {HOME}/.config/opencode && chown -R agent-coder: {HOME}/.config && \
+         ln /var/lib/agentuser/root-file {AUTH_COPY}"
+    ))
+    .ok();
+    for run in callers {
+        run(&["cred", "add", "coder", AUTH]).fails(1, "hard links");
+    }
+    assert_eq!(read(&sb, "/var/lib/agentuser/root-file"), "root-secret");
+
+    // A FIFO: refused, and nothing blocks on it.
+    sb.sh(&format!("rm {AUTH_COPY}")).ok();
+    sb.sh_as("agent-coder", &format!("mkfifo {AUTH_COPY}")).ok();
+    for run in callers {
+        run(&["cred", "add", "coder", AUTH]).fails(1, "FIFO");
+    }
+    assert!(cred_list(&sb).is_empty(), "a refused add left a record");
+    assert_no_leftovers(&sb);
+
+    // sync: a legitimate copy later swapped for a link is never written through, --force or not.
+    sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    sb.sh_as(
+        "agent-coder",
+        &format!("rm {AUTH_COPY} && ln -s /etc/passwd {AUTH_COPY}"),
+    )
+    .ok();
+    sb.sh_as("alice", &format!("printf token-v2 > {AUTH}")).ok();
+    assert_eq!(states(&sb), ["agent-modified"]);
+    for run in callers {
+        let out = run(&["cred", "sync", "coder", "--force"]).fails(1, "could not be synced");
+        assert!(out.stdout.contains("symbolic link"), "{out:#?}");
+        run(&["cred", "sync", "coder"]).ok();
+    }
+    assert_eq!(read(&sb, "/etc/passwd"), passwd);
+    // The same with the parent directory swapped for a link.
+    sb.sh_as(
+        "agent-coder",
+        &format!("rm -rf {HOME}/.config && ln -s /etc {HOME}/.config"),
+    )
+    .ok();
+    for run in callers {
+        let out = run(&["cred", "sync", "coder", "--force"]).fails(1, "could not be synced");
+        assert!(out.stdout.contains("symbolic link"), "{out:#?}");
+    }
+    assert_eq!(read(&sb, "/etc/passwd"), passwd);
+    assert!(!sb.host_path("/etc/opencode").exists());
+    // And rm still takes the record away.
+    sb.as_user("alice", &["cred", "rm", "coder", AUTH]).ok();
+    assert!(cred_list(&sb).is_empty());
+}
+
+#[test]
+fn owners_cannot_obtain_files_they_cannot_read() {
+    let sb = setup("creds-deputy");
+    sb.add_user("bob", &[]);
+    sb.sh_as("bob", "umask 077; printf bob-secret > /home/bob/secret")
+        .ok();
+    for (file, live) in [
+        ("/etc/shadow", false),
+        ("/etc/shadow", true),
+        ("/home/bob/secret", false),
+        ("/home/bob/secret", true),
+    ] {
+        let mut args = vec!["cred", "add", "coder", file, "--to", "stolen"];
+        if live {
+            args.push("--live");
+        }
+        let out = sb.as_user("alice", &args).fails(1, "ermission denied");
+        assert!(!out.stderr.contains("bob-secret") && !out.stderr.contains("root:"));
+        assert!(
+            !sb.host_path(&format!("{HOME}/stolen")).exists(),
+            "{file} copied"
+        );
+    }
+    // The agent's own attempt: agents may not use the helper at all.
+    sb.as_user("agent-coder", &["cred", "add", "coder", "/etc/shadow"])
+        .fails(1, "agent accounts may not use agentuser");
+    // A readable file alice does not own cannot be made live (that would change its ACL).
+    sb.as_user(
+        "alice",
+        &["cred", "add", "coder", "/etc/passwd", "--to", "h", "--live"],
+    )
+    .fails(1, "file you own");
+    // Another owner's agent is out of reach.
+    sb.add_user("carol", &["agentuser"]);
+    sb.sh_as("carol", "printf c > /home/carol/c").ok();
+    sb.as_user(
+        "carol",
+        &["cred", "add", "coder", "/home/carol/c", "--to", "c"],
+    )
+    .fails(1, "not its owner");
+    sb.as_user("carol", &["cred", "list", "coder"])
+        .fails(1, "not its owner");
+    assert!(cred_list(&sb).is_empty());
+}
+
+#[test]
+fn bad_sources_and_destinations_are_refused_cleanly() {
+    let sb = setup("creds-bad-input");
+    sb.sh_as(
+        "alice",
+        "mkfifo /home/alice/fifo; printf 12345678901234567 > /home/alice/big; \
+         printf x > '/home/alice/evil
+name'",
+    )
+    .ok();
+    for (args, code, needle) in [
+        (vec![AUTH, "--to", "../escape"], 2, "'..'"),
+        (vec![AUTH, "--to", "a/../../escape"], 2, "'..'"),
+        (
+            vec![AUTH, "--to", "/etc/escape"],
+            2,
+            "outside the agent's home",
+        ),
+        (
+            vec![AUTH, "--to", "/var/lib/agentuser/homes/agent-other/x"],
+            2,
+            "outside",
+        ),
+        (vec![AUTH, "--to", HOME], 2, "names no file"),
+        (vec!["/etc/passwd"], 2, "--to"),
+        (vec!["/home/alice/.config", "--to", "d"], 1, "directory"),
+        (vec!["/home/alice/fifo", "--to", "f"], 1, "FIFO"),
+        (vec!["/dev/null", "--to", "n"], 1, "device"),
+        // (Unreadable already: the helper is not dumpable, so its /proc entries are root's.)
+        (
+            vec!["/proc/self/environ", "--to", "p"],
+            1,
+            "/proc/self/environ",
+        ),
+        (
+            vec!["/proc/self/status", "--to", "p"],
+            1,
+            "pseudo file system",
+        ),
+        (
+            vec!["/sys/kernel/uevent_seqnum", "--to", "p"],
+            1,
+            "pseudo file system",
+        ),
+        (vec!["/home/alice/missing", "--to", "m"], 1, "No such file"),
+        (
+            vec!["/home/alice/evil\nname", "--to", "e"],
+            2,
+            "control characters",
+        ),
+        (vec![AUTH, "--to", "a\tb"], 2, "control characters"),
+    ] {
+        let mut argv = vec!["cred", "add", "coder"];
+        argv.extend(args);
+        sb.as_user("alice", &argv).fails(code, needle);
+    }
+    sb.write_config("cred_max_bytes = 16");
+    sb.as_user(
+        "alice",
+        &["cred", "add", "coder", "/home/alice/big", "--to", "big"],
+    )
+    .fails(1, "larger than 16 bytes");
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    assert!(!sb.host_path("/etc/escape").exists());
+    let listing = sb
+        .sh(&format!("cd {HOME} && find . -type f | sort"))
+        .ok()
+        .stdout;
+    for never in ["escape", "./d", "./f", "./n", "./m", "./p", "./big"] {
+        assert!(!listing.contains(never), "{never} written: {listing}");
+    }
+    assert_eq!(cred_list(&sb).len(), 1);
+    assert_no_leftovers(&sb);
+}
+
+#[test]
+fn rotation_is_synced_and_agent_changes_are_kept() {
+    let sb = setup("creds-sync");
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    let agent_cat = || {
+        sb.sh_as("agent-coder", &format!("cat {AUTH_COPY}"))
+            .ok()
+            .stdout
+    };
+
+    // The owner rotates the token: reported, then copied by sync.
+    sb.sh_as("alice", &format!("printf token-v2 > {AUTH}")).ok();
+    assert_eq!(states(&sb), ["source-changed"]);
+    let out = sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    assert!(out.stdout.contains("source changed"), "{out:#?}");
+    assert_eq!(agent_cat(), "token-v2");
+    assert_eq!(states(&sb), ["ok"]);
+    assert_eq!(cred_list(&sb)[0]["sha256"], sha256(&sb, AUTH));
+    // Nothing changed: sync is quiet.
+    assert_eq!(
+        sb.as_user("alice", &["cred", "sync", "coder"]).ok().stdout,
+        ""
+    );
+
+    // The agent refreshes its token: reported, kept, never copied back to the owner.
+    sb.sh_as(
+        "agent-coder",
+        &format!("printf agent-refreshed > {AUTH_COPY}"),
+    )
+    .ok();
+    sb.sh_as("alice", &format!("printf token-v3 > {AUTH}")).ok();
+    assert_eq!(states(&sb), ["agent-modified"]);
+    let out = sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    assert!(out.stdout.contains("modified by the agent"), "{out:#?}");
+    assert_eq!(agent_cat(), "agent-refreshed");
+    assert_eq!(read(&sb, AUTH), "token-v3");
+    // --force overwrites it.
+    sb.as_user("alice", &["cred", "sync", "coder", "--force"])
+        .ok();
+    assert_eq!(agent_cat(), "token-v3");
+    assert_eq!(states(&sb), ["ok"]);
+
+    // The agent deletes its copy: reported, restored by sync.
+    sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
+    assert_eq!(states(&sb), ["missing-copy"]);
+    sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    assert_eq!(agent_cat(), "token-v3");
+
+    // The source goes away: reported, the copy stays, sync fails with one line.
+    sb.sh_as("alice", &format!("rm {AUTH}")).ok();
+    assert_eq!(states(&sb), ["missing-source"]);
+    sb.as_user("alice", &["cred", "sync", "coder"])
+        .fails(1, "could not be synced");
+    assert_eq!(agent_cat(), "token-v3");
+
+    // sync reads as the owner, not as root: a source the owner lost access to is not read.
+    sb.sh(&format!(
+        "printf root-only > {AUTH} && chown root: {AUTH} && chmod 600 {AUTH}"
+    ))
+    .ok();
+    assert_eq!(states(&sb), ["unreadable-source"]);
+    sb.root(&["cred", "sync", "coder", "--force"])
+        .fails(1, "could not be synced");
+    assert_eq!(agent_cat(), "token-v3");
+
+    // Neither side left: reported, not a crash.
+    sb.sh(&format!("rm {AUTH}")).ok();
+    sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
+    assert_eq!(states(&sb), ["missing-copy"]);
+    let out = sb
+        .as_user("alice", &["cred", "sync", "coder", "--force"])
+        .fails(1, "could not be synced");
+    assert!(out.stdout.contains("No such file"), "{out:#?}");
+}
+
+#[test]
+fn env_credentials_stay_secret() {
+    let sb = setup("creds-env");
+    const SECRET: &str = "sk-test-0123456789-secret";
+    let cmd = sb.user_command("alice", &["cred", "env", "coder", "ANTHROPIC_API_KEY"]);
+    let out = with_stdin(cmd, format!("{SECRET}\n").as_bytes()).ok();
+    assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
+
+    let dir = "/var/lib/agentuser/secrets/coder";
+    let file = format!("{dir}/ANTHROPIC_API_KEY");
+    assert_eq!(read(&sb, &file), SECRET);
+    for (path, mode) in [(dir, 0o700), (file.as_str(), 0o600)] {
+        let meta = std::fs::symlink_metadata(sb.host_path(path)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, mode), "{path}");
+    }
+    assert_ne!(sb.sh_as("agent-coder", &format!("cat {file}")).code, 0);
+
+    let list = cred_list(&sb);
+    assert_eq!(list[0]["kind"], "env");
+    assert_eq!(list[0]["source"], "ANTHROPIC_API_KEY");
+    assert_eq!(list[0]["state"], "ok");
+    for out in [
+        sb.root(&["show", "coder", "--json"]).ok(),
+        sb.root(&["show", "coder"]).ok(),
+        sb.root(&["list", "--json"]).ok(),
+        sb.as_user("alice", &["cred", "list", "coder"]).ok(),
+        sb.as_user("alice", &["cred", "list", "coder", "--json"])
+            .ok(),
+    ] {
+        assert!(
+            !out.stdout.contains(SECRET) && !out.stderr.contains(SECRET),
+            "{out:#?}"
+        );
+    }
+    // Bad input with the secret on stdin: errors never quote it.
+    for (var, input) in [
+        ("1BAD", format!("{SECRET}\n")),
+        ("PATH", format!("{SECRET}\n")),
+        ("GOOD", format!("{SECRET}\0x\n")),
+        ("GOOD", String::new()),
+    ] {
+        let cmd = sb.user_command("alice", &["cred", "env", "coder", var]);
+        let out = with_stdin(cmd, input.as_bytes());
+        assert_ne!(out.code, 0, "{var}: {out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(!out.stderr.contains(SECRET), "{out:#?}");
+    }
+    assert!(!sb.host_path(&format!("{dir}/GOOD")).exists());
+    // Setting it again replaces the value, not the record.
+    let cmd = sb.user_command("alice", &["cred", "env", "coder", "ANTHROPIC_API_KEY"]);
+    with_stdin(cmd, b"rotated").ok();
+    assert_eq!(read(&sb, &file), "rotated");
+    assert_eq!(cred_list(&sb).len(), 1);
+
+    sb.as_user("alice", &["cred", "rm", "coder", "ANTHROPIC_API_KEY"])
+        .ok();
+    assert!(!sb.host_path(&file).exists());
+    assert!(cred_list(&sb).is_empty());
+}
+
+#[test]
+fn live_credentials_get_a_read_acl_on_the_file_only() {
+    let sb = setup("creds-live");
+    const GH: &str = "/home/alice/.config/gh/hosts.yml";
+    const GH_DEST: &str = "/var/lib/agentuser/homes/agent-coder/.config/gh/hosts.yml";
+    sb.sh_as(
+        "alice",
+        &format!(
+            "umask 077; mkdir -p /home/alice/.config/gh && printf gh-v1 > {GH} && \
+             chmod 711 /home/alice/.config /home/alice/.config/gh"
+        ),
+    )
+    .ok();
+    // (Traversable ancestors let this test read through the host's paths; in the agent's
+    // view the runner's bind mount is the only way to the file.)
+    sb.as_user("alice", &["cred", "add", "coder", GH, "--live"])
+        .ok();
+    let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
+
+    let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
+    assert!(acl.contains(&format!("user:{agent_uid}:r--")), "{acl}");
+    for ancestor in [
+        "/home/alice",
+        "/home/alice/.config",
+        "/home/alice/.config/gh",
+    ] {
+        let acl = sb.sh(&format!("getfacl -pn {ancestor}")).ok().stdout;
+        assert!(
+            !acl.contains(&agent_uid.to_string()),
+            "ACL on {ancestor}: {acl}"
+        );
+    }
+    // The placeholder: empty, 0600, the agent's (the runner mounts onto it).
+    let meta = std::fs::symlink_metadata(sb.host_path(GH_DEST)).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(
+        (meta.len(), meta.mode() & 0o7777, meta.uid()),
+        (0, 0o600, agent_uid)
+    );
+    // Readable by the agent, not writable.
+    assert_eq!(
+        sb.sh_as("agent-coder", &format!("cat {GH}")).ok().stdout,
+        "gh-v1"
+    );
+    assert_ne!(
+        sb.sh_as("agent-coder", &format!("printf x >> {GH}")).code,
+        0
+    );
+    assert_eq!(read(&sb, GH), "gh-v1");
+
+    let list = cred_list(&sb);
+    assert_eq!(list[0]["kind"], "live");
+    assert_eq!(list[0]["dest"], GH_DEST);
+    assert_eq!(list[0]["state"], "ok");
+    // Rotation by rename loses the ACL on the new file; sync (and exec) grant it again.
+    sb.sh_as(
+        "alice",
+        &format!("umask 077; printf gh-v2 > {GH}.new && mv {GH}.new {GH}"),
+    )
+    .ok();
+    assert_eq!(states(&sb), ["source-changed"]);
+    sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    assert_eq!(
+        sb.sh_as("agent-coder", &format!("cat {GH}")).ok().stdout,
+        "gh-v2"
+    );
+    assert_eq!(states(&sb), ["ok"]);
+
+    let views: Vec<_> = sb.show("coder")["credentials"].as_array().unwrap().clone();
+    assert_eq!(views[0]["kind"], "live");
+
+    sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
+    let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
+    assert!(!acl.contains(&agent_uid.to_string()), "{acl}");
+    assert_ne!(sb.sh_as("agent-coder", &format!("cat {GH}")).code, 0);
+    assert!(!sb.host_path(GH_DEST).exists(), "placeholder left");
+    assert_eq!(read(&sb, GH), "gh-v2");
+
+    // Named through a symlinked directory, a live file is recorded by its real path (the
+    // runner binds it without following links) and can be removed by either name.
+    sb.sh_as("alice", "ln -s .config/gh /home/alice/gh-link")
+        .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            "/home/alice/gh-link/hosts.yml",
+            "--live",
+            "--to",
+            "gh2",
+        ],
+    )
+    .ok();
+    assert_eq!(cred_list(&sb)[0]["source"], GH);
+    sb.as_user(
+        "alice",
+        &["cred", "rm", "coder", "/home/alice/gh-link/hosts.yml"],
+    )
+    .ok();
+    assert!(!sb.host_path(&format!("{HOME}/gh2")).exists());
+    assert!(cred_list(&sb).is_empty());
+    let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
+    assert!(!acl.contains(&agent_uid.to_string()), "{acl}");
+}
+
+#[test]
+fn delete_removes_every_credential() {
+    let sb = setup("creds-delete");
+    sb.as_user(
+        "alice",
+        &["cred", "add", "coder", AUTH, "--live", "--to", "live.json"],
+    )
+    .ok();
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
+    with_stdin(cmd, b"ghp-secret").ok();
+    let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
+    assert!(
+        sb.sh(&format!("getfacl -pn {AUTH}"))
+            .ok()
+            .stdout
+            .contains(&agent_uid.to_string())
+    );
+    sb.as_user("alice", &["delete", "coder", "--keep-home"])
+        .ok();
+    let acl = sb.sh(&format!("getfacl -pn {AUTH}")).ok().stdout;
+    assert!(!acl.contains(&agent_uid.to_string()), "{acl}");
+    assert!(!sb.host_path("/var/lib/agentuser/secrets/coder").exists());
+    assert!(!sb.host_path(AUTH_COPY).exists(), "copy kept with the home");
+    assert!(!sb.host_path(&format!("{HOME}/live.json")).exists());
+    assert_eq!(read(&sb, AUTH), "token-v1");
+}
+
+/// An exec that the test talks to: lines from its stdout, a newline to its stdin to finish.
+struct Interactive {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    fn start(sb: &Sandbox, script: &str) -> Interactive {
+        let mut cmd = sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Interactive { child, stdout }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    /// Lets the script go on and returns the rest of its output.
+    fn finish(mut self) -> String {
+        use std::io::Read;
+        self.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        rest
+    }
+}
+
+#[test]
+fn exec_sees_rotated_copies_env_values_and_live_files() {
+    let sb = setup("creds-exec");
+    const GH: &str = "/home/alice/gh.yml";
+    sb.sh_as("alice", &format!("umask 077; printf gh-v1 > {GH}"))
+        .ok();
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    sb.as_user(
+        "alice",
+        &["cred", "add", "coder", GH, "--live", "--to", "gh.yml"],
+    )
+    .ok();
+    let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
+    with_stdin(cmd, b"ghp-secret-value").ok();
+    let exec =
+        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+
+    // Rotation: the next exec copies the new source first.
+    sb.sh_as("alice", &format!("printf token-v2 > {AUTH}")).ok();
+    assert_eq!(exec(&format!("cat {AUTH_COPY}")).ok().stdout, "token-v2");
+    // Agent-modified copies are kept.
+    exec(&format!("printf mine > {AUTH_COPY}")).ok();
+    sb.sh_as("alice", &format!("printf token-v3 > {AUTH}")).ok();
+    assert_eq!(exec(&format!("cat {AUTH_COPY}")).ok().stdout, "mine");
+
+    // The env value reaches the agent, and no process's argv on the host while it runs.
+    let mut run = Interactive::start(&sb, "printf '%s\\n' \"$GH_TOKEN\"; read x");
+    assert_eq!(run.line(), "ghp-secret-value");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let argv = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&argv).contains("ghp-secret-value"),
+            "the value is in the argv of {:?}",
+            entry.path()
+        );
+    }
+    run.finish();
+
+    // Live: the owner's change is seen at once, within the same run.
+    let dest = format!("{HOME}/gh.yml");
+    let mut run = Interactive::start(&sb, &format!("cat {dest}; echo; read x; cat {dest}"));
+    assert_eq!(run.line(), "gh-v1");
+    sb.sh_as("alice", &format!("printf gh-v2 > {GH}")).ok();
+    assert_eq!(run.finish(), "gh-v2");
+    // Read-only for the agent; gone after rm.
+    assert_ne!(exec(&format!("printf x > {dest}")).code, 0);
+    assert_eq!(read(&sb, GH), "gh-v2");
+    sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
+    assert_ne!(exec(&format!("cat {GH} || cat {dest}")).stdout, "gh-v2");
+
+    // A live source named through a symlinked directory (dotfile managers do this).
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/dotfiles && ln -s dotfiles /home/alice/.dot && \
+         printf dot-v1 > /home/alice/dotfiles/tok",
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            "/home/alice/.dot/tok",
+            "--live",
+            "--to",
+            "tok",
+        ],
+    )
+    .ok();
+    assert_eq!(exec(&format!("cat {HOME}/tok")).ok().stdout, "dot-v1");
+
+    // THREAT-MODEL row 21: the agent swaps the mount target for a symlink to a system file.
+    // Neither sync nor the runner follows it: /etc/hostname keeps its content in the view.
+    let hostname = read(&sb, "/etc/hostname");
+    sb.sh_as(
+        "agent-coder",
+        &format!("rm {HOME}/tok && ln -s /etc/hostname {HOME}/tok"),
+    )
+    .ok();
+    let out = exec("cat /etc/hostname");
+    assert!(
+        !out.stdout.contains("dot-v1"),
+        "mounted through the link: {out:#?}"
+    );
+    if out.code == 0 {
+        assert_eq!(out.stdout, hostname);
+    }
+    assert_eq!(read(&sb, "/etc/hostname"), hostname);
+}
+
+#[test]
+fn a_value_typed_on_a_terminal_is_not_echoed() {
+    let sb = setup("creds-tty");
+    const SECRET: &str = "typed-secret-42";
+    // A real pty: wait for the prompt, type the value, collect everything the terminal shows.
+    let driver = format!(
+        r#"import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("{bin}", ["agentuser", "cred", "env", "coder", "TYPED"])
+out = b""
+while b"(not echoed): " not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"{SECRET}\r")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#,
+        bin = sb.bin.display()
+    );
+    std::fs::write(sb.host_path("/tmp/type-secret.py"), driver).unwrap();
+    let out = sb.sh_as("alice", "python3 /tmp/type-secret.py").ok();
+    assert!(out.stdout.contains("value for TYPED"), "{out:#?}");
+    assert!(!out.stdout.contains(SECRET), "echoed: {out:#?}");
+    assert_eq!(read(&sb, "/var/lib/agentuser/secrets/coder/TYPED"), SECRET);
+}
+
+#[test]
+fn cred_changes_are_logged_without_values() {
+    let sb = setup("creds-syslog");
+    const SECRET: &str = "sk-logged-never-0042";
+    // As in accounts.rs: a /dev of the namespace's own with a listener on /dev/log.
+    let bin = sb.bin.display().to_string();
+    let alice = format!("setpriv --reuid alice --regid alice --init-groups -- {bin}");
+    let script = format!(
+        r#"set -e
+mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
+mount -t tmpfs -o mode=0755 dev /dev
+for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
+mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
+python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open("/tmp/ready", "w").close()
+s.settimeout(3)
+with open("/tmp/log.txt", "w") as out:
+    try:
+        while True:
+            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
+    except socket.timeout:
+        pass
+' &
+while [ ! -e /tmp/ready ]; do sleep 0.05; done
+{alice} cred add coder {AUTH}
+printf '{SECRET}' | {alice} cred env coder API_KEY
+printf token-v2 > {AUTH}
+{alice} cred sync coder
+{alice} cred rm coder API_KEY
+wait
+cat /tmp/log.txt"#
+    );
+    let log = sb.sh(&script).ok().stdout;
+    for action in [
+        "action=cred-add kind=copy",
+        "action=cred-env var=API_KEY",
+        "action=cred-sync",
+        "action=cred-rm kind=env",
+    ] {
+        assert!(log.contains(action), "no {action:?} in {log:?}");
+    }
+    assert!(!log.contains(SECRET), "the value reached syslog: {log:?}");
+}
