@@ -75,7 +75,12 @@ def pump(until, timeout):
     return until == ''
 for send, expect in steps:
     out += b'<<mark>>'
-    os.write(fd, send.encode())
+    if send.startswith('winsize:'):
+        import fcntl, struct, termios
+        rows, cols = map(int, send.split(':')[1:])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    else:
+        os.write(fd, send.encode())
     if not pump(expect, 20 if expect else 0.7):
         sys.stdout.write(out.decode(errors='replace'))
         sys.exit('timed out waiting for %r' % expect)
@@ -180,34 +185,49 @@ fn tiocsti_cannot_reach_the_callers_shell() {
 fn the_terminal_works_like_a_terminal() {
     let sb = setup("runner-pty");
     let bin = sb.bin.display().to_string();
+    // Every step ends with output of the caller's shell, so the next one is not typed ahead
+    // into the previous run's relay.
     let transcript = on_a_terminal(
         &sb,
         &[
             // The agent's own pty, owned by the agent; the caller's window size.
             (
                 &format!(
-                    "stty rows 33 cols 111; {bin} exec coder -- sh -c 'stat -c %U $(tty); stty size'\n"
+                    "stty rows 33 cols 111; {bin} exec coder -- sh -c 'stat -c %U $(tty); stty size'; \
+                     echo s-$((0+1))\n"
                 ),
-                "33 111",
+                "s-1",
             ),
+            // Window size changes follow.
+            (
+                &format!(
+                    "{bin} exec coder -- sh -c 'trap \"stty size; exit\" WINCH; echo armed; \
+                     while :; do sleep 0.05; done'; echo s-$((1+1))\n"
+                ),
+                "armed\r\n",
+            ),
+            ("winsize:40:120", "s-2"),
             // Ctrl-C reaches the agent's foreground job.
-            (&format!("{bin} exec coder -- sleep 100\n"), ""),
-            ("\x03", ""),
-            ("echo rc-$?\n", "rc-130"),
+            (
+                &format!("{bin} exec coder -- sleep 100; echo rc-$?-$((1+2))\n"),
+                "",
+            ),
+            ("\x03", "rc-130-3"),
             // Raw mode is restored: the caller's terminal is canonical with echo again.
             (
                 "stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | sort | tr '\\n' +; echo\n",
                 "echo+icanon+",
             ),
             // Job control in the login shell.
-            (&format!("{bin} shell coder\n"), "$ "),
+            (&format!("{bin} shell coder; echo s-$((2+2))\n"), "$ "),
             ("sleep 100\n", ""),
             ("\x1a", "Stopped"),
             ("kill %1; echo shell-ok-$((1+1))\n", "shell-ok-2"),
-            ("exit\n", "$ "),
+            ("exit\n", "s-4"),
         ],
     );
-    assert!(transcript.contains("agent-coder"), "{transcript}");
+    assert!(transcript.contains("agent-coder\r\n33 111"), "{transcript}");
+    assert!(transcript.contains("40 120"), "{transcript}");
 }
 
 #[test]

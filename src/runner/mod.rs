@@ -167,7 +167,12 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         uid: record.uid,
         gid: record.gid,
         home: record.home.clone(),
-        cwd: req.cwd.cloned(),
+        // Relative to the caller's directory, then looked up in the view as the agent.
+        cwd: req
+            .cwd
+            .map(std::path::absolute)
+            .transpose()
+            .context("--cwd")?,
         preferred_cwd,
         streams: match &slave {
             Some(slave) => Streams::Pty {

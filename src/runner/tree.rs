@@ -139,6 +139,8 @@ fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) ->
         for warning in sandbox::build(plan)? {
             eprintln!("agentuser: warning: {warning}");
         }
+        // Let go of the caller's directory (in the hidden tree).
+        std::env::set_current_dir("/").context("chdir /")?;
         Ok(())
     })();
     if let Err(err) = setup {
