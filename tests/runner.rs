@@ -504,3 +504,34 @@ fn only_root_and_the_owner_may_run_the_agent() {
     sb.as_user("agent-coder", &["exec", "coder", "--", "id"])
         .fails(125, "agent accounts may not use agentuser");
 }
+
+#[test]
+fn killing_the_runner_takes_the_agent_down() {
+    let sb = setup("runner-sigkill");
+    let child = sb.spawn(sb.command(&[
+        sb.bin.to_str().unwrap(),
+        "exec",
+        "coder",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 1000",
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        !sb.processes_in_range().is_empty(),
+        "the agent did not start"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait_with_output();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let left = sb.processes_in_range();
+    assert!(
+        left.is_empty(),
+        "agent processes outlived a killed runner: {left:?}"
+    );
+}

@@ -131,6 +131,8 @@ fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) ->
     let mut set = runner_signals();
     set.remove(Signal::SIGWINCH);
     let setup = (|| -> Result<()> {
+        // Should the runner die (SIGKILL), the whole namespace goes with it.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
         // Not in the caller's session: terminal signals reach the runner only, once.
         setsid().context("setsid")?;
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
