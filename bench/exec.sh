@@ -1,58 +1,36 @@
 #!/usr/bin/env bash
-# `agentuser exec NAME -- /bin/true` side by side with runuser, sudo and the setpriv floor.
-#
-# Hermetic: run as root from a checkout. It builds the release binary, then works in a
-# private mount namespace over a throwaway copy of /etc and private state, home and temp
-# directories (the same scheme as the integration tests), creates its own agent there and
-# leaves nothing behind on the host. Needs hyperfine, sudo and util-linux.
-#
-#   sudo bench/exec.sh [RESULTS_FILE]     # default bench/results/exec.md
+# `agentuser exec NAME -- /bin/true` side by side with runuser and sudo (both also open a PAM
+# session) and the floor, setpriv (a bare uid switch), all starting /bin/true as the agent's
+# account. Hermetic: the agent is created in the benchmark sandbox (bench/lib.sh) and goes
+# with it. Run as root from anywhere: bench/exec.sh   Writes bench/results/exec.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench/exec.sh: run as root" >&2; exit 1; }
-out=${1:-bench/results/exec.md}
-cargo build --release --locked --quiet
-bin=${CARGO_TARGET_DIR:-target}/release/agentuser
-
-work=$(mktemp -d /var/cache/agentuser-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"
-cp -a /etc "$work/etc"
-mkdir -p "$work/state" "$work/home" "$work/tmp" "$work/vartmp" "$work/shm" "$work/etc/agentuser"
-chmod 1777 "$work/tmp" "$work/vartmp" "$work/shm"
-cp pam/agentuser "$work/etc/pam.d/agentuser"
-install -m 4755 "$bin" "$work/agentuser"
-printf 'uid_min = 1850000000\nuid_max = 1850000999\n' > "$work/etc/agentuser/config.toml"
-
-unshare --mount --propagation private -- /bin/bash -s "$work" "$out" <<'INNER'
-set -euo pipefail
-work=$1 out=$2
-mount --bind "$work/etc" /etc
-mount -t tmpfs -o mode=0755 agentuser-bench /var/lib
-mkdir -p /var/lib/agentuser
-mount --bind "$work/state" /var/lib/agentuser
-mount --bind "$work/home" /home
-mount --bind "$work/tmp" /tmp
-mount --bind "$work/vartmp" /var/tmp
-mount --bind "$work/shm" /dev/shm
-"$work/agentuser" create bench >/dev/null
-user=agent-bench
-hyperfine -N --warmup 20 --runs "${RUNS:-300}" --export-markdown "$work/table.md" \
-    "setpriv --reuid $user --regid $user --init-groups /bin/true" \
-    "runuser -u $user -- /bin/true" \
-    "$work/agentuser exec bench -- /bin/true" \
-    "$work/agentuser exec bench --network none -- /bin/true" \
-    "sudo -u $user /bin/true" </dev/null
+. "$(dirname "$0")/lib.sh"
+bench_setup
+out=bench/results/exec.md
+json=$BENCH_DIR/exec.json
+runs=${RUNS:-300}
+in_sandbox "
+$BIN create bench >/dev/null
+hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export-markdown $BENCH_DIR/table.md \
+  -n setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \
+  -n runuser 'runuser -u agent-bench -- /bin/true' \
+  -n agentuser '$BIN exec bench -- /bin/true' \
+  -n 'agentuser --network none' '$BIN exec bench --network none -- /bin/true' \
+  -n sudo 'sudo -u agent-bench /bin/true' </dev/null
+"
 {
-    echo "# exec benchmark"
+    echo "# exec vs runuser, sudo and setpriv"
     echo
-    echo "\`bench/exec.sh\`, $(date -u +%Y-%m-%d), $(uname -sr), $(nproc) CPUs, hyperfine $(hyperfine --version | cut -d' ' -f2)."
-    echo "Every command starts /bin/true as the agent's account, as root, stdio not a terminal."
-    echo "runuser and sudo open PAM sessions as agentuser does; setpriv is the floor (no PAM,"
-    echo "no namespaces). Targets: agentuser exec <= 1.25x runuser and faster than sudo."
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r); one hyperfine run of $runs iterations each,"
+    echo "stdio not a terminal, as root. agentuser opens a PAM session (service agentuser), builds"
+    echo "the mount/pid/IPC namespaces and the view, drops privileges and waits for the namespace"
+    echo "to be torn down; runuser and sudo open PAM sessions; setpriv is the bare uid switch."
     echo
-    sed "s|$work/agentuser|agentuser|g" "$work/table.md"
-} > "$work/result.md"
-INNER
-cp "$work/result.md" "$out"
+    cat "$BENCH_DIR/table.md"
+    echo
+    echo "**Ratio agentuser / runuser: $(ratio "$json" agentuser runuser)x** (target: at most 1.25x)."
+    echo "**Ratio agentuser / sudo: $(ratio "$json" agentuser sudo)x** (target: below 1)."
+    echo "Ratio agentuser / setpriv (floor): $(ratio "$json" agentuser setpriv)x;"
+    echo "agentuser --network none / runuser: $(ratio "$json" 'agentuser --network none' runuser)x."
+} > "$out"
 cat "$out"

@@ -93,11 +93,6 @@ pub fn delete_group(name: &str) -> Result<()> {
     run_tool("groupdel", &["--", name])
 }
 
-/// Locks the password again in case anything unlocked it (belt and braces at create).
-pub fn lock_password(name: &str) -> Result<()> {
-    run_tool("usermod", &["--lock", "--", name])
-}
-
 fn path_arg(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_owned)

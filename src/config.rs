@@ -88,6 +88,9 @@ impl Config {
         check_trusted(&meta, true).with_context(what)?;
         if let Some(parent) = path.parent() {
             let dir = std::fs::symlink_metadata(parent).with_context(what)?;
+            if !dir.is_dir() {
+                bail!("config directory {}: not a directory", parent.display());
+            }
             check_trusted(&dir, false)
                 .with_context(|| format!("config directory {}", parent.display()))?;
         }

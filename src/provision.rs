@@ -213,7 +213,6 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
             }
         }
     }
-    account::lock_password(&record.user)?;
     check_home(record)?;
     hide_from_login_screens(&record.user)?;
     Ok(())

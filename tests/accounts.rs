@@ -75,7 +75,8 @@ fn delete_undoes_everything_and_never_reuses_the_uid() {
     sb.sh_as(
         "agent-coder",
         "touch /tmp/a /var/tmp/b /dev/shm/c; mkdir -p /tmp/d/e; touch /tmp/d/e/f; \
-         setsid sleep 1000 </dev/null >/dev/null 2>&1 &",
+         setsid sleep 1000 </dev/null >/dev/null 2>&1 & \
+         setsid sh -c 'while :; do sleep 1000 & sleep 0.01; done' </dev/null >/dev/null 2>&1 &",
     )
     .ok();
     sb.sh_as("alice", "touch /tmp/alice-file").ok();
@@ -392,19 +393,27 @@ fn concurrent_creates_get_distinct_uids() {
     }
 }
 
+/// Starts `agentuser ARGS` as root, SIGKILLs it after `delay_ms`, then runs the same
+/// command again to completion and returns that second run.
+fn kill_then_rerun(sb: &Sandbox, args: &[&str], delay_ms: u64) -> common::Out {
+    let mut argv = vec![sb.bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let mut child = sb.spawn(sb.command(&argv));
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Let any tool the killed helper had started finish before looking.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    sb.root(args)
+}
+
 #[test]
 fn interrupted_create_and_delete_are_completed_by_running_them_again() {
     let sb = Sandbox::new("interrupted");
     for (i, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
         let name = format!("int{i}");
         let user = format!("agent-{name}");
-        let mut child = sb.spawn(sb.command(&[sb.bin.to_str().unwrap(), "create", &name]));
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Let any tool the killed helper had started finish before looking.
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        let again = sb.root(&["create", &name]);
+        let again = kill_then_rerun(&sb, &["create", &name], delay_ms);
         assert!(
             again.code == 0 || again.stderr.contains("already exists"),
             "re-running create after a kill at {delay_ms} ms: {again:#?}"
@@ -413,12 +422,7 @@ fn interrupted_create_and_delete_are_completed_by_running_them_again() {
         assert_eq!(record["state"], "ready", "{record}");
         assert!(sb.user_exists(&user));
 
-        let mut child = sb.spawn(sb.command(&[sb.bin.to_str().unwrap(), "delete", &name]));
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        let again = sb.root(&["delete", &name]);
+        let again = kill_then_rerun(&sb, &["delete", &name], delay_ms);
         assert!(
             again.code == 0 || again.stderr.contains("no such agent"),
             "re-running delete after a kill at {delay_ms} ms: {again:#?}"
@@ -433,4 +437,52 @@ fn interrupted_create_and_delete_are_completed_by_running_them_again() {
     // No orphan accounts: every agent-like passwd entry has a record and vice versa.
     let orphans = sb.sh("getent passwd | grep -c '^agent-'").stdout;
     assert_eq!(orphans.trim(), "0");
+}
+
+#[test]
+fn state_changes_are_logged_to_syslog() {
+    let sb = Sandbox::new("syslog");
+    sb.add_user("alice", &["agentuser"]);
+    // This host has no syslog socket: give the namespace a /dev of its own with a listener
+    // on /dev/log, then run create and delete through the setuid path.
+    let bin = sb.bin.display().to_string();
+    let script = format!(
+        r#"set -e
+mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
+mount -t tmpfs -o mode=0755 dev /dev
+for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
+mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open("/tmp/ready", "w").close()
+s.settimeout(3)
+with open("/tmp/log.txt", "w") as out:
+    try:
+        while True:
+            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
+    except socket.timeout:
+        pass
+' &
+while [ ! -e /tmp/ready ]; do sleep 0.05; done
+setpriv --reuid alice --regid alice --init-groups -- {bin} create coder
+setpriv --reuid alice --regid alice --init-groups -- {bin} delete coder
+wait
+cat /tmp/log.txt"#
+    );
+    let log = sb.sh(&script).ok().stdout;
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" agentuser[")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("caller=alice")
+            && l.contains("agent=coder")
+            && l.contains("action=create")),
+        "no create record in {log:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("action=delete")),
+        "no delete record in {log:?}"
+    );
+    // authpriv (10) * 8 + notice (5) = 85
+    assert!(lines.iter().all(|l| l.starts_with("<85>")), "{log:?}");
 }

@@ -102,47 +102,46 @@ pub fn reset_limits() -> Result<()> {
 
 /// Kills every process whose real or saved uid is `uid`, including ones forked while we
 /// kill. A child switches to that uid and signals -1: the kernel then delivers SIGKILL to
-/// exactly the processes that uid could signal, atomically per call, so a fork loop cannot
-/// outrun a scan of /proc. Killed processes may linger as zombies until their parent reaps
-/// them (kill(-1) still counts those), so success is judged by a scan for live ones.
+/// exactly the processes that uid may signal, in one pass, so a fork loop cannot outrun a
+/// scan of /proc. (kill(-1) reports success whenever any other process exists, so whether
+/// anything is left is judged by a scan for live, non-zombie processes.)
 pub fn kill_all_of_uid(uid: u32, gid: u32) -> Result<()> {
     if uid == 0 || uid == u32::MAX {
         bail!("refusing to kill processes of uid {uid}");
     }
-    // SAFETY: the process is single-threaded; the child only makes raw system calls and
-    // leaves with _exit, never returning into Rust code that might allocate or unwind.
-    match unsafe { fork() }.context("fork")? {
-        ForkResult::Child => {
-            let ok = setgroups(&[]).is_ok()
-                && setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid)).is_ok()
-                && setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid)).is_ok();
-            let mut code = if ok { 2 } else { 1 };
-            if ok {
-                for round in 0..2000 {
-                    if kill(Pid::from_raw(-1), Signal::SIGKILL) == Err(Errno::ESRCH) {
-                        code = 0;
-                        break;
-                    }
-                    if round % 20 == 19 {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
+    for round in 0..100u64 {
+        if live_processes_of(uid).is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the process is single-threaded; the child only makes raw system calls and
+        // leaves with _exit, never returning into Rust code that might allocate or unwind.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                let switched = setgroups(&[]).is_ok()
+                    && setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
+                        .is_ok()
+                    && setresuid(Uid::from_raw(uid), Uid::from_raw(uid), Uid::from_raw(uid))
+                        .is_ok();
+                if switched {
+                    for _ in 0..3 {
+                        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     }
                 }
+                // SAFETY: _exit is async-signal-safe and ends the child without unwinding.
+                unsafe { libc::_exit(if switched { 0 } else { 1 }) }
             }
-            // SAFETY: _exit is async-signal-safe and ends the child without unwinding.
-            unsafe { libc::_exit(code) }
+            ForkResult::Parent { child } => {
+                if let WaitStatus::Exited(_, 1) = waitpid(child, None).context("waitpid")? {
+                    bail!("could not switch to uid {uid} to stop its processes");
+                }
+            }
         }
-        ForkResult::Parent { child } => {
-            let status = waitpid(child, None).context("waitpid")?;
-            if matches!(status, WaitStatus::Exited(_, 1)) {
-                bail!("could not switch to uid {uid} to stop its processes");
-            }
-            let live = live_processes_of(uid);
-            if !live.is_empty() {
-                bail!("processes of uid {uid} survived SIGKILL: {live:?}");
-            }
-            Ok(())
-        }
+        std::thread::sleep(std::time::Duration::from_millis(round.min(20)));
     }
+    bail!(
+        "processes of uid {uid} survived SIGKILL: {:?}",
+        live_processes_of(uid)
+    )
 }
 
 /// Pids of processes (not zombies) whose real, effective or saved uid is `uid`.
