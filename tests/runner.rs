@@ -535,3 +535,28 @@ fn killing_the_runner_takes_the_agent_down() {
         "agent processes outlived a killed runner: {left:?}"
     );
 }
+
+#[test]
+fn the_callers_keyring_and_a_refused_account_stay_out() {
+    let sb = setup("runner-keyring");
+    // A key in the caller's session keyring is not possessed by the agent.
+    let bin = sb.bin.display().to_string();
+    let out = sb.sh(&format!(
+        "command -v keyctl >/dev/null || exit 77; keyctl new_session >/dev/null; \
+         keyctl add user canary-key canary-secret @s >/dev/null; \
+         {bin} exec coder -- sh -c 'keyctl show @s; keyctl search @s user canary-key && echo FOUND'"
+    ));
+    if out.code != 77 {
+        assert!(
+            !out.stdout.contains("FOUND") && !out.stdout.contains("canary-key"),
+            "{out:#?}"
+        );
+    }
+    // An account PAM refuses (expired) is not run.
+    sb.sh("chage -E 1 agent-coder").ok();
+    let out = exec(&sb, "coder", "echo RAN");
+    assert_eq!(out.code, 125, "{out:#?}");
+    assert!(!out.stdout.contains("RAN"));
+    assert!(out.stderr.contains("account check refused"), "{out:#?}");
+    assert!(sb.processes_in_range().is_empty());
+}

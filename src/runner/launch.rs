@@ -13,7 +13,9 @@ use nix::unistd::{execve, setsid};
 
 use super::privdrop;
 use super::tree::Failure;
-use crate::sys::spawn::{cloexec_from, dup_onto, reset_signals, set_controlling_tty};
+use crate::sys::spawn::{
+    cloexec_from, dup_onto, join_new_session_keyring, reset_signals, set_controlling_tty,
+};
 
 /// How the agent's standard streams are set up.
 pub enum Streams<'a> {
@@ -46,6 +48,8 @@ impl Agent<'_> {
         setsid().context("setsid")?;
         self.set_streams()?;
         privdrop::drop_to(self.uid, self.gid)?;
+        // As the agent: a keyring of its own, none of the caller's (or root's) keys.
+        join_new_session_keyring()?;
         self.enter_directory()?;
         Ok(())
     }

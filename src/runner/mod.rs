@@ -150,16 +150,14 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let command = build_command(ctx, &record, req, &shell, &extra_env)?;
 
     let ttys = pty::terminal_streams();
-    let use_pty = ttys.iter().any(|&t| t);
-    let pty = use_pty.then(|| pty::open(ttys, record.uid)).transpose()?;
-    let pam = pam::PamSession::open(
-        &record.user,
-        &ctx.caller.name,
-        pty.as_ref().map(|p| p.name.as_str()),
-    )?;
-    let (master, slave) = match pty {
-        Some(p) => (Some(p.master), Some(p.slave)),
-        None => (None, None),
+    let pty = ttys
+        .iter()
+        .any(|&t| t)
+        .then(|| pty::open(ttys, record.uid))
+        .transpose()?;
+    let (master, slave, tty_name) = match pty {
+        Some(p) => (Some(p.master), Some(p.slave), Some(p.name)),
+        None => (None, None, None),
     };
 
     let preferred_cwd = caller_dir_in_share(&record);
@@ -189,12 +187,32 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("sigprocmask")?;
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
-    let raw = pty::RawMode::enter(ttys)?;
 
-    let mut started = tree::start(Some(&plan), || {
+    // The view is built while the PAM session opens; the agent starts only once both are
+    // ready (the gate).
+    let mut started = tree::start(Some(&plan), true, || {
         agent.prepare()?;
         launch::exec(&command)
     })?;
+    let gate = started.gate.take().context("no gate")?;
+    let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name.as_deref())
+        .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
+    let (pam, raw) = match opened {
+        Ok(opened) => opened,
+        Err(err) => {
+            // Closing the gate makes init leave without running anything.
+            drop(gate);
+            let _ = waitpid(started.child, None);
+            return Err(err);
+        }
+    };
+    if let Err(err) = tree::open_gate(gate) {
+        let _ = kill(started.child, Signal::SIGKILL);
+        let _ = waitpid(started.child, None);
+        drop(raw);
+        let _ = pam.close();
+        return Err(err);
+    }
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
     drop(agent);
     drop(slave);
@@ -376,7 +394,7 @@ fn run_probe(
             stdout: out_w.as_fd(),
         },
     };
-    let mut started = tree::start(plan, || {
+    let mut started = tree::start(plan, false, || {
         agent.prepare()?;
         crate::sys::spawn::close_from(3)?;
         let code = probe();

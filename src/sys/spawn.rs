@@ -186,3 +186,22 @@ pub fn dup_onto(src: BorrowedFd, target: RawFd) -> Result<()> {
     let rc = unsafe { libc::dup2(src.as_raw_fd(), target) };
     Errno::result(rc).map(drop).context("dup2")
 }
+
+/// Joins a new anonymous session keyring, so the process no longer possesses the keyring it
+/// inherited (the caller's: possession grants access to its keys whatever their owner).
+pub fn join_new_session_keyring() -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name pointer creates an anonymous keyring; no memory of ours
+    // is read or written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e).context("joining a new session keyring"),
+    }
+}
