@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::signal::{SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 
 use crate::cli::{ExecArgs, Network, ShellArgs};
 use crate::context::Context;
@@ -218,9 +218,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     drop(slave);
     let mut relay = master.map(|m| pty::Relay::new(m, ttys));
     let start = started.wait_for_start();
-    let status = supervise(started.child, &sfd, relay.as_mut(), ttys);
+    let status = supervise(&started, &sfd, relay.as_mut(), ttys);
     drop(raw);
     let closed = pam.close();
+    // init is gone or going (its namespaces are torn down meanwhile): reap it.
+    let _ = waitpid(started.child, None);
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);
@@ -232,37 +234,47 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     Ok(code)
 }
 
-/// Waits for the tree's root, relaying the terminal and passing signals on meanwhile.
+/// Relays the terminal and passes signals on until init reports the command's status
+/// (the namespace is empty by then) or dies.
 fn supervise(
-    child: nix::unistd::Pid,
+    started: &tree::Started,
     sfd: &SignalFd,
     mut relay: Option<&mut pty::Relay>,
     ttys: [bool; 3],
 ) -> Result<u8> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let child = started.child;
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                if let Some(code) = tree::status_code(status) {
-                    if let Some(relay) = relay.as_deref_mut() {
-                        relay.drain()?;
-                    }
-                    return Ok(code);
-                }
-            }
-            Err(e) => return Err(e).context("waiting for the agent"),
-        }
-        let signal_ready = match relay.as_deref_mut() {
-            Some(relay) => relay.step(sfd.as_fd())?,
+        let [signal_ready, status_ready] = match relay.as_deref_mut() {
+            Some(relay) => relay.step([sfd.as_fd(), started.status.as_fd()])?,
             None => {
-                let mut fds = [nix::poll::PollFd::new(
-                    sfd.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
-                true
+                let mut fds = [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(started.status.as_fd(), PollFlags::POLLIN),
+                ];
+                let _ = poll(&mut fds, PollTimeout::NONE);
+                let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
+                [ready(&fds[0]), ready(&fds[1])]
             }
         };
+        if status_ready {
+            let mut byte = [0u8; 1];
+            let code = match nix::unistd::read(started.status.as_fd(), &mut byte) {
+                Ok(1) => byte[0],
+                // init died without a word: its own status says what happened.
+                _ => loop {
+                    match waitpid(child, None) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Ok(status) => break tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED),
+                        Err(e) => return Err(e).context("waiting for the agent"),
+                    }
+                },
+            };
+            if let Some(relay) = relay.as_deref_mut() {
+                relay.drain()?;
+            }
+            return Ok(code);
+        }
         if !signal_ready {
             continue;
         }

@@ -24,7 +24,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::sandbox::{self, ViewPlan};
-use crate::sys::spawn::{catch_signals, close_from, exit_now, fork};
+use crate::sys::spawn::{catch_signals, exit_now, fork};
 
 /// Signals the runner and init pass on to the agent's command.
 pub const FORWARDED: [Signal; 6] = [
@@ -57,6 +57,9 @@ pub struct Started {
     report: OwnedFd,
     /// The gate's write end (see [`start`]).
     pub gate: Option<OwnedFd>,
+    /// Readable when the command's status is known and the namespace is empty (one status
+    /// byte), or when init died (end of file).
+    pub status: OwnedFd,
 }
 
 /// The runner's signal set: forwarded signals, SIGCHLD and SIGWINCH.
@@ -84,6 +87,9 @@ pub fn start(
     agent: impl FnOnce() -> Result<()>,
 ) -> Result<Started> {
     let (report_r, report_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // init tells the runner the command's status once the namespace is empty, before it
+    // exits (its exit tears the namespaces down, which the runner need not wait for).
+    let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let (gate, gate_w) = match gated {
         true => {
             let (r, w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
@@ -115,17 +121,20 @@ pub fn start(
             drop(report_r);
             // Only the runner may open the gate; closing it must reach init as EOF.
             drop(gate_w);
+            drop(status_r);
             match view {
-                Some(plan) => init(plan, gate, report_w, agent),
+                Some(plan) => init(plan, gate, report_w, status_w, agent),
                 None => agent_process(report_w, agent),
             }
         }
         ForkResult::Parent { child } => {
             drop(gate);
+            drop(status_w);
             Ok(Started {
                 child,
                 report: report_r,
                 gate: gate_w,
+                status: status_r,
             })
         }
     }
@@ -210,6 +219,7 @@ fn init(
     plan: &ViewPlan,
     gate: Option<OwnedFd>,
     report: OwnedFd,
+    status: OwnedFd,
     agent: impl FnOnce() -> Result<()>,
 ) -> ! {
     let mut set = runner_signals();
@@ -245,13 +255,16 @@ fn init(
         Err(err) => fail(&report, &err),
     };
     drop(report);
-    let code = supervise_as_init(agent_pid, &set).unwrap_or(super::EXIT_SETUP_FAILED);
+    let code = supervise_as_init(agent_pid, &set, &status).unwrap_or(super::EXIT_SETUP_FAILED);
+    // Nothing is left in the namespace: the runner may close the session while the
+    // namespaces are torn down.
+    let _ = nix::unistd::write(status.as_fd(), &[code]);
     exit_now(code)
 }
 
 /// Reaps every process of the namespace, passes signals on to the agent's command, keeps
 /// it from stopping for good (nothing could continue it), and returns its status.
-fn supervise_as_init(agent: Pid, set: &SigSet) -> Result<u8> {
+fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd) -> Result<u8> {
     if let Ok(null) = std::fs::File::options()
         .read(true)
         .write(true)
@@ -261,8 +274,17 @@ fn supervise_as_init(agent: Pid, set: &SigSet) -> Result<u8> {
             let _ = crate::sys::spawn::dup_onto(null.as_fd(), fd);
         }
     }
-    close_from(3)?;
+    crate::sys::spawn::close_all_above_2_except(keep.as_fd())?;
     let sfd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    let code = wait_for_agent(agent, &sfd)?;
+    // Everything the command left behind dies now (kill(-1) from pid 1 reaches every
+    // other process of the namespace), and is reaped.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(None, None).is_ok() {}
+    Ok(code)
+}
+
+fn wait_for_agent(agent: Pid, sfd: &SignalFd) -> Result<u8> {
     loop {
         // Reap first: the agent may already be gone.
         loop {

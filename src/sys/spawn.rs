@@ -205,3 +205,16 @@ pub fn join_new_session_keyring() -> Result<()> {
         Err(e) => Err(e).context("joining a new session keyring"),
     }
 }
+
+/// Closes every descriptor from 3 up except `keep`.
+pub fn close_all_above_2_except(keep: BorrowedFd) -> Result<()> {
+    let keep = keep.as_raw_fd() as u32;
+    // SAFETY: plain system calls; the caller owns every descriptor above 2 but `keep`.
+    let rc = unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32)
+    };
+    Errno::result(rc).map(drop).context("close_range")
+}
