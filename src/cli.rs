@@ -218,7 +218,9 @@ path; each share (and live credential) is mounted at its own path, read-only for
 /tmp, /var/tmp and /dev/shm are private and empty at every run; /proc shows only the \
 agent's processes. With --network none it gets a network namespace with loopback only; the \
 default, host, leaves the host's network reachable, loopback services of other users \
-included. When the command exits, every process it left behind is killed.
+included; abstract unix sockets of the host (X11, D-Bus shims) stay out of reach either way \
+where the kernel has Landlock ABI 6 (Linux 6.12+). When the command exits, every process it \
+left behind is killed.
 
 Identity: the agent's uid, gid and own group only, with no-new-privs set (setuid programs such \
 as sudo gain nothing), after a PAM session (service agentuser: account and session stacks, \

@@ -391,7 +391,7 @@ fn nothing_the_agent_starts_outlives_the_run() {
 }
 
 #[test]
-fn network_none_cuts_off_loopback_services() {
+fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     let sb = setup("runner-network");
     let port = 20000 + (sb.uid_base / 1000) % 20000;
     let mut listener = sb.spawn(sb.command(&[
@@ -428,6 +428,46 @@ fn network_none_cuts_off_loopback_services() {
     assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
     let _ = listener.kill();
     let _ = listener.wait();
+
+    // An abstract unix socket of root's (like X11's @/tmp/.X11-unix/X0) on the host network.
+    let name = format!("agentuser-test-{port}");
+    let mut abstract_listener = sb.spawn(sb.command(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\ntime.sleep(60)"
+        ),
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let probe = format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('CONNECTED')\""
+    );
+    let control = sb.sh_as("agent-coder", &probe);
+    assert!(
+        control.stdout.contains("CONNECTED"),
+        "control: {control:#?}"
+    );
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only
+    // returns the ABI version.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    let landlock_abi6 = abi >= 6;
+    eprintln!("Landlock ABI {abi}");
+    let out = exec(&sb, "coder", &probe);
+    if landlock_abi6 {
+        assert!(
+            !out.stdout.contains("CONNECTED"),
+            "abstract socket reached: {out:#?}"
+        );
+    }
+    let _ = abstract_listener.kill();
+    let _ = abstract_listener.wait();
 }
 
 #[test]

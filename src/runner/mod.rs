@@ -172,6 +172,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
             .transpose()
             .context("--cwd")?,
         preferred_cwd,
+        scope_sockets: true,
         streams: match &slave {
             Some(slave) => Streams::Pty {
                 slave: slave.as_fd(),
@@ -395,6 +396,7 @@ fn run_probe(
     plan: Option<&sandbox::ViewPlan>,
     probe: impl FnOnce() -> u8,
 ) -> Result<(u8, Vec<u8>)> {
+    // The host view is the plain uid switch: no Landlock either.
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let agent = Agent {
         uid: record.uid,
@@ -402,6 +404,7 @@ fn run_probe(
         home: record.home.clone(),
         cwd: None,
         preferred_cwd: None,
+        scope_sockets: plan.is_some(),
         streams: Streams::Capture {
             stdout: out_w.as_fd(),
         },
