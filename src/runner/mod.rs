@@ -110,9 +110,14 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         Some(cmd) => cmd[0].to_string_lossy().into_owned(),
         None => "(login shell)".into(),
     };
+    let action = if req.command.is_some() {
+        "exec"
+    } else {
+        "shell"
+    };
     crate::eventlog::record(
         ctx,
-        "exec",
+        action,
         &record.name,
         &format!("command={command_name:?}"),
     );
@@ -298,7 +303,7 @@ fn supervise(
     }
 }
 
-/// `--env VAR=VALUE` assignments, then the share and credential variables before them.
+/// Parses the `--env VAR=VALUE` assignments (they come last, so they win).
 fn explicit_env(assignments: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
     assignments
         .iter()
