@@ -50,7 +50,8 @@ fn runs_as_the_agent_with_exit_codes() {
 /// transcript.
 fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
     const DRIVER: &str = r#"
-import json, os, pty, select, sys, time
+import json, os, pty, select, signal, sys, time
+signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
 steps = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
@@ -86,7 +87,14 @@ for send, expect in steps:
         sys.exit('timed out waiting for %r' % expect)
 os.write(fd, b'exit\n')
 pump('', 5)
-os.waitpid(pid, 0)
+# Never hang the test run: a shell that did not exit is killed.
+for _ in range(50):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors='replace'))
 "#;
     let steps: Vec<(String, String)> = steps
