@@ -293,7 +293,8 @@ included; abstract unix sockets of the host (X11, D-Bus shims) stay out of reach
 where the kernel has Landlock ABI 6 (Linux 6.12+). When the command exits, every process it \
 left behind is killed.
 
-Identity: the agent's uid, gid and own group only, with no-new-privs set (setuid programs such \
+Identity: the agent's uid and gid, and the account's groups from the group database (none \
+unless an admin added some; never the caller's), with no-new-privs set (setuid programs such \
 as sudo gain nothing), after a PAM session (service agentuser: account and session stacks, \
 no password) is opened; every descriptor above 2 is closed.
 

@@ -33,6 +33,8 @@ pub enum Streams<'a> {
 pub struct Agent<'a> {
     pub uid: u32,
     pub gid: u32,
+    /// The account's groups from the group database (its own group first).
+    pub groups: Vec<u32>,
     pub home: PathBuf,
     /// An explicit `--cwd`: failing to enter it fails the run.
     pub cwd: Option<PathBuf>,
@@ -49,7 +51,7 @@ impl Agent<'_> {
         reset_signals()?;
         setsid().context("setsid")?;
         self.set_streams()?;
-        privdrop::drop_to(self.uid, self.gid)?;
+        privdrop::drop_to(self.uid, self.gid, &self.groups)?;
         // As the agent: a keyring of its own, none of the caller's (or root's) keys.
         join_new_session_keyring()?;
         if self.scope_sockets {

@@ -169,6 +169,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let agent = Agent {
         uid: record.uid,
         gid: record.gid,
+        groups: privdrop::groups_of(&record.user, record.gid)?,
         home: record.home.clone(),
         // Relative to the caller's directory, then looked up in the view as the agent.
         cwd: req
@@ -406,6 +407,7 @@ fn run_probe(
     let agent = Agent {
         uid: record.uid,
         gid: record.gid,
+        groups: privdrop::groups_of(&record.user, record.gid)?,
         home: record.home.clone(),
         cwd: None,
         preferred_cwd: None,
