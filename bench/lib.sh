@@ -13,7 +13,7 @@ bench_setup() {
     cp -a /etc "$BENCH_DIR/etc"
     mkdir -p "$BENCH_DIR/state" "$BENCH_DIR/home" "$BENCH_DIR/bin"
     mkdir -m 1777 "$BENCH_DIR/tmp" "$BENCH_DIR/vartmp" "$BENCH_DIR/shm"
-    install -m 4755 target/release/agentuser "$BENCH_DIR/bin/agentuser"
+    install -m 4755 "${CARGO_TARGET_DIR:-target}/release/agentuser" "$BENCH_DIR/bin/agentuser"
     install -m 644 pam/agentuser "$BENCH_DIR/etc/pam.d/agentuser"
     BIN=$BENCH_DIR/bin/agentuser
     export BIN BENCH_DIR

@@ -119,6 +119,7 @@ same for every share of the agent.")]
     #[command(long_about = EXEC_LONG_ABOUT)]
     Exec(ExecArgs),
     /// Start the agent's login shell, under the same rules as exec
+    #[command(long_about = SHELL_LONG_ABOUT)]
     Shell(ShellArgs),
     /// Report what the agent can actually reach
     #[command(long_about = AUDIT_LONG_ABOUT)]
@@ -323,9 +324,47 @@ pub enum Network {
 const EXEC_LONG_ABOUT: &str = "\
 Run a command as the agent in its isolated view.
 
-The command runs under the agent's uid, gid and groups only, with no-new-privs set, a clean \
-environment, its own pseudo-terminal when any standard stream is a terminal (otherwise a new \
-session without a controlling terminal), and a PAM session for the agent's account.";
+Only root and the agent's owner may run it. The run is logged to syslog (caller, agent, \
+command name; never arguments or environment values).
+
+Terminal: when any standard stream is a terminal, the command gets a pseudo-terminal of its \
+own, owned by the agent, and agentuser relays it (your terminal is in raw mode meanwhile and \
+restored afterwards; window-size changes follow; Ctrl-C and Ctrl-Z go to the agent's \
+foreground job). The agent never holds a descriptor of your terminal, so it cannot push \
+input into your shell (TIOCSTI). Otherwise the command starts in a new session without a \
+controlling terminal and the standard streams are passed through untouched.
+
+View: the command runs in its own mount, pid and IPC namespaces. /home, /root, /run/user, \
+the agents' home base and other agents' homes are empty; the agent's home is at its own \
+path; each share (and live credential) is mounted at its own path, read-only for ro shares; \
+/tmp, /var/tmp and /dev/shm are private and empty at every run; /proc shows only the \
+agent's processes. With --network none it gets a network namespace with loopback only; the \
+default, host, leaves the host's network reachable, loopback services of other users \
+included; abstract unix sockets of the host (X11, D-Bus shims) stay out of reach either way \
+where the kernel has Landlock ABI 6 (Linux 6.12+). When the command exits, every process it \
+left behind is killed.
+
+Identity: the agent's uid and gid, and the account's groups from the group database (none \
+unless an admin added some; never the caller's), with no-new-privs set (setuid programs such \
+as sudo gain nothing), after a PAM session (service agentuser: account and session stacks, \
+no password) is opened; every descriptor above 2 is closed.
+
+Environment: built from scratch: HOME, USER, LOGNAME, SHELL, PATH (the config's `path`), \
+TERM, LANG, LC_* and TZ when their values are sane (no paths), the variables named in the \
+config's `env_allowlist`, the agent's environment credentials, and --env values (last wins).
+
+Directory: --cwd, else the current directory when it lies inside a share, else the home. \
+A --cwd that does not exist in the agent's view is an error.
+
+Exit status: the command's own, 128+N when it died of signal N, 125 when agentuser failed \
+before running it, 126 when it could not be executed, 127 when it was not found. SIGTERM, \
+SIGHUP, SIGINT, SIGQUIT, SIGUSR1 and SIGUSR2 sent to agentuser are passed on to the \
+command.";
+
+const SHELL_LONG_ABOUT: &str = "\
+Start the agent's login shell (from its passwd entry, else the config's `shell`), as a login \
+shell (argv[0] starting with '-'), under exactly the rules of exec: same view, terminal \
+relay with job control, environment, PAM session and exit status.";
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -334,13 +373,14 @@ pub struct ExecArgs {
     /// Directory to start in (default: the current directory when inside a share, else home)
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// Set an environment variable for the command (repeatable)
+    /// Set an environment variable for the command (repeatable; VAR is letters, digits, '_')
     #[arg(long = "env", value_name = "VAR=VALUE")]
     pub env: Vec<String>,
-    /// Network view: host, or none for loopback only (default from the config)
+    /// Network view: host, or none for a private network with loopback only (default from
+    /// the config)
     #[arg(long, value_enum)]
     pub network: Option<Network>,
-    /// Command and arguments, after `--`
+    /// Command and arguments, after `--`; looked up on the agent's PATH
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }

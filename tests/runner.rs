@@ -50,7 +50,8 @@ fn runs_as_the_agent_with_exit_codes() {
 /// transcript.
 fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
     const DRIVER: &str = r#"
-import json, os, pty, select, sys, time
+import json, os, pty, select, signal, sys, time
+signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
 steps = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
@@ -75,13 +76,25 @@ def pump(until, timeout):
     return until == ''
 for send, expect in steps:
     out += b'<<mark>>'
-    os.write(fd, send.encode())
+    if send.startswith('winsize:'):
+        import fcntl, struct, termios
+        rows, cols = map(int, send.split(':')[1:])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    else:
+        os.write(fd, send.encode())
     if not pump(expect, 20 if expect else 0.7):
         sys.stdout.write(out.decode(errors='replace'))
         sys.exit('timed out waiting for %r' % expect)
 os.write(fd, b'exit\n')
 pump('', 5)
-os.waitpid(pid, 0)
+# Never hang the test run: a shell that did not exit is killed.
+for _ in range(50):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors='replace'))
 "#;
     let steps: Vec<(String, String)> = steps
@@ -180,34 +193,49 @@ fn tiocsti_cannot_reach_the_callers_shell() {
 fn the_terminal_works_like_a_terminal() {
     let sb = setup("runner-pty");
     let bin = sb.bin.display().to_string();
+    // Every step ends with output of the caller's shell, so the next one is not typed ahead
+    // into the previous run's relay.
     let transcript = on_a_terminal(
         &sb,
         &[
             // The agent's own pty, owned by the agent; the caller's window size.
             (
                 &format!(
-                    "stty rows 33 cols 111; {bin} exec coder -- sh -c 'stat -c %U $(tty); stty size'\n"
+                    "stty rows 33 cols 111; {bin} exec coder -- sh -c 'stat -c %U $(tty); stty size'; \
+                     echo s-$((0+1))\n"
                 ),
-                "33 111",
+                "s-1",
             ),
+            // Window size changes follow.
+            (
+                &format!(
+                    "{bin} exec coder -- sh -c 'trap \"stty size; exit\" WINCH; echo armed; \
+                     while :; do sleep 0.05; done'; echo s-$((1+1))\n"
+                ),
+                "armed\r\n",
+            ),
+            ("winsize:40:120", "s-2"),
             // Ctrl-C reaches the agent's foreground job.
-            (&format!("{bin} exec coder -- sleep 100\n"), ""),
-            ("\x03", ""),
-            ("echo rc-$?\n", "rc-130"),
+            (
+                &format!("{bin} exec coder -- sleep 100; echo rc-$?-$((1+2))\n"),
+                "",
+            ),
+            ("\x03", "rc-130-3"),
             // Raw mode is restored: the caller's terminal is canonical with echo again.
             (
                 "stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo | sort | tr '\\n' +; echo\n",
                 "echo+icanon+",
             ),
             // Job control in the login shell.
-            (&format!("{bin} shell coder\n"), "$ "),
+            (&format!("{bin} shell coder; echo s-$((2+2))\n"), "$ "),
             ("sleep 100\n", ""),
             ("\x1a", "Stopped"),
             ("kill %1; echo shell-ok-$((1+1))\n", "shell-ok-2"),
-            ("exit\n", "$ "),
+            ("exit\n", "s-4"),
         ],
     );
-    assert!(transcript.contains("agent-coder"), "{transcript}");
+    assert!(transcript.contains("agent-coder\r\n33 111"), "{transcript}");
+    assert!(transcript.contains("40 120"), "{transcript}");
 }
 
 #[test]
@@ -371,7 +399,7 @@ fn nothing_the_agent_starts_outlives_the_run() {
 }
 
 #[test]
-fn network_none_cuts_off_loopback_services() {
+fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     let sb = setup("runner-network");
     let port = 20000 + (sb.uid_base / 1000) % 20000;
     let mut listener = sb.spawn(sb.command(&[
@@ -408,6 +436,46 @@ fn network_none_cuts_off_loopback_services() {
     assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
     let _ = listener.kill();
     let _ = listener.wait();
+
+    // An abstract unix socket of root's (like X11's @/tmp/.X11-unix/X0) on the host network.
+    let name = format!("agentuser-test-{port}");
+    let mut abstract_listener = sb.spawn(sb.command(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\ntime.sleep(60)"
+        ),
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let probe = format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('CONNECTED')\""
+    );
+    let control = sb.sh_as("agent-coder", &probe);
+    assert!(
+        control.stdout.contains("CONNECTED"),
+        "control: {control:#?}"
+    );
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only
+    // returns the ABI version.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    let landlock_abi6 = abi >= 6;
+    eprintln!("Landlock ABI {abi}");
+    let out = exec(&sb, "coder", &probe);
+    if landlock_abi6 {
+        assert!(
+            !out.stdout.contains("CONNECTED"),
+            "abstract socket reached: {out:#?}"
+        );
+    }
+    let _ = abstract_listener.kill();
+    let _ = abstract_listener.wait();
 }
 
 #[test]
@@ -483,4 +551,60 @@ fn only_root_and_the_owner_may_run_the_agent() {
         .fails(125, "not its owner");
     sb.as_user("agent-coder", &["exec", "coder", "--", "id"])
         .fails(125, "agent accounts may not use agentuser");
+}
+
+#[test]
+fn killing_the_runner_takes_the_agent_down() {
+    let sb = setup("runner-sigkill");
+    let child = sb.spawn(sb.command(&[
+        sb.bin.to_str().unwrap(),
+        "exec",
+        "coder",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 1000",
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(
+        !sb.processes_in_range().is_empty(),
+        "the agent did not start"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait_with_output();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let left = sb.processes_in_range();
+    assert!(
+        left.is_empty(),
+        "agent processes outlived a killed runner: {left:?}"
+    );
+}
+
+#[test]
+fn the_callers_keyring_and_a_refused_account_stay_out() {
+    let sb = setup("runner-keyring");
+    // A key in the caller's session keyring is not possessed by the agent.
+    let bin = sb.bin.display().to_string();
+    let out = sb.sh(&format!(
+        "command -v keyctl >/dev/null || exit 77; keyctl new_session >/dev/null; \
+         keyctl add user canary-key canary-secret @s >/dev/null; \
+         {bin} exec coder -- sh -c 'keyctl show @s; keyctl search @s user canary-key && echo FOUND'"
+    ));
+    if out.code != 77 {
+        assert!(
+            !out.stdout.contains("FOUND") && !out.stdout.contains("canary-key"),
+            "{out:#?}"
+        );
+    }
+    // An account PAM refuses (expired) is not run.
+    sb.sh("chage -E 1 agent-coder").ok();
+    let out = exec(&sb, "coder", "echo RAN");
+    assert_eq!(out.code, 125, "{out:#?}");
+    assert!(!out.stdout.contains("RAN"));
+    assert!(out.stderr.contains("account check refused"), "{out:#?}");
+    assert!(sb.processes_in_range().is_empty());
 }

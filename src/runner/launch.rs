@@ -13,7 +13,9 @@ use nix::unistd::{execve, setsid};
 
 use super::privdrop;
 use super::tree::Failure;
-use crate::sys::spawn::{cloexec_from, dup_onto, reset_signals, set_controlling_tty};
+use crate::sys::spawn::{
+    cloexec_from, dup_onto, join_new_session_keyring, reset_signals, set_controlling_tty,
+};
 
 /// How the agent's standard streams are set up.
 pub enum Streams<'a> {
@@ -31,12 +33,16 @@ pub enum Streams<'a> {
 pub struct Agent<'a> {
     pub uid: u32,
     pub gid: u32,
+    /// The account's groups from the group database (its own group first).
+    pub groups: Vec<u32>,
     pub home: PathBuf,
     /// An explicit `--cwd`: failing to enter it fails the run.
     pub cwd: Option<PathBuf>,
     /// The caller's directory when it lies in a share: tried before the home.
     pub preferred_cwd: Option<PathBuf>,
     pub streams: Streams<'a>,
+    /// Confine abstract unix sockets to the run with Landlock (every run in the view).
+    pub scope_sockets: bool,
 }
 
 impl Agent<'_> {
@@ -45,7 +51,12 @@ impl Agent<'_> {
         reset_signals()?;
         setsid().context("setsid")?;
         self.set_streams()?;
-        privdrop::drop_to(self.uid, self.gid)?;
+        privdrop::drop_to(self.uid, self.gid, &self.groups)?;
+        // As the agent: a keyring of its own, none of the caller's (or root's) keys.
+        join_new_session_keyring()?;
+        if self.scope_sockets {
+            scope_abstract_sockets()?;
+        }
         self.enter_directory()?;
         Ok(())
     }
@@ -94,6 +105,21 @@ impl Agent<'_> {
         std::env::set_current_dir(&self.home)
             .with_context(|| format!("entering the home {}", self.home.display()))
     }
+}
+
+/// Landlock abstract-unix-socket scoping (ABI 6, Linux 6.12+): the agent can connect only
+/// to abstract sockets created inside its own run, not to the host's (X11, D-Bus shims,
+/// other users' tools; THREAT-MODEL row 7), even with `--network host`. Best effort: on
+/// older kernels the namespaces are the only layer.
+fn scope_abstract_sockets() -> Result<()> {
+    use landlock::{CompatLevel, Compatible, Ruleset, RulesetAttr, Scope};
+    Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .scope(Scope::AbstractUnixSocket)
+        .and_then(|r| r.create())
+        .and_then(|r| r.restrict_self())
+        .map(drop)
+        .context("Landlock abstract-socket scoping")
 }
 
 /// What to exec: the program (found on `path` unless it contains a '/'), argv, envp.

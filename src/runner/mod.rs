@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::signal::{SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 
 use crate::cli::{ExecArgs, Network, ShellArgs};
 use crate::context::Context;
@@ -110,9 +110,14 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         Some(cmd) => cmd[0].to_string_lossy().into_owned(),
         None => "(login shell)".into(),
     };
+    let action = if req.command.is_some() {
+        "exec"
+    } else {
+        "shell"
+    };
     crate::eventlog::record(
         ctx,
-        "exec",
+        action,
         &record.name,
         &format!("command={command_name:?}"),
     );
@@ -150,25 +155,30 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let command = build_command(ctx, &record, req, &shell, &extra_env)?;
 
     let ttys = pty::terminal_streams();
-    let use_pty = ttys.iter().any(|&t| t);
-    let pty = use_pty.then(|| pty::open(ttys, record.uid)).transpose()?;
-    let pam = pam::PamSession::open(
-        &record.user,
-        &ctx.caller.name,
-        pty.as_ref().map(|p| p.name.as_str()),
-    )?;
-    let (master, slave) = match pty {
-        Some(p) => (Some(p.master), Some(p.slave)),
-        None => (None, None),
+    let pty = ttys
+        .iter()
+        .any(|&t| t)
+        .then(|| pty::open(ttys, record.uid))
+        .transpose()?;
+    let (master, slave, tty_name) = match pty {
+        Some(p) => (Some(p.master), Some(p.slave), Some(p.name)),
+        None => (None, None, None),
     };
 
     let preferred_cwd = caller_dir_in_share(&record);
     let agent = Agent {
         uid: record.uid,
         gid: record.gid,
+        groups: privdrop::groups_of(&record.user, record.gid)?,
         home: record.home.clone(),
-        cwd: req.cwd.cloned(),
+        // Relative to the caller's directory, then looked up in the view as the agent.
+        cwd: req
+            .cwd
+            .map(std::path::absolute)
+            .transpose()
+            .context("--cwd")?,
         preferred_cwd,
+        scope_sockets: true,
         streams: match &slave {
             Some(slave) => Streams::Pty {
                 slave: slave.as_fd(),
@@ -184,20 +194,42 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("sigprocmask")?;
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
-    let raw = pty::RawMode::enter(ttys)?;
 
-    let mut started = tree::start(Some(&plan), || {
+    // The view is built while the PAM session opens; the agent starts only once both are
+    // ready (the gate).
+    let mut started = tree::start(Some(&plan), true, || {
         agent.prepare()?;
         launch::exec(&command)
     })?;
+    let gate = started.gate.take().context("no gate")?;
+    let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name.as_deref())
+        .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
+    let (pam, raw) = match opened {
+        Ok(opened) => opened,
+        Err(err) => {
+            // Closing the gate makes init leave without running anything.
+            drop(gate);
+            let _ = waitpid(started.child, None);
+            return Err(err);
+        }
+    };
+    if let Err(err) = tree::open_gate(gate) {
+        let _ = kill(started.child, Signal::SIGKILL);
+        let _ = waitpid(started.child, None);
+        drop(raw);
+        let _ = pam.close();
+        return Err(err);
+    }
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
     drop(agent);
     drop(slave);
     let mut relay = master.map(|m| pty::Relay::new(m, ttys));
     let start = started.wait_for_start();
-    let status = supervise(started.child, &sfd, relay.as_mut(), ttys);
+    let status = supervise(&started, &sfd, relay.as_mut(), ttys);
     drop(raw);
     let closed = pam.close();
+    // init is gone or going (its namespaces are torn down meanwhile): reap it.
+    let _ = waitpid(started.child, None);
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);
@@ -209,37 +241,47 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     Ok(code)
 }
 
-/// Waits for the tree's root, relaying the terminal and passing signals on meanwhile.
+/// Relays the terminal and passes signals on until init reports the command's status
+/// (the namespace is empty by then) or dies.
 fn supervise(
-    child: nix::unistd::Pid,
+    started: &tree::Started,
     sfd: &SignalFd,
     mut relay: Option<&mut pty::Relay>,
     ttys: [bool; 3],
 ) -> Result<u8> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let child = started.child;
     loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                if let Some(code) = tree::status_code(status) {
-                    if let Some(relay) = relay.as_deref_mut() {
-                        relay.drain()?;
-                    }
-                    return Ok(code);
-                }
-            }
-            Err(e) => return Err(e).context("waiting for the agent"),
-        }
-        let signal_ready = match relay.as_deref_mut() {
-            Some(relay) => relay.step(sfd.as_fd())?,
+        let [signal_ready, status_ready] = match relay.as_deref_mut() {
+            Some(relay) => relay.step([sfd.as_fd(), started.status.as_fd()])?,
             None => {
-                let mut fds = [nix::poll::PollFd::new(
-                    sfd.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE);
-                true
+                let mut fds = [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(started.status.as_fd(), PollFlags::POLLIN),
+                ];
+                let _ = poll(&mut fds, PollTimeout::NONE);
+                let ready = |f: &PollFd| !f.revents().unwrap_or(PollFlags::empty()).is_empty();
+                [ready(&fds[0]), ready(&fds[1])]
             }
         };
+        if status_ready {
+            let mut byte = [0u8; 1];
+            let code = match nix::unistd::read(started.status.as_fd(), &mut byte) {
+                Ok(1) => byte[0],
+                // init died without a word: its own status says what happened.
+                _ => loop {
+                    match waitpid(child, None) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Ok(status) => break tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED),
+                        Err(e) => return Err(e).context("waiting for the agent"),
+                    }
+                },
+            };
+            if let Some(relay) = relay.as_deref_mut() {
+                relay.drain()?;
+            }
+            return Ok(code);
+        }
         if !signal_ready {
             continue;
         }
@@ -262,7 +304,7 @@ fn supervise(
     }
 }
 
-/// `--env VAR=VALUE` assignments, then the share and credential variables before them.
+/// Parses the `--env VAR=VALUE` assignments (they come last, so they win).
 fn explicit_env(assignments: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
     assignments
         .iter()
@@ -360,18 +402,21 @@ fn run_probe(
     plan: Option<&sandbox::ViewPlan>,
     probe: impl FnOnce() -> u8,
 ) -> Result<(u8, Vec<u8>)> {
+    // The host view is the plain uid switch: no Landlock either.
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let agent = Agent {
         uid: record.uid,
         gid: record.gid,
+        groups: privdrop::groups_of(&record.user, record.gid)?,
         home: record.home.clone(),
         cwd: None,
         preferred_cwd: None,
+        scope_sockets: plan.is_some(),
         streams: Streams::Capture {
             stdout: out_w.as_fd(),
         },
     };
-    let mut started = tree::start(plan, || {
+    let mut started = tree::start(plan, false, || {
         agent.prepare()?;
         crate::sys::spawn::close_from(3)?;
         let code = probe();

@@ -141,11 +141,15 @@ impl Relay {
         if self.ttys[1] { stdio(1) } else { stdio(2) }
     }
 
-    /// Waits for terminal input, agent output, or `extra` (the signal descriptor) to be
-    /// ready, and moves bytes. Returns whether `extra` is readable.
-    pub fn step(&mut self, extra: BorrowedFd) -> Result<bool> {
+    /// Waits for terminal input, agent output, or one of `extra` (the runner's signal and
+    /// status descriptors) to be ready, and moves bytes. Returns which of `extra` are
+    /// readable.
+    pub fn step(&mut self, extra: [BorrowedFd; 2]) -> Result<[bool; 2]> {
         let stdin = std::io::stdin();
-        let mut fds = vec![PollFd::new(extra, PollFlags::POLLIN)];
+        let mut fds = vec![
+            PollFd::new(extra[0], PollFlags::POLLIN),
+            PollFd::new(extra[1], PollFlags::POLLIN),
+        ];
         let mut master_events = PollFlags::empty();
         if self.master_open {
             master_events |= PollFlags::POLLIN;
@@ -159,13 +163,13 @@ impl Relay {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::NONE) {
-            Err(Errno::EINTR) => return Ok(false),
+            Err(Errno::EINTR) => return Ok([false; 2]),
             r => r.context("poll")?,
         };
         let ready = |f: &PollFd| f.revents().unwrap_or(PollFlags::empty());
-        let extra_ready = !ready(&fds[0]).is_empty();
-        let master_ready = ready(&fds[1]);
-        let input_ready = want_input && !ready(&fds[2]).is_empty();
+        let extra_ready = [!ready(&fds[0]).is_empty(), !ready(&fds[1]).is_empty()];
+        let master_ready = ready(&fds[2]);
+        let input_ready = want_input && !ready(&fds[3]).is_empty();
         drop(fds);
         if input_ready {
             let mut buf = [0u8; 4096];

@@ -10,7 +10,8 @@
 //! 3. each exposed tree (the home, every share) is cloned, detached, with everything mounted
 //!    inside it, and made nosuid/nodev (and read-only for `ro`, recursively);
 //! 4. `/home`, `/root`, `/run/user`, the agents' home base and other agents' homes are
-//!    covered by empty tmpfs, and `/tmp`, `/var/tmp`, `/dev/shm` by private ones;
+//!    covered by empty directories, and `/tmp`, `/var/tmp`, `/dev/shm` by private ones, all
+//!    bound from one fresh tmpfs that lives as long as the namespace;
 //! 5. the detached trees are attached at their own paths (mount points inside the fresh
 //!    tmpfs are created there, where only root can write);
 //! 6. a fresh `/proc` shows only the new pid namespace.
@@ -24,10 +25,10 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
-use nix::sys::stat::{SFlag, fstat};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, fstat, mkdirat};
 
 use crate::cli::Network;
 use crate::context::Context;
@@ -189,20 +190,22 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
         trees.push((m, src, tree));
     }
 
-    // 4. Hide and privatize.
+    // 4. Hide and privatize: one fresh tmpfs, a subdirectory of it bound over each place.
+    let scratch = fdmount::new_tmpfs(c"0755")
+        .map_err(describe)
+        .context("creating a tmpfs")?;
     let mut covered: Vec<&Path> = Vec::new();
     let mut sorted: Vec<&PathBuf> = plan.hidden.iter().collect();
     sorted.sort_by_key(|p| p.components().count());
-    for path in sorted {
+    let places = sorted
+        .into_iter()
+        .map(|p| (p, 0o755))
+        .chain(plan.private_tmp.iter().map(|p| (p, 0o1777)));
+    for (i, (path, mode)) in places.enumerate() {
         if covered.iter().any(|c| path.starts_with(c)) {
             continue;
         }
-        if cover_with_tmpfs(path, "mode=0755")? {
-            covered.push(path);
-        }
-    }
-    for path in &plan.private_tmp {
-        if cover_with_tmpfs(path, "mode=1777")? {
+        if cover(&scratch, &format!("{i}"), path, mode)? {
             covered.push(path);
         }
     }
@@ -279,22 +282,32 @@ fn detached_copy(src: &OwnedFd, read_only: bool) -> Result<OwnedFd> {
     Ok(tree)
 }
 
-/// Covers a directory with an empty tmpfs; false when it does not exist.
-fn cover_with_tmpfs(path: &Path, mode: &str) -> Result<bool> {
-    let fd = match open_beneath_root(path) {
+/// Covers the directory `path` with a new directory `name` of the scratch tmpfs, of
+/// `mode`; false when `path` does not exist.
+fn cover(scratch: &OwnedFd, name: &str, path: &Path, mode: u32) -> Result<bool> {
+    let target = match open_beneath_root(path) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(false),
         Err(e) => return Err(describe(e)).with_context(|| format!("hiding {}", path.display())),
     };
-    let on = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    mount(
-        Some("tmpfs"),
-        on.as_str(),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(mode),
+    let what = || format!("covering {}", path.display());
+    let mode = Mode::from_bits_truncate(mode);
+    mkdirat(scratch.as_fd(), name, mode).with_context(what)?;
+    // mkdir applies the umask; the sticky bit needs an explicit chmod.
+    fchmodat(scratch.as_fd(), name, mode, FchmodatFlags::FollowSymlink).with_context(what)?;
+    let dir = openat(
+        scratch.as_fd(),
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )
-    .with_context(|| format!("mounting a tmpfs on {}", path.display()))?;
+    .with_context(what)?;
+    let tree = fdmount::clone_tree(dir.as_fd())
+        .map_err(describe)
+        .with_context(what)?;
+    fdmount::attach(tree.as_fd(), target.as_fd())
+        .map_err(describe)
+        .with_context(what)?;
     Ok(true)
 }
 

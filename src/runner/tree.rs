@@ -17,13 +17,14 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{Context, Result, anyhow};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
 use super::sandbox::{self, ViewPlan};
-use crate::sys::spawn::{catch_signals, close_from, exit_now, fork};
+use crate::sys::spawn::{catch_signals, exit_now, fork};
 
 /// Signals the runner and init pass on to the agent's command.
 pub const FORWARDED: [Signal; 6] = [
@@ -54,6 +55,11 @@ impl std::error::Error for Failure {}
 pub struct Started {
     pub child: Pid,
     report: OwnedFd,
+    /// The gate's write end (see [`start`]).
+    pub gate: Option<OwnedFd>,
+    /// Readable when the command's status is known and the namespace is empty (one status
+    /// byte), or when init died (end of file).
+    pub status: OwnedFd,
 }
 
 /// The runner's signal set: forwarded signals, SIGCHLD and SIGWINCH.
@@ -70,8 +76,27 @@ pub fn runner_signals() -> SigSet {
 /// Forks the tree. With a view, the child is init of a new pid namespace that builds the
 /// view and forks the agent; without, the child is the agent itself (a plain uid switch).
 /// `agent` runs in the agent process and returns only on failure.
-pub fn start(view: Option<&ViewPlan>, agent: impl FnOnce() -> Result<()>) -> Result<Started> {
+///
+/// With a `gate`, init builds the view and then waits for [`open_gate`] before it forks the
+/// agent: the runner opens the PAM session meanwhile (on the other CPU, and without copying
+/// the PAM modules into the tree), then passes on the resource limits the session set.
+/// Should the gate close instead, init leaves without running anything.
+pub fn start(
+    view: Option<&ViewPlan>,
+    gated: bool,
+    agent: impl FnOnce() -> Result<()>,
+) -> Result<Started> {
     let (report_r, report_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    // init tells the runner the command's status once the namespace is empty, before it
+    // exits (its exit tears the namespaces down, which the runner need not wait for).
+    let (status_r, status_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+    let (gate, gate_w) = match gated {
+        true => {
+            let (r, w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
     let saved_pid_ns = match view {
         Some(_) => {
             let ns =
@@ -94,16 +119,79 @@ pub fn start(view: Option<&ViewPlan>, agent: impl FnOnce() -> Result<()>) -> Res
     match forked? {
         ForkResult::Child => {
             drop(report_r);
+            // Only the runner may open the gate; closing it must reach init as EOF.
+            drop(gate_w);
+            drop(status_r);
             match view {
-                Some(plan) => init(plan, report_w, agent),
+                Some(plan) => init(plan, gate, report_w, status_w, agent),
                 None => agent_process(report_w, agent),
             }
         }
-        ForkResult::Parent { child } => Ok(Started {
-            child,
-            report: report_r,
-        }),
+        ForkResult::Parent { child } => {
+            drop(gate);
+            drop(status_w);
+            Ok(Started {
+                child,
+                report: report_r,
+                gate: gate_w,
+                status: status_r,
+            })
+        }
     }
+}
+
+/// Resources whose limits the PAM session (pam_limits) may set for the agent.
+const LIMITS: [Resource; 16] = [
+    Resource::RLIMIT_AS,
+    Resource::RLIMIT_CORE,
+    Resource::RLIMIT_CPU,
+    Resource::RLIMIT_DATA,
+    Resource::RLIMIT_FSIZE,
+    Resource::RLIMIT_LOCKS,
+    Resource::RLIMIT_MEMLOCK,
+    Resource::RLIMIT_MSGQUEUE,
+    Resource::RLIMIT_NICE,
+    Resource::RLIMIT_NOFILE,
+    Resource::RLIMIT_NPROC,
+    Resource::RLIMIT_RSS,
+    Resource::RLIMIT_RTPRIO,
+    Resource::RLIMIT_RTTIME,
+    Resource::RLIMIT_SIGPENDING,
+    Resource::RLIMIT_STACK,
+];
+const GATE_BYTES: usize = LIMITS.len() * 16;
+
+/// Lets init go on: sends the runner's current resource limits (as the PAM session left
+/// them), which init applies before it forks the agent.
+pub fn open_gate(gate: OwnedFd) -> Result<()> {
+    let mut message = Vec::with_capacity(GATE_BYTES);
+    for resource in LIMITS {
+        let (soft, hard) = getrlimit(resource).context("getrlimit")?;
+        message.extend_from_slice(&soft.to_ne_bytes());
+        message.extend_from_slice(&hard.to_ne_bytes());
+    }
+    // Below PIPE_BUF: one atomic write.
+    let written = nix::unistd::write(gate.as_fd(), &message).context("starting the agent")?;
+    if written != message.len() {
+        anyhow::bail!("starting the agent: short write");
+    }
+    Ok(())
+}
+
+/// Waits at the gate; false when the runner closed it (nothing is to run).
+fn pass_gate(gate: OwnedFd) -> Result<bool> {
+    let mut message = vec![0u8; GATE_BYTES];
+    match std::fs::File::from(gate).read_exact(&mut message) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e).context("waiting for the runner"),
+    }
+    for (resource, pair) in LIMITS.iter().zip(message.chunks_exact(16)) {
+        let soft = u64::from_ne_bytes(pair[..8].try_into()?);
+        let hard = u64::from_ne_bytes(pair[8..].try_into()?);
+        setrlimit(*resource, soft, hard).with_context(|| format!("setrlimit {resource:?}"))?;
+    }
+    Ok(true)
 }
 
 /// Sends a failure up the report pipe and leaves.
@@ -127,10 +215,18 @@ fn agent_process(report: OwnedFd, agent: impl FnOnce() -> Result<()>) -> ! {
 }
 
 /// Pid 1 of the agent's pid namespace.
-fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) -> ! {
+fn init(
+    plan: &ViewPlan,
+    gate: Option<OwnedFd>,
+    report: OwnedFd,
+    status: OwnedFd,
+    agent: impl FnOnce() -> Result<()>,
+) -> ! {
     let mut set = runner_signals();
     set.remove(Signal::SIGWINCH);
     let setup = (|| -> Result<()> {
+        // Should the runner die (SIGKILL), the whole namespace goes with it.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
         // Not in the caller's session: terminal signals reach the runner only, once.
         setsid().context("setsid")?;
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
@@ -139,10 +235,19 @@ fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) ->
         for warning in sandbox::build(plan)? {
             eprintln!("agentuser: warning: {warning}");
         }
+        // Let go of the caller's directory (in the hidden tree).
+        std::env::set_current_dir("/").context("chdir /")?;
         Ok(())
     })();
     if let Err(err) = setup {
         fail(&report, &err.context("building the agent's view"));
+    }
+    if let Some(gate) = gate {
+        match pass_gate(gate) {
+            Ok(true) => {}
+            Ok(false) => exit_now(super::EXIT_SETUP_FAILED),
+            Err(err) => fail(&report, &err),
+        }
     }
     let agent_pid = match fork() {
         Ok(ForkResult::Child) => agent_process(report, agent),
@@ -150,13 +255,16 @@ fn init(plan: &ViewPlan, report: OwnedFd, agent: impl FnOnce() -> Result<()>) ->
         Err(err) => fail(&report, &err),
     };
     drop(report);
-    let code = supervise_as_init(agent_pid, &set).unwrap_or(super::EXIT_SETUP_FAILED);
+    let code = supervise_as_init(agent_pid, &set, &status).unwrap_or(super::EXIT_SETUP_FAILED);
+    // Nothing is left in the namespace: the runner may close the session while the
+    // namespaces are torn down.
+    let _ = nix::unistd::write(status.as_fd(), &[code]);
     exit_now(code)
 }
 
 /// Reaps every process of the namespace, passes signals on to the agent's command, keeps
 /// it from stopping for good (nothing could continue it), and returns its status.
-fn supervise_as_init(agent: Pid, set: &SigSet) -> Result<u8> {
+fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd) -> Result<u8> {
     if let Ok(null) = std::fs::File::options()
         .read(true)
         .write(true)
@@ -166,8 +274,17 @@ fn supervise_as_init(agent: Pid, set: &SigSet) -> Result<u8> {
             let _ = crate::sys::spawn::dup_onto(null.as_fd(), fd);
         }
     }
-    close_from(3)?;
+    crate::sys::spawn::close_all_above_2_except(keep.as_fd())?;
     let sfd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    let code = wait_for_agent(agent, &sfd)?;
+    // Everything the command left behind dies now (kill(-1) from pid 1 reaches every
+    // other process of the namespace), and is reaped.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    while waitpid(None, None).is_ok() {}
+    Ok(code)
+}
+
+fn wait_for_agent(agent: Pid, sfd: &SignalFd) -> Result<u8> {
     loop {
         // Reap first: the agent may already be gone.
         loop {

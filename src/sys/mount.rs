@@ -81,3 +81,53 @@ pub fn attach(tree: BorrowedFd, target: BorrowedFd) -> Result<(), Errno> {
     };
     Errno::result(rc).map(drop)
 }
+
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// A new, detached tmpfs (fsopen/fsconfig/fsmount) with the given root mode, nosuid and
+/// nodev. One instance serves every hidden and private directory of a view: each tmpfs
+/// superblock costs an RCU grace period or two when the namespace goes away.
+pub fn new_tmpfs(mode: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
+    // SAFETY: fsopen reads a static C string and returns a new descriptor or -1.
+    let fs = Errno::result(unsafe {
+        libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC)
+    })?;
+    // SAFETY: fsopen returned a fresh descriptor that nothing else owns.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    // SAFETY: fsconfig reads the two C strings passed; the descriptor is valid.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"mode".as_ptr(),
+            mode.as_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: as above, with no strings.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    })?;
+    // SAFETY: fsmount on a configured fs context; returns a new descriptor or -1.
+    let mnt = Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )
+    })?;
+    // SAFETY: fsmount returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(mnt as i32) })
+}

@@ -186,3 +186,35 @@ pub fn dup_onto(src: BorrowedFd, target: RawFd) -> Result<()> {
     let rc = unsafe { libc::dup2(src.as_raw_fd(), target) };
     Errno::result(rc).map(drop).context("dup2")
 }
+
+/// Joins a new anonymous session keyring, so the process no longer possesses the keyring it
+/// inherited (the caller's: possession grants access to its keys whatever their owner).
+pub fn join_new_session_keyring() -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name pointer creates an anonymous keyring; no memory of ours
+    // is read or written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) | Err(Errno::ENOSYS) => Ok(()),
+        Err(e) => Err(e).context("joining a new session keyring"),
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep`.
+pub fn close_all_above_2_except(keep: BorrowedFd) -> Result<()> {
+    let keep = keep.as_raw_fd() as u32;
+    // SAFETY: plain system calls; the caller owns every descriptor above 2 but `keep`.
+    let rc = unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32)
+    };
+    Errno::result(rc).map(drop).context("close_range")
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `agentuser exec NAME -- /bin/true` side by side with runuser and sudo (both also open a PAM
+# session) and the floor, setpriv (a bare uid switch), all starting /bin/true as the agent's
+# account. Hermetic: the agent is created in the benchmark sandbox (bench/lib.sh) and goes
+# with it. Run as root from anywhere: bench/exec.sh   Writes bench/results/exec.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bench_setup
+out=bench/results/exec.md
+json=$BENCH_DIR/exec.json
+runs=${RUNS:-300}
+in_sandbox "
+$BIN create bench >/dev/null
+hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export-markdown $BENCH_DIR/table.md \
+  -n setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \
+  -n runuser 'runuser -u agent-bench -- /bin/true' \
+  -n agentuser '$BIN exec bench -- /bin/true' \
+  -n 'agentuser --network none' '$BIN exec bench --network none -- /bin/true' \
+  -n sudo 'sudo -u agent-bench /bin/true' </dev/null
+"
+{
+    echo "# exec vs runuser, sudo and setpriv"
+    echo
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r); one hyperfine run of $runs iterations each,"
+    echo "stdio not a terminal, as root. agentuser opens a PAM session (service agentuser), builds"
+    echo "the mount/pid/IPC namespaces and the view, drops privileges and waits for the namespace"
+    echo "to be torn down; runuser and sudo open PAM sessions; setpriv is the bare uid switch."
+    echo
+    cat "$BENCH_DIR/table.md"
+    echo
+    echo "**Ratio agentuser / runuser: $(ratio "$json" agentuser runuser)x** (target: at most 1.25x)."
+    echo "**Ratio agentuser / sudo: $(ratio "$json" agentuser sudo)x** (target: below 1)."
+    echo "Ratio agentuser / setpriv (floor): $(ratio "$json" agentuser setpriv)x;"
+    echo "agentuser --network none / runuser: $(ratio "$json" 'agentuser --network none' runuser)x."
+} > "$out"
+cat "$out"
