@@ -83,8 +83,11 @@ impl Sandbox {
             nix::unistd::Uid::effective().is_root(),
             "integration tests create accounts and must run as root (see README)"
         );
+        // The pid keeps two test runs on one machine (say, two worktrees) out of each
+        // other's uid ranges, which the guards and `delete` kill by.
         let mut hasher = DefaultHasher::new();
         name.hash(&mut hasher);
+        std::process::id().hash(&mut hasher);
         let uid_base = 1_800_000_000 + (hasher.finish() % 90_000) as u32 * RANGE;
         fs::create_dir_all(SANDBOX_ROOT).unwrap();
         fs::set_permissions(SANDBOX_ROOT, fs::Permissions::from_mode(0o755)).unwrap();
