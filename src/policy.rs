@@ -205,3 +205,24 @@ pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
         .flatten()
         .map(|u| u.dir)
 }
+
+/// The record of agent `name`, when it exists and the caller may act on it.
+pub fn agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
+    crate::names::check_agent_name(name)?;
+    let record = ctx
+        .registry
+        .load(name)?
+        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
+    authorize_agent(ctx, &record)?;
+    Ok(record)
+}
+
+/// Like [`agent`], and the agent must be ready: not in the middle of an interrupted create
+/// or delete.
+pub fn ready_agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
+    let record = agent(ctx, name)?;
+    if record.state != crate::registry::AgentState::Ready {
+        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
+    }
+    Ok(record)
+}

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::account::{self, NewAccount};
 use crate::cleanup::{self, Select};
@@ -260,11 +260,7 @@ fn rollback_create(ctx: &Context, lock: &Lock, record: &AgentRecord) {
 pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
     check_agent_name(name)?;
     let lock = ctx.registry.lock()?;
-    let mut record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    policy::authorize_agent(ctx, &record)?;
+    let mut record = policy::agent(ctx, name)?;
     if record.state != AgentState::Deleting {
         record.state = AgentState::Deleting;
         ctx.registry.save(&lock, &record)?;

@@ -1,12 +1,11 @@
 //! `list` and `show`: what exists, as text or JSON (fields named in DESIGN.md section 1).
 #![forbid(unsafe_code)]
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::context::Context;
 use crate::creds::{self, CredentialView};
-use crate::names::check_agent_name;
 use crate::policy;
 use crate::registry::{AgentRecord, AgentState};
 use crate::share::{Access, ShareState};
@@ -91,12 +90,7 @@ pub fn list(ctx: &Context, json: bool) -> Result<()> {
 }
 
 pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
-    check_agent_name(name)?;
-    let record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    policy::authorize_agent(ctx, &record)?;
+    let record = policy::agent(ctx, name)?;
     let v = view(ctx, &record);
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

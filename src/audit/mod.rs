@@ -33,8 +33,7 @@ use serde::Serialize;
 use crate::cli::Network;
 use crate::context::Context;
 use crate::creds::CredKind;
-use crate::names::check_agent_name;
-use crate::registry::{AgentRecord, AgentState};
+use crate::registry::AgentRecord;
 use crate::{eventlog, policy, runner};
 
 use assess::SocketOwners;
@@ -66,15 +65,7 @@ struct PassStatus {
 }
 
 pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
-    check_agent_name(name)?;
-    let record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    policy::authorize_agent(ctx, &record)?;
-    if record.state != AgentState::Ready {
-        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
-    }
+    let record = policy::ready_agent(ctx, name)?;
     eventlog::record(ctx, "audit", name, "");
 
     let network = ctx.config.network;

@@ -5,29 +5,19 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 use super::{
     CredKind, CredentialRecord, agent, describe, dest, env, kind_word, live, now, remove_one,
     source, sync_all,
 };
 use crate::context::Context;
-use crate::names::check_agent_name;
-use crate::registry::{AgentRecord, AgentState};
+use crate::registry::AgentRecord;
 use crate::{eventlog, policy};
 
 /// Loads an agent that is ready and that the caller may manage.
 fn load_agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
-    check_agent_name(name)?;
-    let record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    policy::authorize_agent(ctx, &record)?;
-    if record.state != AgentState::Ready {
-        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
-    }
-    Ok(record)
+    policy::ready_agent(ctx, name)
 }
 
 /// `cred add`: a tracked copy, or with `live` a read-only bind of the original.

@@ -34,7 +34,7 @@ use nix::sys::wait::waitpid;
 use crate::cli::{ExecArgs, Network, ShellArgs};
 use crate::context::Context;
 use crate::error::{report, usage};
-use crate::registry::{AgentRecord, AgentState};
+use crate::registry::AgentRecord;
 use launch::{Agent, Streams};
 
 /// Exit status when agentuser fails before running the command.
@@ -90,22 +90,8 @@ fn finish(result: Result<u8>) -> u8 {
     }
 }
 
-/// Loads the agent and checks that the caller may run it.
-fn authorized_record(ctx: &Context, name: &str) -> Result<AgentRecord> {
-    crate::names::check_agent_name(name)?;
-    let record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    crate::policy::authorize_agent(ctx, &record)?;
-    if record.state != AgentState::Ready {
-        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
-    }
-    Ok(record)
-}
-
 fn run(ctx: &Context, req: &Request) -> Result<u8> {
-    let mut record = authorized_record(ctx, req.name)?;
+    let mut record = crate::policy::ready_agent(ctx, req.name)?;
     let command_name = match req.command {
         Some(cmd) => cmd[0].to_string_lossy().into_owned(),
         None => "(login shell)".into(),

@@ -22,12 +22,12 @@ mod walk;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::names::check_agent_name;
-use crate::registry::{AgentRecord, AgentState, Lock};
+use crate::registry::{AgentRecord, Lock};
 use crate::view::ViewMount;
 use crate::{eventlog, policy};
 
@@ -77,14 +77,7 @@ impl ShareRecord {
 fn load(ctx: &Context, name: &str) -> Result<(Lock, AgentRecord)> {
     check_agent_name(name)?;
     let lock = ctx.registry.lock()?;
-    let record = ctx
-        .registry
-        .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
-    policy::authorize_agent(ctx, &record)?;
-    if record.state != AgentState::Ready {
-        bail!("agent '{name}': not ready (an interrupted create or delete: run it again)");
-    }
+    let record = policy::ready_agent(ctx, name)?;
     Ok((lock, record))
 }
 
