@@ -443,35 +443,11 @@ fn interrupted_create_and_delete_are_completed_by_running_them_again() {
 fn state_changes_are_logged_to_syslog() {
     let sb = Sandbox::new("syslog");
     sb.add_user("alice", &["agentuser"]);
-    // This host has no syslog socket: give the namespace a /dev of its own with a listener
-    // on /dev/log, then run create and delete through the setuid path.
     let bin = sb.bin.display().to_string();
-    let script = format!(
-        r#"set -e
-mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
-mount -t tmpfs -o mode=0755 dev /dev
-for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
-mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
-python3 -c '
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind("/dev/log")
-open("/tmp/ready", "w").close()
-s.settimeout(3)
-with open("/tmp/log.txt", "w") as out:
-    try:
-        while True:
-            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
-    except socket.timeout:
-        pass
-' &
-while [ ! -e /tmp/ready ]; do sleep 0.05; done
-setpriv --reuid alice --regid alice --init-groups -- {bin} create coder
-setpriv --reuid alice --regid alice --init-groups -- {bin} delete coder
-wait
-cat /tmp/log.txt"#
-    );
-    let log = sb.sh(&script).ok().stdout;
+    let log = sb.syslog_during(&format!(
+        "setpriv --reuid alice --regid alice --init-groups -- {bin} create coder
+setpriv --reuid alice --regid alice --init-groups -- {bin} delete coder"
+    ));
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(" agentuser[")).collect();
     assert!(
         lines.iter().any(|l| l.contains("caller=alice")

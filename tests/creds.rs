@@ -813,38 +813,15 @@ sys.exit(os.waitstatus_to_exitcode(status))
 fn cred_changes_are_logged_without_values() {
     let sb = setup("creds-syslog");
     const SECRET: &str = "sk-logged-never-0042";
-    // As in accounts.rs: a /dev of the namespace's own with a listener on /dev/log.
     let bin = sb.bin.display().to_string();
     let alice = format!("setpriv --reuid alice --regid alice --init-groups -- {bin}");
-    let script = format!(
-        r#"set -e
-mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
-mount -t tmpfs -o mode=0755 dev /dev
-for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
-mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
-python3 -c '
-import socket
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind("/dev/log")
-open("/tmp/ready", "w").close()
-s.settimeout(3)
-with open("/tmp/log.txt", "w") as out:
-    try:
-        while True:
-            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
-    except socket.timeout:
-        pass
-' &
-while [ ! -e /tmp/ready ]; do sleep 0.05; done
-{alice} cred add coder {AUTH}
+    let log = sb.syslog_during(&format!(
+        "{alice} cred add coder {AUTH}
 printf '{SECRET}' | {alice} cred env coder API_KEY
 printf token-v2 > {AUTH}
 {alice} cred sync coder
-{alice} cred rm coder API_KEY
-wait
-cat /tmp/log.txt"#
-    );
-    let log = sb.sh(&script).ok().stdout;
+{alice} cred rm coder API_KEY"
+    ));
     for action in [
         "action=cred-add kind=copy",
         "action=cred-env var=API_KEY",

@@ -283,6 +283,37 @@ set +e
         panic!("{inside} is not inside a sandboxed directory")
     }
 
+    /// Runs `commands` (a shell script, as root, inside the sandbox) while a listener on
+    /// /dev/log records what is sent to syslog, and returns the records. This host has no
+    /// syslog socket, so the namespace gets a /dev of its own for it.
+    pub fn syslog_during(&self, commands: &str) -> String {
+        let script = format!(
+            r#"set -e
+mkdir -p /tmp/realdev && mount --rbind /dev /tmp/realdev
+mount -t tmpfs -o mode=0755 dev /dev
+for n in null zero urandom random tty full; do touch /dev/$n; mount --bind /tmp/realdev/$n /dev/$n; done
+mkdir /dev/shm /dev/pts && mount --rbind /tmp/realdev/shm /dev/shm
+python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/dev/log")
+open("/tmp/ready", "w").close()
+s.settimeout(3)
+with open("/tmp/log.txt", "w") as out:
+    try:
+        while True:
+            out.write(s.recv(4096).decode(errors="replace") + "\n"); out.flush()
+    except socket.timeout:
+        pass
+' &
+while [ ! -e /tmp/ready ]; do sleep 0.05; done
+{commands}
+wait
+cat /tmp/log.txt"#
+        );
+        self.sh(&script).ok().stdout
+    }
+
     /// uids of live processes in this sandbox's range.
     pub fn processes_in_range(&self) -> Vec<(i32, u32)> {
         let mut found = Vec::new();
