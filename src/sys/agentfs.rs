@@ -123,16 +123,7 @@ impl Tree {
         if self.check_replaceable(&parent, name, rel)? {
             return Ok(false);
         }
-        let how = OpenHow::new()
-            .flags(
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-            )
-            .mode(Mode::from_bits_truncate(mode))
-            .resolve(RESOLVE);
+        let how = create_new(mode);
         let file = openat2(&parent, name, how)
             .map_err(|e| anyhow!("creating {}: {}", self.show(rel), describe(e)))?;
         fchmod(&file, Mode::from_bits_truncate(mode))
@@ -321,16 +312,7 @@ fn create_temp(dir: &OwnedFd) -> nix::Result<(String, OwnedFd)> {
             "{TEMP_PREFIX}{}-{nanos:x}-{attempt}.tmp",
             std::process::id()
         );
-        let how = OpenHow::new()
-            .flags(
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-            )
-            .mode(Mode::from_bits_truncate(0o600))
-            .resolve(RESOLVE);
+        let how = create_new(0o600);
         match openat2(dir.as_fd(), name.as_str(), how) {
             Ok(fd) => return Ok((name, fd)),
             Err(Errno::EEXIST) => last = Errno::EEXIST,
@@ -362,4 +344,14 @@ fn describe(e: Errno) -> String {
         Errno::EISDIR => "it is a directory".into(),
         other => other.desc().to_lowercase(),
     }
+}
+
+/// How to create a new file with `mode`: never an existing one, never through a link.
+fn create_new(mode: u32) -> OpenHow {
+    OpenHow::new()
+        .flags(
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        )
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(RESOLVE)
 }
