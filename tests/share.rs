@@ -235,7 +235,7 @@ fn foreign_and_outside_hard_links_get_no_acl() {
     sb.sh_as(
         "alice",
         "mkdir /home/alice/proj && echo x > /home/alice/proj/f && echo netrc > /home/alice/.netrc && chmod 600 /home/alice/.netrc \
-         && ln /home/alice/.netrc /home/alice/proj/netrc-link && echo y > /home/alice/proj/inside && ln /home/alice/proj/inside /home/alice/proj/inside2",
+         && ln /home/alice/.netrc /home/alice/proj/netrc-link && echo y > /home/alice/proj/inside && chmod 600 /home/alice/proj/inside && ln /home/alice/proj/inside /home/alice/proj/inside2",
     )
     .ok();
     // A root file linked into the tree (what the agent could do where protected_hardlinks
@@ -259,12 +259,14 @@ fn foreign_and_outside_hard_links_get_no_acl() {
             .code,
         0
     );
-    // Links that all lie inside the tree are shared.
-    sb.sh_as(
-        "agent-coder",
-        "cat /home/alice/proj/inside /home/alice/proj/inside2",
-    )
-    .ok();
+    // Even links that all lie inside the tree are not shared: the agent could move one
+    // between directories mid-walk to have it counted twice (seen in review). The agent's
+    // own multiply-linked files are (it can read them anyway).
+    assert!(out.stderr.contains("inside"), "{out:#?}");
+    assert_ne!(
+        sb.sh_as("agent-coder", "cat /home/alice/proj/inside").code,
+        0
+    );
 }
 
 #[test]

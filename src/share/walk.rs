@@ -9,12 +9,11 @@
 //! Confused deputy (THREAT-MODEL rows 12, 17): the walk runs as root, so it only touches
 //! entries owned by the share's owner or by the agent. Anything else found in the tree (a
 //! hard link to a root file, a directory someone else made) is skipped and reported, and
-//! directories are not entered. A file with several hard links gets an ACL only when all of
-//! its links lie inside the tree: the same inode elsewhere (`~/.netrc` linked into the share
-//! where `fs.protected_hardlinks` is off) would otherwise become readable there too.
+//! directories are not entered. A file with several hard links gets an ACL only when the
+//! agent owns it: another link may lie outside the tree (`~/.netrc` linked into the share
+//! where `fs.protected_hardlinks` is off), and that inode would become readable there too.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,8 +40,6 @@ pub enum Op {
 
 /// Most problems listed one by one; the rest are counted.
 const PROBLEMS_LISTED: usize = 20;
-/// Multiply-linked files held open until the end of the walk; beyond this they are skipped.
-const DEFERRED_MAX: usize = 8192;
 
 /// What a walk did.
 #[derive(Debug, Default)]
@@ -65,13 +62,6 @@ struct Job {
     in_git: bool,
 }
 
-struct Deferred {
-    fd: OwnedFd,
-    stat: FileStat,
-    rel: PathBuf,
-    in_git: bool,
-}
-
 struct Shared {
     op: Op,
     /// Owners whose entries the walk touches: the share's owner and the agent.
@@ -82,9 +72,6 @@ struct Shared {
     entries: AtomicU64,
     changed: AtomicU64,
     problems: Mutex<(Vec<String>, u64)>,
-    deferred: Mutex<Vec<Deferred>>,
-    /// Links seen per (dev, ino) of multiply-linked files.
-    links: Mutex<HashMap<(u64, u64), u64>>,
 }
 
 struct Queue {
@@ -121,15 +108,13 @@ pub fn walk(
         entries: AtomicU64::new(0),
         changed: AtomicU64::new(0),
         problems: Mutex::new((Vec::new(), 0)),
-        deferred: Mutex::new(Vec::new()),
-        links: Mutex::new(HashMap::new()),
     };
     let _cwd = InProcFd::enter()?;
     // The root was chosen by the caller and checked already: it is acted on whatever its
     // link count.
     // A root that cannot be acted on (e.g. no longer owned by the share's owner when it
     // is revoked) is reported like any other entry.
-    let enter = match shared.apply(root, &stat, Path::new(""), in_git, false) {
+    let enter = match shared.apply(root, &stat, in_git, false) {
         Ok(enter) => enter,
         Err(e) => {
             shared.problem(Path::new(""), e);
@@ -156,7 +141,6 @@ pub fn walk(
             }
             shared.report_progress(progress);
         });
-        shared.finish_deferred();
     }
     let (problems, problem_count) = shared.problems.into_inner().unwrap_or_default();
     Ok(Outcome {
@@ -335,7 +319,7 @@ impl Shared {
                     continue;
                 }
             };
-            match self.apply(&fd, &stat, &rel, in_git, true) {
+            match self.apply(&fd, &stat, in_git, true) {
                 Ok(true) => children.push(Job {
                     parent: Arc::clone(&dir_fd),
                     name,
@@ -356,7 +340,6 @@ impl Shared {
         &self,
         fd: &OwnedFd,
         stat: &FileStat,
-        rel: &Path,
         in_git: bool,
         check_links: bool,
     ) -> anyhow::Result<bool> {
@@ -377,9 +360,22 @@ impl Shared {
                 stat.st_uid
             );
         }
-        if check_links && !is_dir && stat.st_nlink > 1 && matches!(self.op, Op::Grant { .. }) {
-            self.defer(fd, stat, rel, in_git)?;
-            return Ok(false);
+        // A file with several names may have one outside the tree (`~/.netrc` linked in
+        // where protected_hardlinks is off). Counting the links met during the walk is not
+        // enough: an agent with write access can move a link between two directories while
+        // the walk runs and have it counted twice. So only the agent's own files with
+        // several links are granted (it can read those anyway).
+        let agent = self.owners[1];
+        if check_links
+            && !is_dir
+            && stat.st_nlink > 1
+            && stat.st_uid != agent
+            && matches!(self.op, Op::Grant { .. })
+        {
+            anyhow::bail!(
+                "has {} hard links, which may lie outside the shared tree: skipped",
+                stat.st_nlink
+            );
         }
         self.act(fd, stat, in_git)?;
         Ok(is_dir)
@@ -410,54 +406,6 @@ impl Shared {
             self.changed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    fn defer(&self, fd: &OwnedFd, stat: &FileStat, rel: &Path, in_git: bool) -> anyhow::Result<()> {
-        *self
-            .links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((stat.st_dev, stat.st_ino))
-            .or_default() += 1;
-        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
-        if deferred.len() >= DEFERRED_MAX {
-            anyhow::bail!("too many hard-linked files in the tree: skipped");
-        }
-        deferred.push(Deferred {
-            fd: nix::unistd::dup(fd)?,
-            stat: *stat,
-            rel: rel.to_owned(),
-            in_git,
-        });
-        Ok(())
-    }
-
-    /// Multiply-linked files get their grant once every link was seen inside the tree.
-    fn finish_deferred(&self) {
-        let deferred =
-            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for d in deferred {
-            let seen = links
-                .get(&(d.stat.st_dev, d.stat.st_ino))
-                .copied()
-                .unwrap_or(0);
-            // The link count is read again: a link added or removed meanwhile counts.
-            let nlink = fstat(&d.fd).map(|s| s.st_nlink).unwrap_or(u64::MAX);
-            if seen < nlink {
-                self.problem(
-                    &d.rel,
-                    format_args!(
-                        "has {} hard links outside the shared tree: skipped",
-                        nlink.saturating_sub(seen)
-                    ),
-                );
-                continue;
-            }
-            if let Err(e) = self.act(&d.fd, &d.stat, d.in_git) {
-                self.problem(&d.rel, e);
-            }
-        }
     }
 }
 
