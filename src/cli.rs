@@ -203,7 +203,7 @@ works and nothing else in the home becomes reachable.
 The walk never follows symlinks (a symlink gets no ACL) and works on file descriptors, so a \
 rename or symlink swapped in meanwhile cannot redirect it. It does not enter other file \
 systems. Entries owned by anyone other than the tree's owner and the agent, and files with \
-hard links outside the tree, get no ACL: they are skipped and listed on stderr, as are entries \
+more than one hard link (unless the agent owns them), get no ACL: they are skipped and listed on stderr, as are entries \
 that cannot be changed; the share still succeeds. A progress line shows on a terminal for long \
 walks. An interrupted share is completed by running it again.
 
