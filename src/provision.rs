@@ -86,6 +86,13 @@ fn new_record(
     if account::group_by_name(user)?.is_some() {
         bail!("group '{user}' already exists");
     }
+    let home = ctx.config.home_of(user);
+    if home.symlink_metadata().is_ok() {
+        bail!(
+            "home {} already exists (kept by 'delete --keep-home'?): move it away first",
+            home.display()
+        );
+    }
     let all = ctx.registry.all()?;
     if !ctx.caller.is_root {
         let owned = all.iter().filter(|r| r.owner_uid == owner.uid).count();
@@ -106,7 +113,7 @@ fn new_record(
         user: user.to_string(),
         uid,
         gid: uid,
-        home: ctx.config.home_of(user),
+        home,
         comment: comment.to_string(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -253,7 +260,14 @@ fn hide_from_login_screens(user: &str) -> Result<()> {
 /// Undoes a failed create: whatever part of the account exists goes, the record goes, the
 /// uid stays tombstoned. Best effort: the original error is what the user needs to see.
 fn rollback_create(ctx: &Context, lock: &Lock, record: &AgentRecord) {
-    let _ = remove_account(record, false);
+    // The home goes only if this create made it (it belongs to the new uid); anything else
+    // at that path is someone's data.
+    use std::os::unix::fs::MetadataExt;
+    let ours = record
+        .home
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_dir() && m.uid() == record.uid);
+    let _ = remove_account(record, !ours);
     let _ = ctx.registry.remove(lock, &record.name);
 }
 

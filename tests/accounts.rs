@@ -462,3 +462,19 @@ setpriv --reuid alice --regid alice --init-groups -- {bin} delete coder"
     // authpriv (10) * 8 + notice (5) = 85
     assert!(lines.iter().all(|l| l.starts_with("<85>")), "{log:?}");
 }
+
+#[test]
+fn create_never_takes_over_or_removes_a_kept_home() {
+    let sb = Sandbox::new("kept-home");
+    sb.add_user("bob", &["agentuser"]);
+    sb.root(&["create", "coder"]).ok();
+    let notes = "/var/lib/agentuser/homes/agent-coder/notes";
+    sb.sh_as("agent-coder", &format!("echo precious > {notes}"))
+        .ok();
+    sb.root(&["delete", "coder", "--keep-home"]).ok();
+    // Another user creating an agent of the same name must neither inherit nor destroy it.
+    sb.as_user("bob", &["create", "coder"])
+        .fails(1, "already exists");
+    assert!(sb.host_path(notes).exists(), "the kept home was removed");
+    assert!(!sb.user_exists("agent-coder"));
+}
