@@ -64,12 +64,22 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
     }
     match std::fs::symlink_metadata(PAM_FILE) {
         Ok(meta) if meta.is_file() && meta.uid() == 0 && meta.mode() & 0o022 == 0 => {
-            out.push(Finding::new(
-                Severity::Info,
-                "pam",
-                PAM_FILE,
-                "present, root-owned",
-            ));
+            let text = std::fs::read_to_string(PAM_FILE).unwrap_or_default();
+            let systemd = text
+                .lines()
+                .any(|l| !l.trim_start().starts_with('#') && l.contains("pam_systemd"));
+            out.push(if systemd {
+                Finding::new(
+                    Severity::High,
+                    "pam",
+                    PAM_FILE,
+                    "loads pam_systemd: logind would start a user manager for the agent outside \
+                     its namespaces, running units from its writable home",
+                )
+                .fix(format!("remove the pam_systemd line from {PAM_FILE}"))
+            } else {
+                Finding::new(Severity::Info, "pam", PAM_FILE, "present, root-owned")
+            });
         }
         Ok(_) => out.push(
             Finding::new(
