@@ -832,3 +832,55 @@ printf token-v2 > {AUTH}
     }
     assert!(!log.contains(SECRET), "the value reached syslog: {log:?}");
 }
+
+#[test]
+fn a_source_the_agent_can_change_is_never_read() {
+    let sb = setup("creds-source-in-share");
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/proj /home/alice/.ssh && echo OWNER-SSH-KEY > /home/alice/.ssh/id \
+         && chmod 600 /home/alice/.ssh/id && echo token > /home/alice/proj/.env",
+    )
+    .ok();
+    // Added while the tree is private, then the tree is shared read-write.
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "add",
+            "coder",
+            "/home/alice/proj/.env",
+            "--to",
+            "proj.env",
+        ],
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    // The agent swaps the source for a link to the owner's key.
+    sb.sh_as(
+        "agent-coder",
+        "rm /home/alice/proj/.env && ln -s /home/alice/.ssh/id /home/alice/proj/.env",
+    )
+    .ok();
+    let out = sb.as_user("alice", &["cred", "sync", "coder"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stdout.contains("which the agent can change"),
+        "{out:#?}"
+    );
+    let copy = read(&sb, "/var/lib/agentuser/homes/agent-coder/proj.env");
+    assert!(
+        !copy.contains("OWNER-SSH-KEY"),
+        "the key was copied to the agent"
+    );
+    // Adding a source inside a share, or through a directory the agent swapped, is refused.
+    for src in ["/home/alice/proj/.env", "/home/alice/proj/x/../.env"] {
+        sb.as_user("alice", &["cred", "add", "coder", src, "--to", "other.env"])
+            .fails(1, "which the agent can change");
+    }
+    assert!(
+        !sb.host_path("/var/lib/agentuser/homes/agent-coder/other.env")
+            .exists()
+    );
+}

@@ -40,6 +40,7 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         given.clone()
     };
     dest::check_printable(&source_path)?;
+    source::check_out_of_agent_reach(&given, &caller, &record)?;
     // Read before taking the lock: the caller's file (on a slow or hung file system, say)
     // must not be able to hold up every other command.
     let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;

@@ -130,3 +130,36 @@ fn check_kind(meta: &std::fs::Metadata) -> Result<()> {
     };
     bail!("it is {what}, not a regular file")
 }
+
+/// Refuses a source the agent could redirect or rewrite: one whose path, or any directory
+/// on the way to it, resolves (with `who`'s rights) into the agent's home or one of its
+/// shares. There the agent can swap a component for a symlink to, say, the owner's SSH key,
+/// and the next sync would copy that key to it (or `--live` would grant it an ACL).
+pub fn check_out_of_agent_reach(
+    path: &Path,
+    who: &Identity,
+    record: &crate::registry::AgentRecord,
+) -> Result<()> {
+    let reach: Vec<&Path> = std::iter::once(record.home.as_path())
+        .chain(record.shares.iter().map(|s| s.path.as_path()))
+        .collect();
+    let mut prefixes: Vec<&Path> = path.ancestors().collect();
+    prefixes.reverse();
+    for prefix in prefixes {
+        if prefix.parent().is_none() {
+            continue;
+        }
+        let resolved = with_identity(who, || Ok(std::fs::canonicalize(prefix).ok()))?;
+        let Some(resolved) = resolved else {
+            continue;
+        };
+        if let Some(area) = reach.iter().find(|area| resolved.starts_with(area)) {
+            bail!(
+                "{}: lies in {}, which the agent can change: not a credential source",
+                path.display(),
+                area.display()
+            );
+        }
+    }
+    Ok(())
+}

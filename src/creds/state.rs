@@ -109,6 +109,9 @@ fn read_source(
 ) -> std::result::Result<Source, (State, String)> {
     let owner = policy::identity_of(record.owner_uid)
         .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
+    // Checked at every read: a share made after the credential counts too.
+    source::check_out_of_agent_reach(path, &owner, record)
+        .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
     source::read(path, &owner, ctx.config.cred_max_bytes).map_err(|e| {
         let state = match source::unreadable(&e) {
             Some(Unreadable::Missing) => State::MissingSource,
