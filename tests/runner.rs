@@ -608,3 +608,20 @@ fn the_callers_keyring_and_a_refused_account_stay_out() {
     assert!(out.stderr.contains("account check refused"), "{out:#?}");
     assert!(sb.processes_in_range().is_empty());
 }
+
+#[test]
+fn the_agent_runs_under_its_pam_limits() {
+    let sb = setup("runner-limits");
+    // limits.conf applies to the agent, not the unlimited limits of the privileged runner.
+    sb.sh(
+        "echo 'agent-coder hard nofile 1234' >> /etc/security/limits.conf && \
+           echo 'agent-coder soft nproc 777' >> /etc/security/limits.conf",
+    )
+    .ok();
+    let out = exec(&sb, "coder", "ulimit -Hn; ulimit -Sp").ok();
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["1234", "777"],
+        "{out:#?}"
+    );
+}
