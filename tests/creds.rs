@@ -27,6 +27,13 @@ fn setup(name: &str) -> Sandbox {
     sb
 }
 
+/// `agentuser cred ARGS` as alice, through the setuid bit.
+fn alice_cred(sb: &Sandbox, args: &[&str]) -> Out {
+    let mut argv = vec!["cred"];
+    argv.extend_from_slice(args);
+    sb.as_user("alice", &argv)
+}
+
 /// One way of running the helper (as the owner, as root).
 type Run<'a> = &'a dyn Fn(&[&str]) -> Out;
 
@@ -82,7 +89,7 @@ fn assert_no_leftovers(sb: &Sandbox) {
 #[test]
 fn copy_is_private_to_the_agent_and_tracked() {
     let sb = setup("creds-copy");
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
     let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
     assert_eq!(read(&sb, AUTH_COPY), "token-v1");
     let meta = std::fs::symlink_metadata(sb.host_path(AUTH_COPY)).unwrap();
@@ -109,25 +116,14 @@ fn copy_is_private_to_the_agent_and_tracked() {
     assert_eq!(list[0]["state"], "ok");
     assert_eq!(list[0]["sha256"], sha256(&sb, AUTH));
     assert_eq!(sb.show("coder")["credentials"][0]["state"], "ok");
-    let text = sb.as_user("alice", &["cred", "list", "coder"]).ok().stdout;
+    let text = alice_cred(&sb, &["list", "coder"]).ok().stdout;
     assert!(text.contains("copy") && text.contains(AUTH_COPY), "{text}");
 
     // --to: relative to the home, or absolute inside it.
-    sb.as_user(
-        "alice",
-        &["cred", "add", "coder", AUTH, "--to", "keys/a.json"],
-    )
-    .ok();
-    sb.as_user(
-        "alice",
-        &[
-            "cred",
-            "add",
-            "coder",
-            AUTH,
-            "--to",
-            &format!("{HOME}/keys/b.json"),
-        ],
+    alice_cred(&sb, &["add", "coder", AUTH, "--to", "keys/a.json"]).ok();
+    alice_cred(
+        &sb,
+        &["add", "coder", AUTH, "--to", &format!("{HOME}/keys/b.json")],
     )
     .ok();
     assert_eq!(read(&sb, &format!("{HOME}/keys/a.json")), "token-v1");
@@ -152,7 +148,7 @@ fn copy_is_private_to_the_agent_and_tracked() {
         "printf token-v1 > {stale} && chown agent-coder: {stale}"
     ))
     .ok();
-    sb.as_user("alice", &["cred", "rm", "coder", AUTH]).ok();
+    alice_cred(&sb, &["rm", "coder", AUTH]).ok();
     assert!(
         !sb.host_path(&stale).exists(),
         "temp copy left after cred rm"
@@ -162,8 +158,7 @@ fn copy_is_private_to_the_agent_and_tracked() {
         assert!(!sb.host_path(gone).exists(), "{gone} survived cred rm");
     }
     assert_eq!(read(&sb, AUTH), "token-v1", "the source must stay");
-    sb.as_user("alice", &["cred", "rm", "coder", AUTH])
-        .fails(1, "no credential");
+    alice_cred(&sb, &["rm", "coder", AUTH]).fails(1, "no credential");
 }
 
 #[test]
@@ -227,7 +222,7 @@ fn planted_links_and_fifos_in_the_agents_home_are_refused() {
 
     // sync: a legitimate copy later swapped for a link is never written through, --force or not.
     sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
     sb.sh_as(
         "agent-coder",
         &format!("rm {AUTH_COPY} && ln -s /etc/passwd {AUTH_COPY}"),
@@ -254,7 +249,7 @@ fn planted_links_and_fifos_in_the_agents_home_are_refused() {
     assert_eq!(read(&sb, "/etc/passwd"), passwd);
     assert!(!sb.host_path("/etc/opencode").exists());
     // And rm still takes the record away.
-    sb.as_user("alice", &["cred", "rm", "coder", AUTH]).ok();
+    alice_cred(&sb, &["rm", "coder", AUTH]).ok();
     assert!(cred_list(&sb).is_empty());
 }
 
@@ -285,11 +280,8 @@ fn owners_cannot_obtain_files_they_cannot_read() {
     sb.as_user("agent-coder", &["cred", "add", "coder", "/etc/shadow"])
         .fails(1, "agent accounts may not use agentuser");
     // A readable file alice does not own cannot be made live (that would change its ACL).
-    sb.as_user(
-        "alice",
-        &["cred", "add", "coder", "/etc/passwd", "--to", "h", "--live"],
-    )
-    .fails(1, "file you own");
+    alice_cred(&sb, &["add", "coder", "/etc/passwd", "--to", "h", "--live"])
+        .fails(1, "file you own");
     // Another owner's agent is out of reach.
     sb.add_user("carol", &["agentuser"]);
     sb.sh_as("carol", "printf c > /home/carol/c").ok();
@@ -360,12 +352,9 @@ name'",
         sb.as_user("alice", &argv).fails(code, needle);
     }
     sb.write_config("cred_max_bytes = 16");
-    sb.as_user(
-        "alice",
-        &["cred", "add", "coder", "/home/alice/big", "--to", "big"],
-    )
-    .fails(1, "larger than 16 bytes");
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", "/home/alice/big", "--to", "big"])
+        .fails(1, "larger than 16 bytes");
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
     assert!(!sb.host_path("/etc/escape").exists());
     let listing = sb
         .sh(&format!("cd {HOME} && find . -type f | sort"))
@@ -381,7 +370,7 @@ name'",
 #[test]
 fn rotation_is_synced_and_agent_changes_are_kept() {
     let sb = setup("creds-sync");
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
     let agent_cat = || {
         sb.sh_as("agent-coder", &format!("cat {AUTH_COPY}"))
             .ok()
@@ -391,16 +380,13 @@ fn rotation_is_synced_and_agent_changes_are_kept() {
     // The owner rotates the token: reported, then copied by sync.
     sb.sh_as("alice", &format!("printf token-v2 > {AUTH}")).ok();
     assert_eq!(states(&sb), ["source-changed"]);
-    let out = sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    let out = alice_cred(&sb, &["sync", "coder"]).ok();
     assert!(out.stdout.contains("source changed"), "{out:#?}");
     assert_eq!(agent_cat(), "token-v2");
     assert_eq!(states(&sb), ["ok"]);
     assert_eq!(cred_list(&sb)[0]["sha256"], sha256(&sb, AUTH));
     // Nothing changed: sync is quiet.
-    assert_eq!(
-        sb.as_user("alice", &["cred", "sync", "coder"]).ok().stdout,
-        ""
-    );
+    assert_eq!(alice_cred(&sb, &["sync", "coder"]).ok().stdout, "");
 
     // The agent refreshes its token: reported, kept, never copied back to the owner.
     sb.sh_as(
@@ -410,27 +396,25 @@ fn rotation_is_synced_and_agent_changes_are_kept() {
     .ok();
     sb.sh_as("alice", &format!("printf token-v3 > {AUTH}")).ok();
     assert_eq!(states(&sb), ["agent-modified"]);
-    let out = sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    let out = alice_cred(&sb, &["sync", "coder"]).ok();
     assert!(out.stdout.contains("modified by the agent"), "{out:#?}");
     assert_eq!(agent_cat(), "agent-refreshed");
     assert_eq!(read(&sb, AUTH), "token-v3");
     // --force overwrites it.
-    sb.as_user("alice", &["cred", "sync", "coder", "--force"])
-        .ok();
+    alice_cred(&sb, &["sync", "coder", "--force"]).ok();
     assert_eq!(agent_cat(), "token-v3");
     assert_eq!(states(&sb), ["ok"]);
 
     // The agent deletes its copy: reported, restored by sync.
     sb.sh_as("agent-coder", &format!("rm {AUTH_COPY}")).ok();
     assert_eq!(states(&sb), ["missing-copy"]);
-    sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    alice_cred(&sb, &["sync", "coder"]).ok();
     assert_eq!(agent_cat(), "token-v3");
 
     // The source goes away: reported, the copy stays, sync fails with one line.
     sb.sh_as("alice", &format!("rm {AUTH}")).ok();
     assert_eq!(states(&sb), ["missing-source"]);
-    sb.as_user("alice", &["cred", "sync", "coder"])
-        .fails(1, "could not be synced");
+    alice_cred(&sb, &["sync", "coder"]).fails(1, "could not be synced");
     assert_eq!(agent_cat(), "token-v3");
 
     // sync reads as the owner, not as root: a source the owner lost access to is not read.
@@ -478,9 +462,8 @@ fn env_credentials_stay_secret() {
         sb.root(&["show", "coder", "--json"]).ok(),
         sb.root(&["show", "coder"]).ok(),
         sb.root(&["list", "--json"]).ok(),
-        sb.as_user("alice", &["cred", "list", "coder"]).ok(),
-        sb.as_user("alice", &["cred", "list", "coder", "--json"])
-            .ok(),
+        alice_cred(&sb, &["list", "coder"]).ok(),
+        alice_cred(&sb, &["list", "coder", "--json"]).ok(),
     ] {
         assert!(
             !out.stdout.contains(SECRET) && !out.stderr.contains(SECRET),
@@ -507,8 +490,7 @@ fn env_credentials_stay_secret() {
     assert_eq!(read(&sb, &file), "rotated");
     assert_eq!(cred_list(&sb).len(), 1);
 
-    sb.as_user("alice", &["cred", "rm", "coder", "ANTHROPIC_API_KEY"])
-        .ok();
+    alice_cred(&sb, &["rm", "coder", "ANTHROPIC_API_KEY"]).ok();
     assert!(!sb.host_path(&file).exists());
     assert!(cred_list(&sb).is_empty());
 }
@@ -528,8 +510,7 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     .ok();
     // (Traversable ancestors let this test read through the host's paths; in the agent's
     // view the runner's bind mount is the only way to the file.)
-    sb.as_user("alice", &["cred", "add", "coder", GH, "--live"])
-        .ok();
+    alice_cred(&sb, &["add", "coder", GH, "--live"]).ok();
     let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
 
     let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
@@ -574,7 +555,7 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     )
     .ok();
     assert_eq!(states(&sb), ["source-changed"]);
-    sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    alice_cred(&sb, &["sync", "coder"]).ok();
     assert_eq!(
         sb.sh_as("agent-coder", &format!("cat {GH}")).ok().stdout,
         "gh-v2"
@@ -584,7 +565,7 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     let views: Vec<_> = sb.show("coder")["credentials"].as_array().unwrap().clone();
     assert_eq!(views[0]["kind"], "live");
 
-    sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
+    alice_cred(&sb, &["rm", "coder", GH]).ok();
     let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
     assert!(!acl.contains(&agent_uid.to_string()), "{acl}");
     assert_ne!(sb.sh_as("agent-coder", &format!("cat {GH}")).code, 0);
@@ -595,10 +576,9 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     // runner binds it without following links) and can be removed by either name.
     sb.sh_as("alice", "ln -s .config/gh /home/alice/gh-link")
         .ok();
-    sb.as_user(
-        "alice",
+    alice_cred(
+        &sb,
         &[
-            "cred",
             "add",
             "coder",
             "/home/alice/gh-link/hosts.yml",
@@ -609,11 +589,7 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     )
     .ok();
     assert_eq!(cred_list(&sb)[0]["source"], GH);
-    sb.as_user(
-        "alice",
-        &["cred", "rm", "coder", "/home/alice/gh-link/hosts.yml"],
-    )
-    .ok();
+    alice_cred(&sb, &["rm", "coder", "/home/alice/gh-link/hosts.yml"]).ok();
     assert!(!sb.host_path(&format!("{HOME}/gh2")).exists());
     assert!(cred_list(&sb).is_empty());
     let acl = sb.sh(&format!("getfacl -pn {GH}")).ok().stdout;
@@ -623,12 +599,8 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
 #[test]
 fn delete_removes_every_credential() {
     let sb = setup("creds-delete");
-    sb.as_user(
-        "alice",
-        &["cred", "add", "coder", AUTH, "--live", "--to", "live.json"],
-    )
-    .ok();
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", AUTH, "--live", "--to", "live.json"]).ok();
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
     with_stdin(cmd, b"ghp-secret").ok();
     let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
@@ -689,12 +661,8 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     const GH: &str = "/home/alice/gh.yml";
     sb.sh_as("alice", &format!("umask 077; printf gh-v1 > {GH}"))
         .ok();
-    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
-    sb.as_user(
-        "alice",
-        &["cred", "add", "coder", GH, "--live", "--to", "gh.yml"],
-    )
-    .ok();
+    alice_cred(&sb, &["add", "coder", AUTH]).ok();
+    alice_cred(&sb, &["add", "coder", GH, "--live", "--to", "gh.yml"]).ok();
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
     with_stdin(cmd, b"ghp-secret-value").ok();
     let exec =
@@ -730,7 +698,7 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     // Read-only for the agent; gone after rm.
     assert_ne!(exec(&format!("printf x > {dest}")).code, 0);
     assert_eq!(read(&sb, GH), "gh-v2");
-    sb.as_user("alice", &["cred", "rm", "coder", GH]).ok();
+    alice_cred(&sb, &["rm", "coder", GH]).ok();
     assert_ne!(exec(&format!("cat {GH} || cat {dest}")).stdout, "gh-v2");
 
     // A live source named through a symlinked directory (dotfile managers do this).
@@ -740,10 +708,9 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
          printf dot-v1 > /home/alice/dotfiles/tok",
     )
     .ok();
-    sb.as_user(
-        "alice",
+    alice_cred(
+        &sb,
         &[
-            "cred",
             "add",
             "coder",
             "/home/alice/.dot/tok",
@@ -843,16 +810,9 @@ fn a_source_the_agent_can_change_is_never_read() {
     )
     .ok();
     // Added while the tree is private, then the tree is shared read-write.
-    sb.as_user(
-        "alice",
-        &[
-            "cred",
-            "add",
-            "coder",
-            "/home/alice/proj/.env",
-            "--to",
-            "proj.env",
-        ],
+    alice_cred(
+        &sb,
+        &["add", "coder", "/home/alice/proj/.env", "--to", "proj.env"],
     )
     .ok();
     sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
@@ -863,7 +823,7 @@ fn a_source_the_agent_can_change_is_never_read() {
         "rm /home/alice/proj/.env && ln -s /home/alice/.ssh/id /home/alice/proj/.env",
     )
     .ok();
-    let out = sb.as_user("alice", &["cred", "sync", "coder"]);
+    let out = alice_cred(&sb, &["sync", "coder"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(
         out.stdout.contains("which the agent can change"),
@@ -876,7 +836,7 @@ fn a_source_the_agent_can_change_is_never_read() {
     );
     // Adding a source inside a share, or through a directory the agent swapped, is refused.
     for src in ["/home/alice/proj/.env", "/home/alice/proj/x/../.env"] {
-        sb.as_user("alice", &["cred", "add", "coder", src, "--to", "other.env"])
+        alice_cred(&sb, &["add", "coder", src, "--to", "other.env"])
             .fails(1, "which the agent can change");
     }
     assert!(
