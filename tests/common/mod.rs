@@ -108,6 +108,7 @@ impl Sandbox {
         let d = &self.dir;
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         run_host(Command::new("cp").arg("-a").arg("/etc").arg(d.join("etc")));
+        scrub_accounts(&d.join("etc"));
         for (sub, mode) in [
             ("state", 0o755),
             ("home", 0o755),
@@ -371,6 +372,65 @@ impl Drop for Sandbox {
             let _ = fs::remove_dir_all(&self.dir);
             let _ = fs::remove_dir(SANDBOX_ROOT);
         }
+    }
+}
+
+/// Makes the copied account files independent of the host: only system accounts and groups
+/// stay (ids below 1000, and `nobody`), never the group `agentuser`, an agent account or a
+/// user named like a test user, whatever the host's `/etc` holds (agentuser installed, host
+/// users called alice, other agents). Members that no longer exist are dropped from groups.
+fn scrub_accounts(etc: &Path) {
+    let keep_id = |id: &str| id.parse::<u32>().is_ok_and(|id| id < 1000 || id == 65534);
+    let reserved = |name: &str| {
+        name == "agentuser"
+            || name.starts_with("agent-")
+            || ["alice", "bob", "carol", "mallory"].contains(&name)
+    };
+    let passwd = fs::read_to_string(etc.join("passwd")).unwrap();
+    let users: Vec<&str> = passwd
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 3 && keep_id(fields[2]) && !reserved(fields[0])).then_some(fields[0])
+        })
+        .collect();
+    let group = fs::read_to_string(etc.join("group")).unwrap_or_default();
+    let groups: Vec<&str> = group
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 3 && keep_id(fields[2]) && !reserved(fields[0])).then_some(fields[0])
+        })
+        .collect();
+    // gshadow lists administrators (field 2) and members (field 3); group members (field 3).
+    for (file, names, member_fields) in [
+        ("passwd", &users, &[][..]),
+        ("shadow", &users, &[]),
+        ("subuid", &users, &[]),
+        ("subgid", &users, &[]),
+        ("group", &groups, &[3]),
+        ("gshadow", &groups, &[2, 3]),
+    ] {
+        let path = etc.join(file);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut fields: Vec<String> = line.split(':').map(str::to_string).collect();
+            if !names.contains(&fields[0].as_str()) {
+                continue;
+            }
+            let field_count = fields.len();
+            for &i in member_fields.iter().filter(|&&i| i < field_count) {
+                let members: Vec<&str> =
+                    fields[i].split(',').filter(|m| users.contains(m)).collect();
+                fields[i] = members.join(",");
+            }
+            out.push_str(&fields.join(":"));
+            out.push('\n');
+        }
+        fs::write(&path, out).unwrap();
     }
 }
 
