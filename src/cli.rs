@@ -240,9 +240,16 @@ refused, not written through. The SHA-256 of the source and of the copy are reco
 `cred list` shows whether either changed and `cred sync` (and every exec) copies a changed \
 source again.
 
+A source that anyone but you and root could change is refused, at add and at every sync (as \
+sshd's StrictModes): the file, every directory on its path and every directory holding a \
+symlink on the way must be yours or root's, not writable by group or others, and without an \
+ACL entry letting another uid write (as a read-write share gives an agent).
+
 With --live the original stays where it is: it gets a read ACL entry for the agent (on the \
 file only, never on its directories) and is bind-mounted read-only at the destination in the \
-agent's view, so a token your tools refresh is seen at once. The file must be yours.")]
+agent's view, so a token your tools refresh in place is seen at once. The file must be yours. \
+It is pinned to the file added: a file renamed over it is another file and gets nothing until \
+you add it again (state source-replaced).")]
     Add {
         /// Agent name
         name: String,
@@ -276,7 +283,8 @@ Storing a variable again replaces its value.")]
 List the agent's credentials: kind (copy, live, env), source, destination, recorded SHA-256 \
 and state: ok, source-changed (sync copies it again), agent-modified (the agent changed or \
 replaced its copy; sync keeps it unless --force), missing-source, unreadable-source (you can \
-no longer read it), missing-copy (sync restores it). Environment values are never shown.")]
+no longer read it, or others could change it), source-replaced (a live file renamed over: \
+add it again), missing-copy (sync restores it). Environment values are never shown.")]
     List {
         /// Agent name
         name: String,

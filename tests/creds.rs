@@ -548,14 +548,19 @@ fn live_credentials_get_a_read_acl_on_the_file_only() {
     assert_eq!(list[0]["kind"], "live");
     assert_eq!(list[0]["dest"], GH_DEST);
     assert_eq!(list[0]["state"], "ok");
-    // Rotation by rename loses the ACL on the new file; sync (and exec) grant it again.
+    // A live credential is pinned to the inode added: a file renamed over it is another
+    // file, which gets no ACL entry from sync or exec until the owner adds it again.
     sb.sh_as(
         "alice",
         &format!("umask 077; printf gh-v2 > {GH}.new && mv {GH}.new {GH}"),
     )
     .ok();
-    assert_eq!(states(&sb), ["source-changed"]);
-    alice_cred(&sb, &["sync", "coder"]).ok();
+    assert_eq!(states(&sb), ["source-replaced"]);
+    let out = alice_cred(&sb, &["sync", "coder"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stdout.contains("now another file"), "{out:#?}");
+    assert_ne!(sb.sh_as("agent-coder", &format!("cat {GH}")).code, 0);
+    alice_cred(&sb, &["add", "coder", GH, "--live"]).ok();
     assert_eq!(
         sb.sh_as("agent-coder", &format!("cat {GH}")).ok().stdout,
         "gh-v2"
@@ -843,4 +848,111 @@ fn a_source_the_agent_can_change_is_never_read() {
         !sb.host_path("/var/lib/agentuser/homes/agent-coder/other.env")
             .exists()
     );
+}
+
+/// THREAT-MODEL row 25: a source that any uid but the owner and root could change, another
+/// agent through its share above all, is refused at add and never read at sync; a live
+/// source is pinned to its inode, so no ACL entry ever lands on another file.
+#[test]
+fn a_source_another_agent_or_user_can_change_is_refused() {
+    let sb = setup("creds-cross-agent");
+    sb.as_user("alice", &["create", "b"]).ok();
+    let coder_uid = sb.show("coder")["uid"].as_u64().unwrap();
+    sb.sh_as(
+        "alice",
+        "umask 077; mkdir -p /home/alice/.ssh /home/alice/projB /home/alice/projC \
+         && echo OWNER-SSH-KEY > /home/alice/.ssh/id_rsa && echo OWNER-NETRC > /home/alice/.netrc \
+         && echo tokB > /home/alice/projB/token && echo tokC > /home/alice/projC/token \
+         && echo liveC > /home/alice/projC/live",
+    )
+    .ok();
+    // In agent b's read-write share: refused for agent coder, copy and live alike.
+    sb.as_user("alice", &["share", "b", "/home/alice/projB", "--rw"])
+        .ok();
+    for extra in [&[][..], &["--live"][..]] {
+        let mut args = vec!["add", "coder", "/home/alice/projB/token", "--to", "t"];
+        args.extend_from_slice(extra);
+        alice_cred(&sb, &args).fails(1, "not a credential source");
+    }
+    // Added while private, then shared read-write with b, which swaps both for links.
+    alice_cred(
+        &sb,
+        &["add", "coder", "/home/alice/projC/token", "--to", "c"],
+    )
+    .ok();
+    alice_cred(
+        &sb,
+        &[
+            "add",
+            "coder",
+            "/home/alice/projC/live",
+            "--to",
+            "l",
+            "--live",
+        ],
+    )
+    .ok();
+    sb.as_user("alice", &["share", "b", "/home/alice/projC", "--rw"])
+        .ok();
+    sb.sh_as(
+        "agent-b",
+        "cd /home/alice/projC && rm token live && ln -s /home/alice/.ssh/id_rsa token \
+         && ln -s /home/alice/.netrc live",
+    )
+    .ok();
+    // Positive control: the swap worked; a plain read by the owner now yields the key.
+    assert!(
+        sb.sh_as("alice", "cat /home/alice/projC/token")
+            .ok()
+            .stdout
+            .contains("OWNER-SSH-KEY")
+    );
+    let out = alice_cred(&sb, &["sync", "coder"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stdout.contains("not a credential source"), "{out:#?}");
+    sb.as_user("alice", &["exec", "coder", "--", "true"]);
+    let copy = read(&sb, &format!("{HOME}/c"));
+    assert!(!copy.contains("OWNER-SSH-KEY"), "the key reached coder");
+    for secret in ["/home/alice/.netrc", "/home/alice/.ssh/id_rsa"] {
+        let acl = sb.sh(&format!("getfacl -pn {secret}")).ok().stdout;
+        assert!(
+            !acl.contains(&format!("user:{coder_uid}")),
+            "{secret}: {acl}"
+        );
+    }
+    assert_ne!(
+        sb.sh_as("agent-coder", "cat /home/alice/.netrc").code,
+        0,
+        "coder reads the owner's .netrc"
+    );
+}
+
+/// The same rule for every other way a uid could change a source: a world-writable
+/// directory (/tmp), a link through one, a directory another user owns.
+#[test]
+fn sources_behind_places_others_can_write_are_refused() {
+    let sb = setup("creds-strict-modes");
+    sb.add_user("bob", &[]);
+    sb.sh_as(
+        "alice",
+        "umask 077; echo tok > /tmp/tok && ln -s /tmp/tok /home/alice/tok-link",
+    )
+    .ok();
+    sb.sh("mkdir -m 0755 /home/bob/drop && chown bob: /home/bob/drop \
+           && echo tok > /home/bob/drop/tok && chown alice: /home/bob/drop/tok && chmod 600 /home/bob/drop/tok")
+        .ok();
+    for (src, needle) in [
+        ("/tmp/tok", "writable by group or others"),
+        ("/home/alice/tok-link", "writable by group or others"),
+        ("/home/bob/drop/tok", "owned by uid"),
+    ] {
+        alice_cred(&sb, &["add", "coder", src, "--to", "x"]).fails(1, needle);
+        assert!(!sb.host_path(&format!("{HOME}/x")).exists(), "{src} copied");
+    }
+    // Positive control: bob can indeed swap the file in his directory.
+    sb.sh_as(
+        "bob",
+        "mv /home/bob/drop/tok /home/bob/drop/old && ln -s /etc/hostname /home/bob/drop/tok",
+    )
+    .ok();
 }

@@ -43,7 +43,18 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
     source::check_out_of_agent_reach(&given, &caller, &record)?;
     // Read before taking the lock: the caller's file (on a slow or hung file system, say)
     // must not be able to hold up every other command.
-    let src = source::read(&source_path, &caller, ctx.config.cred_max_bytes)?;
+    let links = if live {
+        source::Links::Refuse
+    } else {
+        source::Links::Follow
+    };
+    let src = source::read(
+        &source_path,
+        &caller,
+        record.owner_uid,
+        ctx.config.cred_max_bytes,
+        links,
+    )?;
 
     let lock = ctx.registry.lock()?;
     let mut record = load_agent(ctx, name)?;
@@ -88,6 +99,7 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         sha256: Some(src.sha256.clone()),
         dest_sha256,
         recorded: now(),
+        source_inode: live.then_some(src.inode),
     };
     match existing {
         Some(i) => record.credentials[i] = cred,
@@ -130,6 +142,7 @@ pub fn set_env(ctx: &Context, name: &str, var: &str) -> Result<()> {
             sha256: None,
             dest_sha256: None,
             recorded: now(),
+            source_inode: None,
         });
     }
     ctx.registry.save(&lock, &record)?;

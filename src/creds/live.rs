@@ -55,13 +55,20 @@ pub fn granted(file: &File, agent_uid: u32) -> bool {
         .is_some_and(|perm| perm & ACL_READ != 0)
 }
 
-/// Removes `agent_uid`'s entry from the file at `path`, opened with `who`'s rights. A file
-/// that is gone, or no longer `who`'s, is left alone.
-pub fn revoke(path: &Path, who: &Identity, agent_uid: u32) -> Result<()> {
+/// Removes `agent_uid`'s entry from the file at `path`, opened with `who`'s rights and
+/// without following a link. A file that is gone, no longer `who`'s, or not the `pinned`
+/// one any more is left alone (with a warning for the last: the entry on the original,
+/// wherever it went, cannot be reached by its name).
+pub fn revoke(
+    path: &Path,
+    who: &Identity,
+    agent_uid: u32,
+    pinned: Option<(u64, u64)>,
+) -> Result<()> {
     let opened = with_identity(who, || {
         Ok(File::options()
             .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path))
     })?;
     let file = match opened {
@@ -69,6 +76,19 @@ pub fn revoke(path: &Path, who: &Identity, agent_uid: u32) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("checking {}", path.display()))?;
+    if pinned.is_some_and(|pinned| pinned != (meta.dev(), meta.ino())) || meta.is_symlink() {
+        // The file that carries the entry is not reachable by this name any more (a rename
+        // over it unlinked it, most likely); the one there now is not touched.
+        eprintln!(
+            "agentuser: warning: {}: now another file than the live credential added; it was \
+             left alone (an entry for uid {agent_uid} may remain on the original: getfacl)",
+            path.display()
+        );
+        return Ok(());
+    }
     if check_owned(&file, who, path).is_err() {
         return Ok(());
     }

@@ -16,6 +16,7 @@ mod commands;
 mod dest;
 mod env;
 mod live;
+mod secure_path;
 mod source;
 mod state;
 
@@ -60,6 +61,10 @@ pub struct CredentialRecord {
     /// When the digests were recorded, seconds since the epoch.
     #[serde(default)]
     pub recorded: u64,
+    /// Device and inode of a live source when it was added: the only file that may carry
+    /// the agent's ACL entry (records from before this field get it at their next sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_inode: Option<(u64, u64)>,
 }
 
 /// A credential as `show`, `list` and `cred list` print it; never an env value.
@@ -143,8 +148,9 @@ fn remove_one(
         }
         CredKind::Copy | CredKind::Live => {
             if cred.kind == CredKind::Live {
-                let revoked = policy::identity_of(record.owner_uid)
-                    .and_then(|owner| live::revoke(&cred.source, &owner, record.uid));
+                let revoked = policy::identity_of(record.owner_uid).and_then(|owner| {
+                    live::revoke(&cred.source, &owner, record.uid, cred.source_inode)
+                });
                 match revoked {
                     Err(e) if strict => return Err(e),
                     Err(e) => eprintln!("agentuser: warning: {}", crate::error::one_line(&e)),

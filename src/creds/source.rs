@@ -5,11 +5,13 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+pub use super::secure_path::Links;
+use super::secure_path::{self, check_kind};
 use crate::sys::ids::{Identity, with_identity};
 
 /// A source file as read: its content, digest, and the open descriptor (still
@@ -18,6 +20,8 @@ pub struct Source {
     pub data: Vec<u8>,
     pub sha256: String,
     pub file: File,
+    /// Device and inode of the file that was read (a live credential is pinned to them).
+    pub inode: (u64, u64),
 }
 
 /// Why a source could not be read.
@@ -27,20 +31,15 @@ pub enum Unreadable {
     Denied,
 }
 
-/// Reads `path` as `who`: a regular file of at most `max` bytes. Symlinks are followed
-/// with `who`'s rights, like any program `who` runs would.
-pub fn read(path: &Path, who: &Identity, max: u64) -> Result<Source> {
+/// Reads `path` as `who`: a regular file of at most `max` bytes, reached only through
+/// directories and links that no uid but root, `who` and the agent's `owner_uid` can change
+/// ([`secure_path`]). With [`Links::Follow`] symlinks are followed as any program `who`
+/// runs would follow them.
+pub fn read(path: &Path, who: &Identity, owner_uid: u32, max: u64, links: Links) -> Result<Source> {
     let shown = path.display();
     with_identity(who, || {
-        // Look before opening: opening a device or FIFO can have side effects or block.
-        let meta = std::fs::metadata(path).with_context(|| format!("reading {shown}"))?;
-        check_kind(&meta).with_context(|| format!("reading {shown}"))?;
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(path)
+        let file = secure_path::open(path, &[who.uid, owner_uid], links)
             .with_context(|| format!("reading {shown}"))?;
-        // The path may have changed between the look and the open: check what was opened.
         let meta = file
             .metadata()
             .with_context(|| format!("reading {shown}"))?;
@@ -59,6 +58,7 @@ pub fn read(path: &Path, who: &Identity, max: u64) -> Result<Source> {
         }
         Ok(Source {
             sha256: super::sha256_hex(&data),
+            inode: (meta.dev(), meta.ino()),
             data,
             file,
         })
@@ -113,22 +113,6 @@ fn check_file_system(file: &File) -> Result<()> {
         bail!("it is on a kernel pseudo file system (/proc, /sys...), not a credential file");
     }
     Ok(())
-}
-
-fn check_kind(meta: &std::fs::Metadata) -> Result<()> {
-    let kind = meta.file_type();
-    let what = if kind.is_file() {
-        return Ok(());
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "a device"
-    };
-    bail!("it is {what}, not a regular file")
 }
 
 /// Refuses a source the agent could redirect or rewrite: one whose path, or any directory

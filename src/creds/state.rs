@@ -22,6 +22,8 @@ pub enum State {
     MissingSource,
     MissingCopy,
     UnreadableSource,
+    /// A live source path that now names another file than the one granted at `add`.
+    SourceReplaced,
 }
 
 impl State {
@@ -33,6 +35,7 @@ impl State {
             State::MissingSource => "missing-source",
             State::MissingCopy => "missing-copy",
             State::UnreadableSource => "unreadable-source",
+            State::SourceReplaced => "source-replaced",
         }
     }
 }
@@ -59,7 +62,7 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
             why: None,
         };
     }
-    let source = read_source(ctx, record, &cred.source);
+    let source = read_source(ctx, record, cred);
     let dest = cred.dest.as_deref().unwrap_or(Path::new(""));
     let found = agent::read(record, dest, ctx.config.cred_max_bytes);
     let mut why = None;
@@ -101,24 +104,48 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
     }
 }
 
-/// Reads a source with the owner's rights; on failure, the state it means and why.
+/// Reads a source with the owner's rights; on failure, the state it means and why. A live
+/// source is reopened without following any link and must still be the inode it was when
+/// it was added: an ACL entry never lands on another file.
 fn read_source(
     ctx: &Context,
     record: &AgentRecord,
-    path: &Path,
+    cred: &CredentialRecord,
 ) -> std::result::Result<Source, (State, String)> {
+    let path = cred.source.as_path();
     let owner = policy::identity_of(record.owner_uid)
         .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
     // Checked at every read: a share made after the credential counts too.
     source::check_out_of_agent_reach(path, &owner, record)
         .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
-    source::read(path, &owner, ctx.config.cred_max_bytes).map_err(|e| {
+    let links = match cred.kind {
+        CredKind::Live => source::Links::Refuse,
+        _ => source::Links::Follow,
+    };
+    let src = source::read(
+        path,
+        &owner,
+        record.owner_uid,
+        ctx.config.cred_max_bytes,
+        links,
+    )
+    .map_err(|e| {
         let state = match source::unreadable(&e) {
             Some(Unreadable::Missing) => State::MissingSource,
             _ => State::UnreadableSource,
         };
         (state, format!("{e:#}"))
-    })
+    })?;
+    match cred.source_inode {
+        Some(pinned) if cred.kind == CredKind::Live && pinned != src.inode => Err((
+            State::SourceReplaced,
+            format!(
+                "{}: now another file than the one added (remove the credential and add it again)",
+                path.display()
+            ),
+        )),
+        _ => Ok(src),
+    }
 }
 
 /// What `sync` did with one credential.
@@ -205,6 +232,7 @@ fn refresh_live(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source)
         live::grant(&src.file, record.uid, &cred.source)?;
     }
     cred.sha256 = Some(src.sha256.clone());
+    cred.source_inode = Some(src.inode);
     cred.recorded = now();
     Ok(())
 }
