@@ -956,3 +956,36 @@ fn sources_behind_places_others_can_write_are_refused() {
     )
     .ok();
 }
+
+/// A run refused because a live credential's path became a symlink says so.
+#[test]
+fn a_live_source_turned_symlink_refuses_the_run_with_a_clear_error() {
+    let sb = setup("creds-live-symlink");
+    sb.sh_as(
+        "alice",
+        "umask 077; echo tok > /home/alice/live && echo other > /home/alice/other",
+    )
+    .ok();
+    alice_cred(
+        &sb,
+        &["add", "coder", "/home/alice/live", "--to", "l", "--live"],
+    )
+    .ok();
+    sb.sh_as(
+        "alice",
+        "rm /home/alice/live && ln -s /home/alice/other /home/alice/live",
+    )
+    .ok();
+    let out = sb.as_user(
+        "alice",
+        &["exec", "coder", "--", "cat", &format!("{HOME}/l")],
+    );
+    assert_eq!(out.code, 125, "{out:#?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("/home/alice/live") && last.contains("symbolic link"),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("Broken pipe"), "{out:#?}");
+    assert!(!out.stdout.contains("other"), "{out:#?}");
+}

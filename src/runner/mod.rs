@@ -204,6 +204,12 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         let _ = waitpid(started.child, None);
         drop(raw);
         let _ = pam.close();
+        // A closed gate (EPIPE) means init gave up before it (building the view, say): its
+        // report says why, which is what the caller needs to read.
+        if let Err(failure) = started.wait_for_start() {
+            eprintln!("agentuser: {failure}");
+            return Ok(failure.code);
+        }
         return Err(err);
     }
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
