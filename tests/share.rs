@@ -679,3 +679,76 @@ while True:
     let _ = child.wait();
     assert!(acl_lines_naming(&sb, "/home/rootstuff", uid).is_empty());
 }
+
+/// Issue: re-sharing widened `-rw-rw-r--+` files to `-rw-rwxr--+` (the mask recalculated
+/// over entries inherited wider than it). Every mode and ACL stays exactly as it was when
+/// a share is made again, whoever created the file and whatever the access.
+#[test]
+fn resharing_never_widens_modes_or_masks() {
+    let sb = Sandbox::new("share-reshare-widen");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir -p /home/alice/proj/sub && echo a > /home/alice/proj/old",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    // Made after sharing, with the usual modes: the owner's data file, the agent's data
+    // file and script, a directory of each.
+    sb.sh_as(
+        "alice",
+        "cd /home/alice/proj && echo o > owner.txt && mkdir owner-dir && echo s > sub/o.txt",
+    )
+    .ok();
+    sb.sh_as(
+        "agent-coder",
+        "cd /home/alice/proj && echo g > agent.txt && printf '#!/bin/sh\\n' > run.sh \
+         && chmod 755 run.sh && mkdir agent-dir",
+    )
+    .ok();
+    // Mode and effective rights of every entry (what each uid and group may do).
+    let snapshot = || {
+        let out = sb
+            .sh(
+                "cd /home/alice/proj && for f in $(find . | sort); do stat -c '%n %A' $f; \
+                 getfacl -pn --all-effective $f | grep -v '^#'; done",
+            )
+            .ok()
+            .stdout;
+        out.lines()
+            .map(|line| match line.split_once("\t#effective:") {
+                Some((entry, effective)) => {
+                    format!("{}:{effective}", entry.rsplit_once(':').unwrap().0)
+                }
+                None => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = snapshot();
+    assert!(before.contains("./owner.txt -rw-rw-r--"), "{before}");
+    for access in ["--rw", "--rw", "--ro", "--rw"] {
+        sb.as_user("alice", &["share", "coder", "/home/alice/proj", access])
+            .ok();
+    }
+    let after = snapshot();
+    // One deliberate difference: the owner gets back full access to the agent's script,
+    // which the agent's creation mode 0755 had masked (the grant of a read-write share).
+    let alice = sb.sh("id -u alice").ok().stdout.trim().to_string();
+    let expected = before.replace(
+        &format!(
+            "./run.sh -rwxr-xr-x\nuser::rwx\nuser:{}:r-x\nuser:{alice}:r-x\ngroup::r-x\nmask::r-x",
+            sb.show("coder")["uid"]
+        ),
+        &format!(
+            "./run.sh -rwxrwxr-x\nuser::rwx\nuser:{}:rwx\nuser:{alice}:rwx\ngroup::r-x\nmask::rwx",
+            sb.show("coder")["uid"]
+        ),
+    );
+    assert_ne!(
+        expected, before,
+        "the script's entries were not found:\n{before}"
+    );
+    assert_eq!(expected, after, "a re-share widened modes or ACLs");
+}

@@ -79,6 +79,8 @@ pub fn grant(path: &Path, entry: Entry, grant: Grant) -> io::Result<bool> {
     } else {
         PosixACL::new(entry.mode)
     };
+    let old_mask = acl.get(Qualifier::Mask);
+    let mut ours = vec![Qualifier::User(grant.agent)];
     let mut changed = ensure(
         &mut acl,
         Qualifier::User(grant.agent),
@@ -87,16 +89,37 @@ pub fn grant(path: &Path, entry: Entry, grant: Grant) -> io::Result<bool> {
     // The agent's own files (made in a read-write share): the owner keeps full access.
     if let Some(owner) = grant.owner {
         if grant.write && entry.uid != owner {
+            ours.push(Qualifier::User(owner));
             changed |= ensure(&mut acl, Qualifier::User(owner), perms(true, exec));
         }
     }
     if changed {
+        if let Some(mask) = old_mask {
+            clamp_to_mask(&mut acl, mask, &ours);
+        }
         acl.write_acl(path).map_err(io_error)?;
     }
     if entry.is_dir {
         changed |= grant_default(path, &acl, grant)?;
     }
     Ok(changed)
+}
+
+/// Narrows every group-class entry but the grant's own (`ours`) to what the old `mask` let
+/// it have. The mask is recalculated on write as the union of those entries: an entry
+/// inherited wider than its mask (`u:OWNER:rwx` from a default ACL on a file created 0644,
+/// mask `rw-`) would otherwise widen the mask, and so the group's and every named entry's
+/// effective rights, on a mere re-share. What each entry could do before stays exactly so.
+fn clamp_to_mask(acl: &mut PosixACL, mask: u32, ours: &[Qualifier]) {
+    for entry in acl.entries() {
+        let group_class = matches!(
+            entry.qual,
+            Qualifier::GroupObj | Qualifier::User(_) | Qualifier::Group(_)
+        );
+        if group_class && !ours.contains(&entry.qual) && entry.perm & !mask != 0 {
+            acl.set(entry.qual, entry.perm & mask);
+        }
+    }
 }
 
 fn grant_default(path: &Path, access: &PosixACL, grant: Grant) -> io::Result<bool> {
