@@ -989,3 +989,58 @@ fn a_live_source_turned_symlink_refuses_the_run_with_a_clear_error() {
     assert!(!out.stderr.contains("Broken pipe"), "{out:#?}");
     assert!(!out.stdout.contains("other"), "{out:#?}");
 }
+
+/// Issue 15 items 4 and 5: a live grant is journaled before it is made, so a kill at any
+/// point of `cred add --live` leaves nothing `cred rm` cannot take away; and taking the last
+/// named entry away leaves the owner's file exactly as it was (no mask, no `+`, same mode).
+#[test]
+fn a_killed_live_add_leaves_nothing_behind_and_rm_restores_the_file() {
+    let sb = setup("creds-live-journal");
+    let uid = sb.show("coder")["uid"].as_u64().unwrap();
+    sb.sh_as("alice", "umask 077; echo tok > /home/alice/tok")
+        .ok();
+    let before = sb.sh("stat -c %A /home/alice/tok").ok().stdout;
+    assert_eq!(before.trim(), "-rw-------");
+    let src = "/home/alice/tok";
+    // Kill at each rename (record saves, placeholder) in turn, then remove the credential.
+    for n in 1..=4 {
+        let bin = sb.bin.to_str().unwrap().to_string();
+        let inject = format!("inject=rename,renameat,renameat2:signal=KILL:when={n}");
+        sb.run(sb.command(&[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-u",
+            "alice",
+            "-e",
+            "trace=rename,renameat,renameat2",
+            "-e",
+            &inject,
+            &bin,
+            "cred",
+            "add",
+            "coder",
+            src,
+            "--to",
+            "l",
+            "--live",
+        ]));
+        let _ = alice_cred(&sb, &["rm", "coder", src]);
+        let acl = sb.sh(&format!("getfacl -pn {src}")).ok().stdout;
+        assert!(
+            !acl.contains(&format!("user:{uid}:")),
+            "kill at rename {n}: {acl}"
+        );
+        assert!(!acl.contains("mask::"), "kill at rename {n}: {acl}");
+        let mode = sb.sh(&format!("stat -c %A {src}")).ok().stdout;
+        assert_eq!(mode, before, "kill at rename {n}");
+    }
+    // Uninterrupted: granted, then taken back without a trace.
+    alice_cred(&sb, &["add", "coder", src, "--to", "l", "--live"]).ok();
+    assert!(sb.sh("ls -l /home/alice/tok").ok().stdout.contains("+ "));
+    alice_cred(&sb, &["rm", "coder", src]).ok();
+    let listing = sb.sh("ls -l /home/alice/tok").ok().stdout;
+    assert!(listing.starts_with("-rw------- "), "{listing}");
+}

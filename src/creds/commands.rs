@@ -77,35 +77,38 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         }
     }
 
-    let dest_sha256 = if live {
+    if live {
         live::check_owned(&src.file, &caller, &source_path)?;
-        let created = agent::ensure_placeholder(&record, &dest)?;
-        if let Err(e) = live::grant(&src.file, record.uid, &source_path) {
-            // No ACL support there, say: take back the placeholder this add made.
-            if created {
-                let _ = agent::remove(&record, &dest);
-            }
-            return Err(e);
-        }
-        None
-    } else {
-        agent::write_copy(&record, &dest, &src.data)?;
-        Some(src.sha256.clone())
-    };
+    }
     let cred = CredentialRecord {
         kind,
         source: source_path.clone(),
         dest: Some(dest.clone()),
         sha256: Some(src.sha256.clone()),
-        dest_sha256,
+        dest_sha256: (!live).then(|| src.sha256.clone()),
         recorded: now(),
         source_inode: live.then_some(src.inode),
     };
+    let is_new = existing.is_none();
     match existing {
         Some(i) => record.credentials[i] = cred,
         None => record.credentials.push(cred),
     }
-    ctx.registry.save(&lock, &record)?;
+    if live {
+        // Journaled before the ACL entry is made: should this add be killed after the
+        // grant, `cred rm`, a rerun and `delete` all find the entry to take away.
+        ctx.registry.save(&lock, &record)?;
+        if let Err(e) = grant_live(&record, &dest, &src, &source_path) {
+            if is_new {
+                record.credentials.pop();
+                ctx.registry.save(&lock, &record)?;
+            }
+            return Err(e);
+        }
+    } else {
+        agent::write_copy(&record, &dest, &src.data)?;
+        ctx.registry.save(&lock, &record)?;
+    }
     eventlog::record(
         ctx,
         "cred-add",
@@ -117,6 +120,25 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
             dest.display()
         ),
     );
+    Ok(())
+}
+
+/// Gives the agent read access to a live source it was not refused: the placeholder in its
+/// home, then the ACL entry on the very file that was read (and checked).
+fn grant_live(
+    record: &AgentRecord,
+    dest: &Path,
+    src: &source::Source,
+    source_path: &Path,
+) -> Result<()> {
+    let created = agent::ensure_placeholder(record, dest)?;
+    if let Err(e) = live::grant(&src.file, record.uid, source_path) {
+        // No ACL support there, say: take back the placeholder this add made.
+        if created {
+            let _ = agent::remove(record, dest);
+        }
+        return Err(e);
+    }
     Ok(())
 }
 

@@ -40,9 +40,14 @@ pub fn grant(file: &File, agent_uid: u32, shown: &Path) -> Result<()> {
     let path = fd_path(file);
     let mut acl = PosixACL::read_acl(&path)
         .map_err(|e| anyhow!("reading the ACL of {}: {e}", shown.display()))?;
-    // Add read to what the agent may already have (a share's entry), never take any away.
+    // Add read to what the agent may already have (a share's entry), never take any away,
+    // and widen nobody else's rights through the recalculated mask.
+    let old_mask = acl.get(Qualifier::Mask);
     let perm = acl.get(Qualifier::User(agent_uid)).unwrap_or(0) | ACL_READ;
     acl.set(Qualifier::User(agent_uid), perm);
+    if let Some(mask) = old_mask {
+        crate::share::clamp_to_mask(&mut acl, mask, &[Qualifier::User(agent_uid)]);
+    }
     acl.write_acl(&path)
         .map_err(|e| anyhow!("setting an ACL on {}: {e}", shown.display()))
 }
@@ -98,14 +103,24 @@ pub fn revoke(
     if acl.remove(Qualifier::User(agent_uid)).is_none() {
         return Ok(());
     }
-    // Back to a minimal ACL (no mask) when no named entry remains, so the mode reads as before.
+    // Back to a minimal ACL (no mask) when no named entry remains, so the mode reads as
+    // before: group bits from the group entry, not from the mask the grant set. (Writing
+    // the ACL through libacl would compute a mask again.)
     let named = acl
         .entries()
         .iter()
         .any(|e| matches!(e.qual, Qualifier::User(_) | Qualifier::Group(_)));
-    if !named {
-        acl.remove(Qualifier::Mask);
-    }
-    acl.write_acl(&proc_path)
-        .map_err(|e| anyhow!("removing the ACL entry from {}: {e}", path.display()))
+    let written = if named {
+        acl.write_acl(&proc_path).map_err(|e| anyhow!("{e}"))
+    } else {
+        let base = |q| acl.get(q).unwrap_or(0);
+        let (user, group, other) = (
+            base(Qualifier::UserObj),
+            base(Qualifier::GroupObj),
+            base(Qualifier::Other),
+        );
+        crate::sys::xattr::set_minimal_acl(Path::new(&proc_path), user, group, other)
+            .map_err(anyhow::Error::from)
+    };
+    written.with_context(|| format!("removing the ACL entry from {}", path.display()))
 }

@@ -110,7 +110,7 @@ pub fn grant(path: &Path, entry: Entry, grant: Grant) -> io::Result<bool> {
 /// inherited wider than its mask (`u:OWNER:rwx` from a default ACL on a file created 0644,
 /// mask `rw-`) would otherwise widen the mask, and so the group's and every named entry's
 /// effective rights, on a mere re-share. What each entry could do before stays exactly so.
-fn clamp_to_mask(acl: &mut PosixACL, mask: u32, ours: &[Qualifier]) {
+pub(crate) fn clamp_to_mask(acl: &mut PosixACL, mask: u32, ours: &[Qualifier]) {
     for entry in acl.entries() {
         let group_class = matches!(
             entry.qual,

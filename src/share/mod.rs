@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod acl;
+pub(crate) use acl::clamp_to_mask;
 mod git;
 mod progress;
 mod refuse;
