@@ -752,3 +752,41 @@ fn resharing_never_widens_modes_or_masks() {
     );
     assert_eq!(expected, after, "a re-share widened modes or ACLs");
 }
+
+/// Issue 15 item 7: no silent run on a half-made share; the refusal says how to complete it.
+#[test]
+fn exec_refuses_a_half_made_share_and_says_how_to_complete_it() {
+    let sb = Sandbox::new("share-half-made");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "mkdir /home/alice/proj && touch /home/alice/proj/f",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    let record = sb.host_path("/var/lib/agentuser/agents/coder.toml");
+    let text = std::fs::read_to_string(&record).unwrap();
+    for (state, needle) in [
+        ("granting", "agentuser share coder /home/alice/proj --rw"),
+        ("revoking", "agentuser unshare coder /home/alice/proj"),
+    ] {
+        // The share's own state line is the one after [[shares]].
+        let at = text.find("[[shares]]").expect("a share in the record");
+        let (head, tail) = text.split_at(at);
+        assert!(tail.contains("state = \"ready\""), "{text}");
+        let edited = format!("{head}{}", tail.replacen("\"ready\"", "\"STATE\"", 1));
+        std::fs::write(&record, edited.replace("STATE", state)).unwrap();
+        // Positive control: the record now says the share is half-made.
+        assert_eq!(
+            sb.show("coder")["shares"][0]["state"],
+            state,
+            "{}",
+            sb.show("coder")
+        );
+        sb.as_user("alice", &["exec", "coder", "--", "true"])
+            .fails(125, needle);
+    }
+    std::fs::write(&record, &text).unwrap();
+    sb.as_user("alice", &["exec", "coder", "--", "true"]).ok();
+}

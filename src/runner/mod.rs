@@ -92,6 +92,7 @@ fn finish(result: Result<u8>) -> u8 {
 
 fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let mut record = crate::policy::ready_agent(ctx, req.name)?;
+    crate::share::check_complete(&record)?;
     let command_name = match req.command {
         Some(cmd) => cmd[0].to_string_lossy().into_owned(),
         None => "(login shell)".into(),

@@ -243,6 +243,36 @@ fn access_word(access: Access) -> &'static str {
     }
 }
 
+/// Refuses a run while a share is half-made (an interrupted `share` or `unshare`): the agent
+/// would see part of the tree, writable for `rw`. The error says how to complete it.
+pub fn check_complete(record: &AgentRecord) -> Result<()> {
+    for share in &record.shares {
+        let path = share.path.display();
+        let (doing, complete) = match share.state {
+            ShareState::Ready => continue,
+            ShareState::Granting => {
+                let access = match share.access {
+                    Access::Ro => "--ro",
+                    Access::Rw if share.allow_git_writes => "--rw --allow-git-writes",
+                    Access::Rw => "--rw",
+                };
+                (
+                    "sharing",
+                    format!("agentuser share {} {path} {access}", record.name),
+                )
+            }
+            ShareState::Revoking => (
+                "unsharing",
+                format!("agentuser unshare {} {path}", record.name),
+            ),
+        };
+        bail!(
+            "share {path}: {doing} it was interrupted, so the agent would see part of it; complete it first: '{complete}'"
+        );
+    }
+    Ok(())
+}
+
 /// The bind mounts the runner adds to the agent's view for its shares, in mount order:
 /// each share at its own path (`ro` shares read-only), then, for a read-write share without
 /// `--allow-git-writes`, every `.git` directory or file in it that the agent does not own,
