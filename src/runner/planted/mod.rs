@@ -156,7 +156,7 @@ impl Guard {
         };
         let started = File::open(format!("/proc/{init}/ns/pid"))
             .context("opening the agent's pid namespace")
-            .and_then(|ns| watch::start(group, roots, self.known.clone(), ns.as_fd()));
+            .and_then(|ns| watch::start(group, roots, self.known.clone(), ns.as_fd(), self.start));
         match started {
             Ok(watcher) => self.watcher = Some(watcher),
             Err(e) => self.unwatched = Some(crate::error::one_line(&e)),

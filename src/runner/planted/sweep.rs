@@ -167,3 +167,61 @@ pub fn entry_names(dir: BorrowedFd) -> Vec<CString> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn repo(dir: &Path) {
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        std::fs::create_dir_all(dir.join("refs/heads")).unwrap();
+        std::fs::write(dir.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+    }
+
+    fn open(path: &Path) -> OwnedFd {
+        super::super::neutralise::open_share_root(path).unwrap()
+    }
+
+    #[test]
+    fn sweeps_what_changed_in_the_window_and_spares_known_repositories() {
+        let root = std::env::temp_dir().join(format!("agentuser-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        repo(&root.join("own/.git"));
+        repo(&root.join("planted/.git"));
+        repo(&root.join("bare"));
+        std::fs::create_dir_all(root.join("gitfile")).unwrap();
+        std::fs::write(root.join("gitfile/.git"), "gitdir: ../bare\n").unwrap();
+        let own = std::fs::symlink_metadata(root.join("own/.git")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let known: Known = [(own.dev(), own.ino())].into_iter().collect();
+
+        // Nothing changed after a time in the future: nothing is touched.
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let none = sweep(open(&root), None, &known, Window::ChangedSince(later));
+        assert!(
+            none.neutralised.is_empty() && none.failures.is_empty(),
+            "{none:?}"
+        );
+
+        let earlier = SystemTime::now() - Duration::from_secs(3600);
+        let found = sweep(open(&root), None, &known, Window::ChangedSince(earlier));
+        assert!(found.failures.is_empty(), "{found:?}");
+        assert_eq!(found.neutralised.len(), 3, "{found:?}");
+        assert!(root.join("own/.git/HEAD").exists());
+        assert!(!root.join("planted/.git").exists());
+        assert!(!root.join("bare/HEAD").exists());
+        assert!(!root.join("gitfile/.git").exists());
+        let names: Vec<String> = std::fs::read_dir(root.join("planted"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names[0].starts_with(".git.agentuser-quarantine-"),
+            "{names:?}"
+        );
+        let quarantined = root.join("planted").join(&names[0]);
+        assert!(!quarantined.join("HEAD").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use anyhow::{Context as _, Result};
 use nix::fcntl::OFlag;
@@ -17,7 +18,8 @@ use nix::sys::stat::fstat;
 
 use super::ShareRoot;
 use super::neutralise::{
-    Known, identity, is_repository_shaped, kind, neutralise_dir, neutralise_dot_git, stat_at,
+    Known, identity, is_repository_shaped, kind, neutralise_dir, neutralise_dot_git, open_dir_at,
+    stat_at,
 };
 use super::sweep::{Findings, Window, sweep};
 use crate::sys::fanotify::{self, Event, Watch};
@@ -42,6 +44,8 @@ struct Scope {
     known: Known,
     /// The agent's pid namespace, (device, inode).
     agent_ns: (u64, u64),
+    /// When the run started (for sweeps after lost events).
+    start: SystemTime,
 }
 
 const MASK: MaskFlags = MaskFlags::FAN_CREATE
@@ -68,6 +72,7 @@ pub fn start(
     shares: Vec<ShareRoot>,
     known: Known,
     agent_ns: BorrowedFd,
+    start: SystemTime,
 ) -> Result<Watcher> {
     let stat = fstat(agent_ns).context("fstat of the agent's pid namespace")?;
     let (stop_r, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
@@ -76,6 +81,7 @@ pub fn start(
         shares,
         known,
         agent_ns: identity(&stat),
+        start,
     };
     let thread = std::thread::Builder::new()
         .name("repo-watch".into())
@@ -112,13 +118,36 @@ impl Scope {
                 return report;
             }
             let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+            let mut lost = false;
             loop {
                 match self.watch.read() {
                     Ok(events) if events.is_empty() => break,
-                    Ok(events) => events.iter().for_each(|e| self.handle(e, &mut report)),
+                    Ok(events) => {
+                        for event in &events {
+                            if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
+                                lost = true;
+                            } else {
+                                self.handle(event, &mut report.findings);
+                            }
+                        }
+                    }
                     Err(e) => {
                         report.incomplete = Some(format!("reading file events: {e}"));
                         return report;
+                    }
+                }
+            }
+            if lost {
+                report.incomplete = Some("file events were lost (queue overflow)".into());
+                // Protection goes on during the run; the runner sweeps again at the end.
+                if !stopping {
+                    for share in &self.shares {
+                        if let Ok(root) = open_dir_at(share.fd.as_fd(), c".") {
+                            let window = Window::ChangedSince(self.start);
+                            report
+                                .findings
+                                .extend(sweep(root, None, &self.known, window));
+                        }
                     }
                 }
             }
@@ -128,11 +157,7 @@ impl Scope {
         }
     }
 
-    fn handle(&self, event: &Event, report: &mut Report) {
-        if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
-            report.incomplete = Some("file events were lost (queue overflow)".into());
-            return;
-        }
+    fn handle(&self, event: &Event, findings: &mut Findings) {
         let Some(handle) = &event.dir else { return };
         if !self.is_the_agents(event.process.as_ref().map(|p| p.as_fd())) {
             return;
@@ -148,7 +173,7 @@ impl Scope {
         let Some(chain) = self.chain_to_share(dir) else {
             return;
         };
-        self.inspect(&chain, &event.name, event.mask, &mut report.findings);
+        self.inspect(&chain, &event.name, event.mask, findings);
     }
 
     /// Whether the process behind an event runs in the agent's pid namespace or one below.
@@ -206,7 +231,7 @@ impl Scope {
             let is_dir =
                 stat_at(dir, &cname).is_some_and(|s| kind(&s) == nix::sys::stat::SFlag::S_IFDIR);
             if moved_dir && is_dir && !name.is_empty() {
-                if let Ok(sub) = super::neutralise::open_dir_at(dir, &cname) {
+                if let Ok(sub) = open_dir_at(dir, &cname) {
                     findings.extend(sweep(sub, Some(dir), &self.known, Window::Everything));
                 }
             }
