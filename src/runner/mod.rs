@@ -187,25 +187,15 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
 
     // Planted repositories are watched for from before the agent exists to after it is gone.
     let known = plan.known_repositories.iter().copied().collect();
+    // Dropped, it handles the last events and tells the owner: on every path, after init
+    // has been reaped.
     let mut guard = planted::Guard::begin(ctx, &record, known)?;
-    let end_guard = |guard: Option<planted::Guard>| {
-        if let Some(guard) = guard {
-            guard.finish(ctx, &record.name);
-        }
-    };
     // The view is built while the PAM session opens; the agent starts only once both are
     // ready (the gate).
-    let started = tree::start(Some(&plan), true, || {
+    let mut started = tree::start(Some(&plan), true, || {
         agent.prepare()?;
         launch::exec(&command)
-    });
-    let mut started = match started {
-        Ok(started) => started,
-        Err(err) => {
-            end_guard(guard);
-            return Err(err);
-        }
-    };
+    })?;
     if let Some(guard) = guard.as_mut() {
         guard.watch(started.child);
     }
@@ -218,7 +208,6 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
             // Closing the gate makes init leave without running anything.
             drop(gate);
             let _ = waitpid(started.child, None);
-            end_guard(guard);
             return Err(err);
         }
     };
@@ -227,7 +216,6 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         let _ = waitpid(started.child, None);
         drop(raw);
         let _ = pam.close();
-        end_guard(guard);
         return Err(err);
     }
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
@@ -241,7 +229,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
     let _ = waitpid(started.child, None);
     // No process of the agent is left: its last events are queued.
-    end_guard(guard);
+    drop(guard);
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);

@@ -56,9 +56,12 @@ struct RunRecord {
     known: Vec<(u64, u64)>,
 }
 
-/// The guard of one run: its marker, the watcher, and what to sweep should it fail.
-pub struct Guard {
-    marker: Flock<File>,
+/// The guard of one run: its marker, the watcher, and what to sweep should it fail. It
+/// ends when dropped, which must happen once no process of the agent is left.
+pub struct Guard<'a> {
+    ctx: &'a Context,
+    agent: String,
+    marker: Option<Flock<File>>,
     marker_path: PathBuf,
     start: SystemTime,
     shares: Vec<PathBuf>,
@@ -111,10 +114,14 @@ fn runs_dir(ctx: &Context) -> Result<PathBuf> {
     Ok(dir)
 }
 
-impl Guard {
+impl<'a> Guard<'a> {
     /// Records the run and prepares the watcher, before the agent exists. None when the
     /// agent has no guarded share. `known`: the owner's repositories found at start.
-    pub fn begin(ctx: &Context, record: &AgentRecord, known: Known) -> Result<Option<Guard>> {
+    pub fn begin(
+        ctx: &'a Context,
+        record: &AgentRecord,
+        known: Known,
+    ) -> Result<Option<Guard<'a>>> {
         let shares = guarded_shares(record);
         if shares.is_empty() {
             return Ok(None);
@@ -137,7 +144,9 @@ impl Guard {
             Err(e) => (None, Some(crate::error::one_line(&e))),
         };
         Ok(Some(Guard {
-            marker,
+            ctx,
+            agent: record.name.clone(),
+            marker: Some(marker),
             marker_path,
             start,
             shares,
@@ -162,10 +171,12 @@ impl Guard {
             Err(e) => self.unwatched = Some(crate::error::one_line(&e)),
         }
     }
+}
 
+impl Drop for Guard<'_> {
     /// Ends the guard once no process of the agent is left: handles the last events,
     /// sweeps if the watcher missed any, tells the owner, removes the marker.
-    pub fn finish(mut self, ctx: &Context, agent: &str) {
+    fn drop(&mut self) {
         let mut findings = Findings::default();
         let mut incomplete = self.unwatched.take();
         if let Some(watcher) = self.watcher.take() {
@@ -183,9 +194,9 @@ impl Guard {
                 Window::ChangedSince(self.start),
             ));
         }
-        report(ctx, agent, &findings);
+        report(self.ctx, &self.agent, &findings);
         let _ = std::fs::remove_file(&self.marker_path);
-        drop(self.marker);
+        drop(self.marker.take());
     }
 }
 
