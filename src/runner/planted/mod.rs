@@ -213,8 +213,9 @@ fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
     let mut locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", path.display()))?;
+    // Not synced: a crash that loses it ends the agent's processes too, and exec stays
+    // cheap.
     locked.write_all(&serde_json::to_vec(run)?)?;
-    locked.sync_all()?;
     Ok(locked)
 }
 
