@@ -212,7 +212,11 @@ its ACL entries there are r-X and its view mounts each one read-only. An agent t
 .git/config or .git/hooks runs code as you on your next `git status` (core.fsmonitor, hooks). \
 --allow-git-writes lifts this for one share: use it only for repositories whose git commands \
 you will never run yourself, or that you inspect before use. The agent's git trusts its shared \
-repositories (safe.directory is set in its environment, nothing is written to its home).
+repositories (safe.directory is set in its environment, nothing is written to its home). \
+While the agent runs, a repository it plants in a read-write share (a .git, gitfile or git \
+directory layout made from your files, or moved in) is renamed out of git's way \
+(NAME.agentuser-quarantine-...) and reported when the run ends; shares with \
+--allow-git-writes are not watched.
 
 Sharing a path that is already shared with the agent changes its access in place (--ro/--rw \
 and --allow-git-writes as given now). Sharing a path inside or above another share of the same \

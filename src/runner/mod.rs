@@ -3,7 +3,8 @@
 //!
 //! Steps, each failing closed with status 125 and nothing run:
 //! 1. (app.rs) caller recorded, process fully root, limits reset, no core dumps;
-//! 2. agent resolved, caller authorized (root or owner), run logged, credentials synced;
+//! 2. agent resolved, caller authorized (root or owner), run logged, credentials synced,
+//!    a killed run's shares swept and this run's repository watcher prepared ([`planted`]);
 //! 3. PAM account check and session ([`pam`]);
 //! 4. a pty and relay when a standard stream is a terminal ([`pty`]), else a new session;
 //! 5. pid namespace, then mount/IPC/network namespaces and the view ([`tree`], [`sandbox`]);
@@ -15,6 +16,7 @@
 mod env;
 mod launch;
 mod pam;
+mod planted;
 mod privdrop;
 mod pty;
 mod sandbox;
@@ -110,6 +112,8 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     );
     let extra_env = explicit_env(req.env)?;
     crate::creds::sync_before_exec(ctx, &mut record)?;
+    // Before the view is planned: nothing a killed run left may pass for the owner's.
+    planted::recover(ctx, &record)?;
     let network = req.network.unwrap_or(ctx.config.network);
     let plan = sandbox::plan(ctx, &record, network)?;
     for warning in &plan.warnings {
@@ -182,12 +186,20 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
 
+    // Planted repositories are watched for from before the agent exists to after it is gone.
+    let known = plan.known_repositories.iter().copied().collect();
+    // Dropped, it handles the last events and tells the owner: on every path, after init
+    // has been reaped.
+    let mut guard = planted::Guard::begin(ctx, &record, known)?;
     // The view is built while the PAM session opens; the agent starts only once both are
     // ready (the gate).
     let mut started = tree::start(Some(&plan), true, || {
         agent.prepare()?;
         launch::exec(&command)
     })?;
+    if let Some(guard) = guard.as_mut() {
+        guard.watch(started.child);
+    }
     let gate = started.gate.take().context("no gate")?;
     let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name.as_deref())
         .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
@@ -223,6 +235,8 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
     let _ = waitpid(started.child, None);
+    // No process of the agent is left: its last events are queued.
+    drop(guard);
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);

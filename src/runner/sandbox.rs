@@ -48,6 +48,8 @@ pub struct ViewPlan {
     pub mounts: Vec<ViewMount>,
     /// Warnings to print (one line each) before the run.
     pub warnings: Vec<String>,
+    /// The owner's `.git` entries in read-write shares as the run starts (device, inode).
+    pub known_repositories: Vec<(u64, u64)>,
 }
 
 /// Works out the view of `record`'s agent.
@@ -67,7 +69,8 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
         target: record.home.clone(),
         read_only: false,
     }];
-    mounts.extend(crate::share::view_mounts(record));
+    let (share_mounts, known_repositories) = crate::share::view_mounts(record);
+    mounts.extend(share_mounts);
     mounts.extend(crate::creds::view_mounts(record));
     let mut warnings = Vec::new();
     mounts.retain(|m| {
@@ -90,6 +93,7 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
             .collect(),
         mounts,
         warnings,
+        known_repositories,
     })
 }
 

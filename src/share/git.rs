@@ -22,6 +22,8 @@ use super::refuse::open_exact;
 pub struct GitEntry {
     pub path: PathBuf,
     pub uid: u32,
+    /// Device and inode: which repository the runner must never take for a planted one.
+    pub id: (u64, u64),
 }
 
 /// Every `.git` entry under `root` (a directory; a file yields nothing).
@@ -74,6 +76,7 @@ pub fn entries(root: &Path) -> Result<Vec<GitEntry>> {
                             found.push(GitEntry {
                                 path: child_path,
                                 uid: st.st_uid,
+                                id: (st.st_dev, st.st_ino),
                             });
                         }
                         continue;

@@ -282,8 +282,12 @@ pub fn check_complete(record: &AgentRecord) -> Result<()> {
 ///
 /// The runner must open every target without following symlinks (THREAT-MODEL row 21): the
 /// agent can rename entries inside a read-write share at any time.
-pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
+///
+/// Also returns the (device, inode) of each of those `.git` entries: the owner's
+/// repositories as the run starts, which the planted-repository guard never touches.
+pub fn view_mounts(record: &AgentRecord) -> (Vec<ViewMount>, Vec<(u64, u64)>) {
     let mut mounts = Vec::new();
+    let mut known = Vec::new();
     let mut shares: Vec<&ShareRecord> = record
         .shares
         .iter()
@@ -299,12 +303,12 @@ pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
                 read_only = true;
             } else {
                 match git::entries(&share.path) {
-                    Ok(found) => git_binds.extend(
-                        found
-                            .into_iter()
-                            .filter(|e| e.uid != record.uid)
-                            .map(|e| e.path),
-                    ),
+                    Ok(found) => {
+                        for entry in found.into_iter().filter(|e| e.uid != record.uid) {
+                            known.push(entry.id);
+                            git_binds.push(entry.path);
+                        }
+                    }
                     Err(_) => read_only = true,
                 }
             }
@@ -320,7 +324,7 @@ pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
             read_only: true,
         }));
     }
-    mounts
+    (mounts, known)
 }
 
 /// Environment the runner gives the agent for its shares: git's `safe.directory` for every

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod agentfs;
+pub mod fanotify;
 pub mod ids;
 pub mod landlock;
 pub mod mount;

@@ -1,0 +1,319 @@
+//! Planted repositories (THREAT-MODEL row 23): no repository-shaped entry the agent creates,
+//! renames or moves into place inside a read-write share is ever usable by the owner's git,
+//! neither while the agent runs nor afterwards.
+//!
+//! - While the agent runs, a watcher thread of the runner ([`watch`]) neutralises such
+//!   entries as they appear ([`neutralise`]).
+//! - When the watcher lost events or could not start, the shares are swept when the run
+//!   ends ([`sweep`]): repository-shaped entries that are not the owner's known ones (the
+//!   `.git` entries found when the run started) and in which anything changed during the
+//!   run.
+//! - Each run leaves a marker in the state directory, locked for as long as the runner
+//!   lives. A marker nobody holds is a run whose runner was killed: the next `exec` or
+//!   `shell` of that agent sweeps its shares first ([`recover`]).
+//!
+//! Repositories the owner makes while no agent runs are never touched: their changes lie
+//! outside every run's window. The start-up cost stays independent of the shares' size: the
+//! walk happens only when events were lost or a runner died.
+#![forbid(unsafe_code)]
+
+mod neutralise;
+mod sweep;
+mod watch;
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::context::Context;
+use crate::registry::AgentRecord;
+use crate::share::{Access, ShareState, printable};
+pub use neutralise::Known;
+use sweep::{Findings, Window};
+
+/// A read-write share the guard covers, opened once.
+pub struct ShareRoot {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub id: (u64, u64),
+    pub fsid: [i32; 2],
+}
+
+/// What a marker records about its run.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunRecord {
+    start_secs: u64,
+    start_nanos: u32,
+    shares: Vec<PathBuf>,
+    known: Vec<(u64, u64)>,
+}
+
+/// The guard of one run: its marker, the watcher, and what to sweep should it fail. It
+/// ends when dropped, which must happen once no process of the agent is left.
+pub struct Guard<'a> {
+    ctx: &'a Context,
+    agent: String,
+    marker: Option<Flock<File>>,
+    marker_path: PathBuf,
+    start: SystemTime,
+    shares: Vec<PathBuf>,
+    known: Known,
+    prepared: Option<(crate::sys::fanotify::Watch, Vec<ShareRoot>)>,
+    watcher: Option<watch::Watcher>,
+    /// Why the watcher does not run, when it does not.
+    unwatched: Option<String>,
+}
+
+/// The shares in which planted repositories are neutralised: read-write, without
+/// `--allow-git-writes` (there the owner lets the agent write git metadata), not being
+/// revoked.
+pub fn guarded_shares(record: &AgentRecord) -> Vec<PathBuf> {
+    record
+        .shares
+        .iter()
+        .filter(|s| s.access == Access::Rw && !s.allow_git_writes)
+        .filter(|s| s.state != ShareState::Revoking)
+        .map(|s| s.path.clone())
+        .collect()
+}
+
+fn open_roots(paths: &[PathBuf]) -> Vec<ShareRoot> {
+    let mut roots = Vec::new();
+    for path in paths {
+        // Not O_PATH: fanotify_mark needs a real open file.
+        let Ok(fd) = neutralise::open_share_root(path) else {
+            continue;
+        };
+        let (Ok(stat), Ok(fsid)) = (
+            nix::sys::stat::fstat(fd.as_fd()),
+            crate::sys::fanotify::fsid(fd.as_fd()),
+        ) else {
+            continue;
+        };
+        roots.push(ShareRoot {
+            path: path.clone(),
+            fd,
+            id: neutralise::identity(&stat),
+            fsid,
+        });
+    }
+    roots
+}
+
+fn runs_dir(ctx: &Context) -> Result<PathBuf> {
+    let dir = ctx.registry.root().join("runs");
+    crate::registry::ensure_root_dir(&dir, 0o700)?;
+    Ok(dir)
+}
+
+impl<'a> Guard<'a> {
+    /// Records the run and prepares the watcher, before the agent exists. None when the
+    /// agent has no guarded share. `known`: the owner's repositories found at start.
+    pub fn begin(
+        ctx: &'a Context,
+        record: &AgentRecord,
+        known: Known,
+    ) -> Result<Option<Guard<'a>>> {
+        let shares = guarded_shares(record);
+        if shares.is_empty() {
+            return Ok(None);
+        }
+        // File times are taken from a coarse clock: start a little early.
+        let start = SystemTime::now() - Duration::from_secs(1);
+        let since = start.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let run = RunRecord {
+            start_secs: since.as_secs(),
+            start_nanos: since.subsec_nanos(),
+            shares: shares.clone(),
+            known: known.iter().copied().collect(),
+        };
+        let marker_path =
+            runs_dir(ctx)?.join(format!("{}.{}.json", record.name, std::process::id()));
+        let marker = write_marker(&marker_path, &run).context("recording the run")?;
+        let roots = open_roots(&shares);
+        let (prepared, unwatched) = match watch::prepare(&roots) {
+            Ok(group) => (Some((group, roots)), None),
+            Err(e) => (None, Some(crate::error::one_line(&e))),
+        };
+        Ok(Some(Guard {
+            ctx,
+            agent: record.name.clone(),
+            marker: Some(marker),
+            marker_path,
+            start,
+            shares,
+            known,
+            prepared,
+            watcher: None,
+            unwatched,
+        }))
+    }
+
+    /// Starts watching for the agent whose pid namespace `init` (pid 1 in it) is in.
+    /// Call after the fork of the tree and before the agent starts.
+    pub fn watch(&mut self, init: Pid) {
+        let Some((group, roots)) = self.prepared.take() else {
+            return;
+        };
+        let started = File::open(format!("/proc/{init}/ns/pid"))
+            .context("opening the agent's pid namespace")
+            .and_then(|ns| watch::start(group, roots, self.known.clone(), ns.as_fd(), self.start));
+        match started {
+            Ok(watcher) => self.watcher = Some(watcher),
+            Err(e) => self.unwatched = Some(crate::error::one_line(&e)),
+        }
+    }
+}
+
+impl Drop for Guard<'_> {
+    /// Ends the guard once no process of the agent is left: handles the last events,
+    /// sweeps if the watcher missed any, tells the owner, removes the marker.
+    fn drop(&mut self) {
+        let mut findings = Findings::default();
+        let mut incomplete = self.unwatched.take();
+        if let Some(watcher) = self.watcher.take() {
+            let report = watcher.finish();
+            findings.extend(report.findings);
+            incomplete = incomplete.or(report.incomplete);
+        }
+        if let Some(why) = incomplete {
+            eprintln!(
+                "agentuser: warning: {why}; searching the read-write shares for planted repositories"
+            );
+            findings.extend(sweep_shares(
+                &self.shares,
+                &self.known,
+                Window::ChangedSince(self.start),
+            ));
+        }
+        report(self.ctx, &self.agent, &findings);
+        let _ = std::fs::remove_file(&self.marker_path);
+        drop(self.marker.take());
+    }
+}
+
+fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("{}", path.display()))?;
+    let mut locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))?;
+    // Not synced: a crash that loses it ends the agent's processes too, and exec stays
+    // cheap.
+    locked.write_all(&serde_json::to_vec(run)?)?;
+    Ok(locked)
+}
+
+fn sweep_shares(shares: &[PathBuf], known: &Known, window: Window) -> Findings {
+    let mut findings = Findings::default();
+    for root in open_roots(shares) {
+        findings.extend(sweep::sweep(root.fd, None, known, window));
+    }
+    findings
+}
+
+/// Sweeps after every run of `record`'s agent whose runner died (its marker is not locked
+/// any more), then removes the marker. Called before the view is planned, so nothing the
+/// agent left is taken for one of the owner's repositories.
+pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<()> {
+    let dir = runs_dir(ctx)?;
+    let prefix = format!("{}.", record.name);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with(&prefix) || !name.ends_with(".json") {
+            continue;
+        }
+        recover_one(ctx, record, &path)?;
+    }
+    Ok(())
+}
+
+fn recover_one(ctx: &Context, record: &AgentRecord, path: &Path) -> Result<()> {
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        // Its runner is alive: that run guards itself.
+        return Ok(());
+    };
+    // Removed and replaced meanwhile (another command recovered it): not ours to judge.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.ino() == locked.metadata()?.ino() => {}
+        _ => return Ok(()),
+    }
+    let text = std::fs::read(path).unwrap_or_default();
+    let (shares, known, start) = match serde_json::from_slice::<RunRecord>(&text) {
+        Ok(run) => (
+            run.shares,
+            run.known.into_iter().collect(),
+            UNIX_EPOCH + Duration::new(run.start_secs, run.start_nanos),
+        ),
+        // Cut short while being written: the record's shares, since the marker was made.
+        Err(_) => (
+            guarded_shares(record),
+            Known::new(),
+            locked.metadata()?.modified()? - Duration::from_secs(1),
+        ),
+    };
+    eprintln!(
+        "agentuser: a run of '{}' ended without its runner; searching its read-write shares for planted repositories",
+        record.name
+    );
+    let findings = sweep_shares(&shares, &known, Window::ChangedSince(start));
+    report(ctx, &record.name, &findings);
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(())
+}
+
+/// Tells the owner (stderr) and the log what was neutralised and what could not be.
+fn report(ctx: &Context, agent: &str, findings: &Findings) {
+    for n in &findings.neutralised {
+        let moved = n
+            .moved_to
+            .as_ref()
+            .map(|m| format!(" (renamed to {})", printable(m)))
+            .unwrap_or_default();
+        eprintln!(
+            "agentuser: neutralised a repository planted by agent '{agent}': {}{moved}; git no longer uses it",
+            printable(&n.path)
+        );
+        let detail = match &n.moved_to {
+            Some(m) => format!("path={} moved_to={}", printable(&n.path), printable(m)),
+            None => format!("path={} head-renamed", printable(&n.path)),
+        };
+        crate::eventlog::record(ctx, "neutralise-repository", agent, &detail);
+    }
+    for failure in &findings.failures {
+        eprintln!(
+            "agentuser: error: could not neutralise a repository planted by agent '{agent}': {failure}; do not run git there"
+        );
+        crate::eventlog::record(
+            ctx,
+            "neutralise-repository-failed",
+            agent,
+            &format!("error={failure:?}"),
+        );
+    }
+}

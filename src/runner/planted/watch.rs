@@ -1,0 +1,246 @@
+//! The live watcher: a thread of the runner that reads fanotify events for the file systems
+//! of the read-write shares and neutralises, as it appears, every repository-shaped entry a
+//! process of the agent's pid namespace created, moved or wrote below a share.
+//!
+//! Events of other processes (the owner working at the same time, everything else on the
+//! file system) are ignored; an event whose process is gone counts as the agent's.
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, Result};
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::fanotify::MaskFlags;
+use nix::sys::stat::fstat;
+
+use super::ShareRoot;
+use super::neutralise::{
+    Known, identity, is_repository_shaped, kind, neutralise_dir, neutralise_dot_git, open_dir_at,
+    stat_at,
+};
+use super::sweep::{Findings, Window, sweep};
+use crate::sys::fanotify::{self, Event, Watch};
+
+/// What the watcher saw when it stopped.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Findings,
+    /// Events were lost (queue overflow) or the watcher failed: a sweep must follow.
+    pub incomplete: Option<String>,
+}
+
+pub struct Watcher {
+    stop: OwnedFd,
+    thread: JoinHandle<Report>,
+}
+
+/// Everything the watcher thread owns.
+struct Scope {
+    watch: Watch,
+    shares: Vec<ShareRoot>,
+    known: Known,
+    /// The agent's pid namespace, (device, inode).
+    agent_ns: (u64, u64),
+    /// When the run started (for sweeps after lost events).
+    start: SystemTime,
+}
+
+const MASK: MaskFlags = MaskFlags::FAN_CREATE
+    .union(MaskFlags::FAN_MOVED_TO)
+    .union(MaskFlags::FAN_MODIFY)
+    .union(MaskFlags::FAN_CLOSE_WRITE)
+    .union(MaskFlags::FAN_ONDIR);
+
+/// Creates the group and marks every share's file system (before the agent exists, so no
+/// event can be missed).
+pub fn prepare(shares: &[ShareRoot]) -> Result<Watch> {
+    let watch = Watch::new().context("fanotify_init")?;
+    for share in shares {
+        watch
+            .mark_filesystem(share.fd.as_fd(), MASK)
+            .with_context(|| format!("watching the file system of {}", share.path.display()))?;
+    }
+    Ok(watch)
+}
+
+/// Starts the thread for the agent whose pid namespace is `agent_ns` (a descriptor of it).
+pub fn start(
+    watch: Watch,
+    shares: Vec<ShareRoot>,
+    known: Known,
+    agent_ns: BorrowedFd,
+    start: SystemTime,
+) -> Result<Watcher> {
+    let stat = fstat(agent_ns).context("fstat of the agent's pid namespace")?;
+    let (stop_r, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let scope = Scope {
+        watch,
+        shares,
+        known,
+        agent_ns: identity(&stat),
+        start,
+    };
+    let thread = std::thread::Builder::new()
+        .name("repo-watch".into())
+        .spawn(move || scope.run(stop_r))
+        .context("starting the repository watcher")?;
+    Ok(Watcher { stop, thread })
+}
+
+impl Watcher {
+    /// Stops the watcher once everything queued is handled. Call when no process of the
+    /// agent is left: then nothing the agent did is missed.
+    pub fn finish(self) -> Report {
+        drop(self.stop);
+        self.thread.join().unwrap_or_else(|_| Report {
+            incomplete: Some("the repository watcher failed".into()),
+            ..Report::default()
+        })
+    }
+}
+
+impl Scope {
+    fn run(self, stop: OwnedFd) -> Report {
+        let mut report = Report::default();
+        loop {
+            let mut fds = [
+                PollFd::new(self.watch.fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+                if e == nix::errno::Errno::EINTR {
+                    continue;
+                }
+                report.incomplete = Some(format!("poll: {e}"));
+                return report;
+            }
+            let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+            let mut lost = false;
+            loop {
+                match self.watch.read() {
+                    Ok(events) if events.is_empty() => break,
+                    Ok(events) => {
+                        for event in &events {
+                            if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
+                                lost = true;
+                            } else {
+                                self.handle(event, &mut report.findings);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        report.incomplete = Some(format!("reading file events: {e}"));
+                        return report;
+                    }
+                }
+            }
+            if lost {
+                report.incomplete = Some("file events were lost (queue overflow)".into());
+                // Protection goes on during the run; the runner sweeps again at the end.
+                if !stopping {
+                    for share in &self.shares {
+                        if let Ok(root) = open_dir_at(share.fd.as_fd(), c".") {
+                            let window = Window::ChangedSince(self.start);
+                            report
+                                .findings
+                                .extend(sweep(root, None, &self.known, window));
+                        }
+                    }
+                }
+            }
+            if stopping {
+                return report;
+            }
+        }
+    }
+
+    fn handle(&self, event: &Event, findings: &mut Findings) {
+        let Some(handle) = &event.dir else { return };
+        if !self.is_the_agents(event.process.as_ref().map(|p| p.as_fd())) {
+            return;
+        }
+        let Some(share) = self.shares.iter().find(|s| s.fsid == handle.fsid) else {
+            return;
+        };
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let Ok(dir) = fanotify::open_by_handle(share.fd.as_fd(), handle, flags) else {
+            // The directory is gone: nothing in it can be used.
+            return;
+        };
+        let Some(chain) = self.chain_to_share(dir) else {
+            return;
+        };
+        self.inspect(&chain, &event.name, event.mask, findings);
+    }
+
+    /// Whether the process behind an event runs in the agent's pid namespace or one below.
+    fn is_the_agents(&self, process: Option<BorrowedFd>) -> bool {
+        let Some(pidfd) = process else {
+            return true;
+        };
+        let Ok(mut ns) = fanotify::pid_namespace_of(pidfd) else {
+            return true;
+        };
+        // Pid namespaces nest at most 32 deep.
+        for _ in 0..33 {
+            match fstat(ns.as_fd()) {
+                Ok(stat) if identity(&stat) == self.agent_ns => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            match fanotify::parent_namespace(ns.as_fd()) {
+                Ok(parent) => ns = parent,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// `dir` and its ancestors up to the share root holding it, innermost first; None
+    /// when `dir` is not below a watched share.
+    fn chain_to_share(&self, dir: OwnedFd) -> Option<Vec<OwnedFd>> {
+        let mut chain = vec![dir];
+        for _ in 0..4096 {
+            let current = chain.last()?.as_fd();
+            let stat = fstat(current).ok()?;
+            if self.shares.iter().any(|s| s.id == identity(&stat)) {
+                return Some(chain);
+            }
+            let parent = super::neutralise::open_path_at(current, c"..").ok()?;
+            let parent_stat = fstat(parent.as_fd()).ok()?;
+            if identity(&parent_stat) == identity(&stat) || parent_stat.st_dev != stat.st_dev {
+                return None;
+            }
+            chain.push(parent);
+        }
+        None
+    }
+
+    /// Neutralises what the event at `name` in `chain[0]` may have made usable: a `.git`
+    /// entry, a directory moved in with repositories inside, or a directory on the way up to
+    /// the share that now has a git directory's layout.
+    fn inspect(&self, chain: &[OwnedFd], name: &[u8], mask: MaskFlags, findings: &mut Findings) {
+        let dir = chain[0].as_fd();
+        if name == b".git" {
+            findings.take(neutralise_dot_git(dir, &self.known));
+        } else if let Ok(cname) = std::ffi::CString::new(name) {
+            let moved_dir = mask.contains(MaskFlags::FAN_MOVED_TO | MaskFlags::FAN_ONDIR);
+            let is_dir =
+                stat_at(dir, &cname).is_some_and(|s| kind(&s) == nix::sys::stat::SFlag::S_IFDIR);
+            if moved_dir && is_dir && !name.is_empty() {
+                if let Ok(sub) = open_dir_at(dir, &cname) {
+                    findings.extend(sweep(sub, Some(dir), &self.known, Window::Everything));
+                }
+            }
+        }
+        for (i, ancestor) in chain.iter().enumerate() {
+            if is_repository_shaped(ancestor.as_fd()) {
+                let parent = chain.get(i + 1).map(|p| p.as_fd());
+                findings.take(neutralise_dir(ancestor.as_fd(), parent, &self.known));
+            }
+        }
+    }
+}

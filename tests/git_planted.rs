@@ -1,0 +1,313 @@
+//! Planted repositories (THREAT-MODEL row 23): the agent makes a repository-shaped entry out
+//! of the owner's own files inside a read-write share, so the owner's git (whose ownership
+//! check passes) would run the agent's config. Every attack runs as the agent's real uid;
+//! the owner's git runs as the owner. A positive control shows each vector working in a
+//! plain `setfacl -R` share. The payload only creates a marker file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+
+const PROJ: &str = "/home/alice/proj";
+
+/// alice, her agent `coder` and an owner-owned tree `proj` with the directories and the
+/// file the attacks reuse. Returns the agent's uid.
+fn setup(sb: &Sandbox) -> u32 {
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.sh_as(
+        "alice",
+        &format!(
+            "mkdir -p {PROJ} && cd {PROJ} && mkdir docs src assets lib data tools shared app \
+             && echo notes > lib/notes.txt && echo text > docs/readme"
+        ),
+    )
+    .ok();
+    sb.show("coder")["uid"].as_u64().unwrap() as u32
+}
+
+/// The four vectors, as the agent. Tolerant of steps failing: once the guard has renamed a
+/// planted `.git`, the next step of the same vector finds nothing there.
+fn attack_script() -> String {
+    format!(
+        r#"P={PROJ}
+fsm() {{ printf '[core]\n\tfsmonitor = "touch /home/alice/PWNED-%s; false"\n' "$1"; }}
+# 1. rename: an owner directory becomes src/.git and is filled.
+mv $P/docs $P/src/.git
+mkdir -p $P/src/.git/objects $P/src/.git/refs/heads
+echo 'ref: refs/heads/main' > $P/src/.git/HEAD
+fsm rename > $P/src/.git/config
+# 2. gitfile: an owner file rewritten to point at an owner directory given a git layout.
+mkdir -p $P/assets/objects $P/assets/refs/heads
+echo 'ref: refs/heads/main' > $P/assets/HEAD
+fsm gitfile > $P/assets/config
+echo "gitdir: $P/assets" > $P/lib/notes.txt
+mv $P/lib/notes.txt $P/lib/.git
+# 3. bare layout in an owner directory.
+mkdir -p $P/data/objects $P/data/refs/heads
+echo 'ref: refs/heads/main' > $P/data/HEAD
+printf '[core]\n\tsshCommand = "touch /home/alice/PWNED-bare; false"\n[remote "origin"]\n\turl = ssh://example.invalid/x\n' > $P/data/config
+# 4. commondir: an owner directory becomes app/.git, its config comes from shared/.
+mkdir -p $P/shared/objects $P/shared/refs/heads
+fsm common > $P/shared/config
+mv $P/tools $P/app/.git
+echo 'ref: refs/heads/main' > $P/app/.git/HEAD
+echo "$P/shared" > $P/app/.git/commondir
+true
+"#
+    )
+}
+
+/// The owner's git in each planted place, as the owner (safe.bareRepository=all: the
+/// default, which the bare-layout vector needs). Returns the markers that appeared.
+fn owner_git_runs(sb: &Sandbox) -> Vec<String> {
+    sb.sh_as(
+        "alice",
+        &format!(
+            "cd {PROJ}/src && git status >/dev/null 2>&1; cd {PROJ}/lib && git status >/dev/null 2>&1; \
+             cd {PROJ}/data && git -c safe.bareRepository=all fetch origin >/dev/null 2>&1; \
+             cd {PROJ}/app && git status >/dev/null 2>&1; true"
+        ),
+    )
+    .ok();
+    ["rename", "gitfile", "bare", "common"]
+        .iter()
+        .filter(|v| sb.sh(&format!("test -e /home/alice/PWNED-{v}")).code == 0)
+        .map(|v| v.to_string())
+        .collect()
+}
+
+/// Whether any planted entry is still in a shape git honours (checked before the owner's
+/// git ever runs in the protected case).
+fn planted_entries_left(sb: &Sandbox) -> Vec<String> {
+    [
+        "src/.git",
+        "lib/.git",
+        "app/.git",
+        "data/HEAD",
+        "assets/HEAD",
+    ]
+    .iter()
+    .filter(|p| {
+        sb.sh(&format!("test -e {PROJ}/{p} || test -L {PROJ}/{p}"))
+            .code
+            == 0
+    })
+    .map(|p| p.to_string())
+    .collect()
+}
+
+#[test]
+fn control_every_vector_runs_as_the_owner_in_a_plain_acl_share() {
+    let sb = Sandbox::new("planted-control");
+    let uid = setup(&sb);
+    sb.sh(&format!("setfacl -R -m u:{uid}:rwX,d:u:{uid}:rwX {PROJ}"))
+        .ok();
+    sb.sh_as("agent-coder", &attack_script()).ok();
+    assert_eq!(
+        owner_git_runs(&sb),
+        ["rename", "gitfile", "bare", "common"],
+        "the attack must work without agentuser's guard, or the other tests prove nothing"
+    );
+}
+
+#[test]
+fn planted_repositories_are_neutralised_and_the_owner_is_told() {
+    let sb = Sandbox::new("planted-guard");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let log = sb.syslog_during(&format!(
+        "setpriv --reuid alice --regid alice --init-groups -- {} exec coder -- /bin/sh -c '{}' 2>/tmp/exec.err",
+        sb.bin.display(),
+        attack_script().replace('\'', r"'\''")
+    ));
+    let told = std::fs::read_to_string(sb.host_path("/tmp/exec.err")).unwrap();
+    assert_eq!(planted_entries_left(&sb), Vec::<String>::new(), "{told}");
+    for place in ["src/.git", "lib/.git", "app/.git", "data", "assets"] {
+        assert!(
+            told.contains(&format!(
+                "neutralised a repository planted by agent 'coder': {PROJ}/{place}"
+            )),
+            "the owner was not told about {place}: {told}"
+        );
+        assert!(
+            log.contains(&format!("action=neutralise-repository path={PROJ}/{place}")),
+            "not logged: {place}: {log}"
+        );
+    }
+    assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+    // Everything stays in place under its quarantine name, for the owner to inspect.
+    let quarantined = sb.sh(&format!("ls -a {PROJ}/src {PROJ}/data")).ok().stdout;
+    assert!(
+        quarantined.contains(".git.agentuser-quarantine-"),
+        "{quarantined}"
+    );
+    assert!(
+        quarantined.contains("HEAD.agentuser-quarantine-"),
+        "{quarantined}"
+    );
+}
+
+/// Polls (bounded) until `check` holds; false when it never did.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_plant_is_neutralised_while_the_agent_still_runs() {
+    let sb = Sandbox::new("planted-live");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = format!("{} touch {PROJ}/planted; exec sleep 60", attack_script());
+    let run =
+        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let planted = eventually(|| sb.sh(&format!("test -e {PROJ}/planted")).code == 0);
+    assert!(planted, "the agent never finished planting");
+    assert!(
+        eventually(|| planted_entries_left(&sb).is_empty()),
+        "still usable during the run: {:?}",
+        planted_entries_left(&sb)
+    );
+    assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = run.wait_with_output().unwrap();
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(told.contains(&format!("{PROJ}/src/.git")), "{told}");
+}
+
+#[test]
+fn a_run_whose_runner_was_killed_is_swept_by_the_next_exec() {
+    let sb = Sandbox::new("planted-killed");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = format!(
+        "touch {PROJ}/ready; while [ ! -e {PROJ}/go ]; do sleep 0.05; done; {} touch {PROJ}/planted; exec sleep 60",
+        attack_script()
+    );
+    let mut run =
+        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let runner = nix::unistd::Pid::from_raw(run.id() as i32);
+    assert!(eventually(
+        || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
+    ));
+    // A stopped runner sees nothing; killed, it can sweep nothing either.
+    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    sb.sh_as("alice", &format!("touch {PROJ}/go")).ok();
+    assert!(eventually(|| sb
+        .sh(&format!("test -e {PROJ}/planted"))
+        .code
+        == 0));
+    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGKILL).unwrap();
+    run.wait().unwrap();
+    // The plant survived the run (what the next exec must clean up).
+    assert!(
+        !planted_entries_left(&sb).is_empty(),
+        "nothing was left to recover: the test proves nothing"
+    );
+    let next = sb.as_user("alice", &["exec", "coder", "--", "true"]).ok();
+    assert!(
+        next.stderr.contains("ended without its runner"),
+        "{next:#?}"
+    );
+    assert!(
+        next.stderr.contains(&format!("{PROJ}/src/.git")),
+        "{next:#?}"
+    );
+    assert_eq!(planted_entries_left(&sb), Vec::<String>::new());
+    assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+}
+
+#[test]
+fn the_owners_repositories_keep_working_and_are_never_touched() {
+    let sb = Sandbox::new("planted-owner");
+    setup(&sb);
+    let commit = "git -c user.name=a -c user.email=a@b commit -qm";
+    sb.sh_as(
+        "alice",
+        &format!("mkdir {PROJ}/own && cd {PROJ}/own && git init -q && echo a > a && git add a && {commit} a"),
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    // Made while no agent runs, after the share.
+    sb.sh_as(
+        "alice",
+        &format!("mkdir {PROJ}/later && cd {PROJ}/later && git init -q && echo b > b && git add b && {commit} b"),
+    )
+    .ok();
+    let identity = |repo: &str| {
+        sb.sh(&format!(
+            "stat -c %i {PROJ}/{repo}/.git && cat {PROJ}/{repo}/.git/HEAD"
+        ))
+        .ok()
+        .stdout
+    };
+    let before = (identity("own"), identity("later"));
+    // The agent works in the share, plants elsewhere, and runs git in the owner's trees.
+    let run = sb
+        .as_user(
+            "alice",
+            &[
+                "exec",
+                "coder",
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "echo x > {PROJ}/own/x; echo y > {PROJ}/later/y; mkdir {PROJ}/new; \
+                        cd {PROJ}/own && git status >/dev/null; {}",
+                    attack_script()
+                ),
+            ],
+        )
+        .ok();
+    assert!(!run.stderr.contains("/own"), "{run:#?}");
+    assert!(!run.stderr.contains("/later"), "{run:#?}");
+    assert_eq!((identity("own"), identity("later")), before);
+    for repo in ["own", "later"] {
+        sb.sh_as(
+            "alice",
+            &format!("cd {PROJ}/{repo} && git add -A && {commit} more && git log --oneline | wc -l | grep -qx 2"),
+        )
+        .ok();
+    }
+    // A repository the owner makes between runs survives the next one too.
+    sb.sh_as(
+        "alice",
+        &format!("mkdir {PROJ}/third && cd {PROJ}/third && git init -q"),
+    )
+    .ok();
+    let third = sb.sh(&format!("stat -c %i {PROJ}/third/.git")).ok().stdout;
+    sb.as_user(
+        "alice",
+        &[
+            "exec",
+            "coder",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("echo z > {PROJ}/third/z"),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        sb.sh(&format!("stat -c %i {PROJ}/third/.git")).ok().stdout,
+        third
+    );
+    sb.sh_as(
+        "alice",
+        &format!("cd {PROJ}/third && git status >/dev/null"),
+    )
+    .ok();
+}
