@@ -3,6 +3,7 @@
 //! /etc/passwd, /etc/shadow, /etc/group and /etc/gshadow consistent.
 #![forbid(unsafe_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,13 +37,30 @@ pub struct NewAccount<'a> {
     pub home: &'a Path,
     pub shell: &'a Path,
     pub comment: &'a str,
+    /// agentuser's id range (`uid_min`, `uid_max`), given to the tools as their system
+    /// range so that they do not warn about ids above `SYS_UID_MAX` at all.
+    pub id_range: (u32, u32),
 }
 
 /// Creates the agent's own group.
-pub fn create_group(name: &str, gid: u32) -> Result<()> {
+pub fn create_group(name: &str, gid: u32, id_range: (u32, u32)) -> Result<()> {
+    let (min, max) = (
+        format!("SYS_GID_MIN={}", id_range.0),
+        format!("SYS_GID_MAX={}", id_range.1),
+    );
     run_tool(
         "groupadd",
-        &["--system", "--gid", &gid.to_string(), "--", name],
+        &[
+            "--system",
+            "--key",
+            &min,
+            "--key",
+            &max,
+            "--gid",
+            &gid.to_string(),
+            "--",
+            name,
+        ],
     )
 }
 
@@ -58,10 +76,18 @@ pub fn create_user(account: &NewAccount) -> Result<()> {
     let gid = account.gid.to_string();
     let home = path_arg(account.home)?;
     let shell = path_arg(account.shell)?;
+    let (min, max) = (
+        format!("SYS_UID_MIN={}", account.id_range.0),
+        format!("SYS_UID_MAX={}", account.id_range.1),
+    );
     run_tool(
         "useradd",
         &[
             "--system",
+            "--key",
+            &min,
+            "--key",
+            &max,
             "--no-log-init",
             "--uid",
             &uid,
@@ -99,9 +125,22 @@ fn path_arg(path: &Path) -> Result<String> {
         .with_context(|| format!("{}: not valid UTF-8", path.display()))
 }
 
-/// Runs a shadow-utils tool with a clean environment. The tools fail at once when another
-/// one holds /etc/passwd.lock (for instance one left running by an interrupted agentuser),
-/// so a busy lock is retried for a while before giving up.
+/// The lock files shadow-utils tools take while they change the account databases.
+pub const ACCOUNT_LOCKS: [&str; 4] = [
+    "/etc/passwd.lock",
+    "/etc/shadow.lock",
+    "/etc/group.lock",
+    "/etc/gshadow.lock",
+];
+
+/// Runs a shadow-utils tool with a clean environment.
+///
+/// The tool gets a process group of its own, so a kill of agentuser's group (Ctrl-C, a
+/// supervisor) never stops it half way through /etc, and its output goes to an anonymous
+/// in-memory file, not a pipe: should agentuser die meanwhile, the tool never dies of
+/// SIGPIPE holding the account locks, it finishes. The tools fail at once when another one
+/// holds a lock (one left running by an interrupted agentuser, say), so a busy lock is
+/// retried for a while; a lock whose holder is dead is named in the error.
 fn run_tool(tool: &str, args: &[&str]) -> Result<()> {
     let program = ["/usr/sbin", "/sbin"]
         .iter()
@@ -110,30 +149,77 @@ fn run_tool(tool: &str, args: &[&str]) -> Result<()> {
         .with_context(|| format!("{tool}: not found in /usr/sbin or /sbin"))?;
     let mut attempts = 0;
     loop {
-        let output = Command::new(&program)
-            .args(args)
-            .env_clear()
-            .env("PATH", TOOL_PATH)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .with_context(|| format!("running {tool}"))?;
-        if output.status.success() {
+        let (status, output) =
+            run_once(&program, args).with_context(|| format!("running {tool}"))?;
+        if status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
         attempts += 1;
-        if stderr.contains("lock") && attempts < 100 {
+        if output.contains("lock") && attempts < 100 {
             std::thread::sleep(std::time::Duration::from_millis(100));
             continue;
         }
-        let why = stderr
+        let why = output
             .lines()
             .map(|l| l.trim_start_matches(&format!("{tool}: ")).trim())
             .find(|l| !l.is_empty())
             .unwrap_or("no message");
-        bail!("{tool} failed ({}): {why}", output.status);
+        let stale = stale_locks();
+        if !stale.is_empty() {
+            bail!("{tool} failed ({status}): {why}; {}", stale.join("; "));
+        }
+        bail!("{tool} failed ({status}): {why}");
     }
+}
+
+/// One run of a tool; its standard output and error, together.
+fn run_once(program: &Path, args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::{Read, Seek};
+    let out = std::fs::File::from(memfd_create(
+        c"agentuser-tool-output",
+        MFdFlags::MFD_CLOEXEC,
+    )?);
+    let status = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", TOOL_PATH)
+        .env("LC_ALL", "C")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out.try_clone()?)
+        .status()?;
+    let mut text = String::new();
+    let mut out = out;
+    out.rewind()?;
+    (&out).take(64 * 1024).read_to_string(&mut text)?;
+    Ok((status, text))
+}
+
+/// The account lock files whose holder is gone (dead, or a zombie nobody reaped), each as
+/// a sentence that names the file and the process. shadow-utils writes the holder's pid in
+/// the lock and removes a lock of a dead process itself, but not one of a zombie.
+pub fn stale_locks() -> Vec<String> {
+    ACCOUNT_LOCKS
+        .iter()
+        .filter_map(|lock| {
+            let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_name = stat.rsplit_once(')')?.1.trim_start().to_string();
+                    after_name.chars().next()
+                });
+            match state {
+                Some('Z') => Some(format!(
+                    "{lock} is held by process {pid}, which has exited but was not reaped"
+                )),
+                None => Some(format!(
+                    "{lock} was left by process {pid}, which is gone: remove it"
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect()
 }

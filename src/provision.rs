@@ -176,6 +176,7 @@ fn subordinate_ranges() -> Result<Vec<(u32, u32)>> {
 
 /// Makes (or finishes making) the group, account, home and login-screen hiding.
 fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
+    let id_range = (ctx.config.uid_min, ctx.config.uid_max);
     let base = &ctx.config.home_base;
     if let Some(parent) = base.parent() {
         check_root_chain(parent)?;
@@ -192,7 +193,7 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
         }
     };
     if !group_ok()? {
-        if let Err(e) = account::create_group(&record.user, record.gid) {
+        if let Err(e) = account::create_group(&record.user, record.gid, id_range) {
             if !group_ok()? {
                 return Err(e);
             }
@@ -213,6 +214,7 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
             home: &record.home,
             shell: &ctx.config.shell,
             comment: &record.comment,
+            id_range,
         });
         if let Err(e) = made {
             if !user_ok()? {

@@ -478,3 +478,46 @@ fn create_never_takes_over_or_removes_a_kept_home() {
     assert!(sb.host_path(notes).exists(), "the kept home was removed");
     assert!(!sb.user_exists("agent-coder"));
 }
+
+/// Issue 15 item 3: the account tools agentuser runs write no warning about agentuser's id
+/// range and never into a pipe, so a dead agentuser cannot kill them (SIGPIPE) while they
+/// hold the /etc locks; and they live in a process group of their own.
+#[test]
+fn account_tools_never_write_into_a_pipe_nor_warn() {
+    let sb = Sandbox::new("create-tool-output");
+    let bin = sb.bin.to_str().unwrap().to_string();
+    sb.run(sb.command(&[
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=write,setpgid,memfd_create,pipe,pipe2",
+        "-s",
+        "300",
+        "-o",
+        "/tmp/trace",
+        &bin,
+        "create",
+        "coder",
+    ]))
+    .ok();
+    let trace = std::fs::read_to_string(sb.host_path("/tmp/trace")).unwrap();
+    assert!(
+        trace.contains("setpgid(0, 0)"),
+        "no group of their own:\n{trace}"
+    );
+    assert!(!trace.contains("SYS_UID_MAX"), "{trace}");
+    assert!(!trace.contains("SYS_GID_MAX"), "{trace}");
+    // Their output goes to a memory file, never a pipe.
+    assert!(
+        trace.contains("memfd_create(\"agentuser-tool-output\""),
+        "{trace}"
+    );
+    assert!(!trace.contains("pipe"), "{trace}");
+    // Positive control: useradd itself warns for such a uid without the range settings.
+    let out = sb.sh(&format!(
+        "useradd --system --no-log-init -M --uid {} control-user 2>&1",
+        sb.uid_base + 400
+    ));
+    assert!(out.stdout.contains("SYS_UID_MAX"), "{out:#?}");
+}
