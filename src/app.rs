@@ -5,7 +5,7 @@
 //! 2. parse the command line;
 //! 3. record who the caller is, then become fully root and reset limits;
 //! 4. load the fixed config and the registry; refuse agent callers;
-//! 5. run the command.
+//! 5. run the command; log it if it was refused (THREAT-MODEL row 26).
 #![forbid(unsafe_code)]
 
 use anyhow::Result;
@@ -18,51 +18,134 @@ use crate::error::{exit_code, report};
 use crate::policy::{self, Caller};
 use crate::registry::Registry;
 use crate::share::Access;
-use crate::sys::process;
-use crate::{audit, creds, provision, report as show, runner, share};
+use crate::sys::{process, signals};
+use crate::{audit, creds, eventlog, provision, report as show, runner, share};
 
 pub fn main() -> u8 {
     process::ensure_std_fds();
+    // Before anything else: a stopped helper would hold its locks (THREAT-MODEL row 18).
+    if let Err(err) = signals::ignore_job_control() {
+        report(&err);
+        return 1;
+    }
     let caller_env = CallerEnv::new(process::take_environment());
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // Commands that change state finish their step, or stop at a safe point, on a hang-up
+    // or interrupt (before any thread exists, so the share walk's threads inherit it).
+    if changes_state(&cli.command) {
+        if let Err(err) = signals::defer_interrupts() {
+            report(&err);
+            return 1;
+        }
+    }
+    let command_word = command_word(&cli.command);
     // exec and shell report their own failures with 125 (env(1) convention).
     let setup_failure = match cli.command {
         Command::Exec(_) | Command::Shell(_) => runner::EXIT_SETUP_FAILED,
         _ => 1,
     };
-    let ctx = match setup(caller_env) {
+    let ctx = match setup(caller_env, command_word) {
         Ok(ctx) => ctx,
         Err(err) => {
             report(&err);
             return setup_failure;
         }
     };
+    // Requests the helper refuses are logged like sudo's (exec and shell log their own).
+    let agent = agent_of(&cli.command).map(str::to_owned);
+    let refused = |err: &anyhow::Error| {
+        if exit_code(err) != 2 {
+            eventlog::refused(&ctx.caller, command_word, agent.as_deref(), err);
+        }
+        report(err);
+    };
+    if let Err(err) = policy::refuse_agent_callers(&ctx) {
+        refused(&err);
+        return setup_failure;
+    }
     match dispatch(&ctx, cli.command) {
         Ok(code) => code,
         Err(err) => {
-            report(&err);
+            refused(&err);
             exit_code(&err)
         }
     }
 }
 
-fn setup(caller_env: CallerEnv) -> Result<Context> {
+/// Whether a command may change the registry, an account, a home or an ACL.
+fn changes_state(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::List { .. }
+            | Command::Show { .. }
+            | Command::Audit { .. }
+            | Command::Doctor { .. }
+            | Command::Cred(CredCommand::List { .. })
+    )
+}
+
+/// The subcommand as one word, for lock notes and logs.
+fn command_word(command: &Command) -> &'static str {
+    match command {
+        Command::Create { .. } => "create",
+        Command::Delete { .. } => "delete",
+        Command::List { .. } => "list",
+        Command::Show { .. } => "show",
+        Command::Share(_) => "share",
+        Command::Unshare { .. } => "unshare",
+        Command::Cred(CredCommand::Add { .. }) => "cred add",
+        Command::Cred(CredCommand::Env { .. }) => "cred env",
+        Command::Cred(CredCommand::List { .. }) => "cred list",
+        Command::Cred(CredCommand::Rm { .. }) => "cred rm",
+        Command::Cred(CredCommand::Sync { .. }) => "cred sync",
+        Command::Exec(_) => "exec",
+        Command::Shell(_) => "shell",
+        Command::Audit { .. } => "audit",
+        Command::Doctor { .. } => "doctor",
+    }
+}
+
+fn setup(caller_env: CallerEnv, command_word: &str) -> Result<Context> {
     let caller = Caller::identify(&caller_env)?;
     process::become_root()?;
     process::reset_limits()?;
     let config = Config::load()?;
-    let registry = Registry::open()?;
-    let ctx = Context {
+    let holder = format!(
+        "user={} uid={} command={command_word}",
+        caller.name, caller.uid
+    );
+    let registry = Registry::open(&holder)?;
+    Ok(Context {
         caller,
         config,
         registry,
         caller_env,
-    };
-    policy::refuse_agent_callers(&ctx)?;
-    Ok(ctx)
+    })
+}
+
+/// The agent a command names, if any.
+fn agent_of(command: &Command) -> Option<&str> {
+    match command {
+        Command::Create { name, .. }
+        | Command::Delete { name, .. }
+        | Command::Show { name, .. }
+        | Command::Unshare { name, .. }
+        | Command::Audit { name, .. } => Some(name),
+        Command::Share(args) => Some(&args.name),
+        Command::Cred(
+            CredCommand::Add { name, .. }
+            | CredCommand::Env { name, .. }
+            | CredCommand::List { name, .. }
+            | CredCommand::Rm { name, .. }
+            | CredCommand::Sync { name, .. },
+        ) => Some(name),
+        Command::Exec(args) => Some(&args.name),
+        Command::Shell(args) => Some(&args.name),
+        Command::List { .. } | Command::Doctor { .. } => None,
+    }
 }
 
 fn dispatch(ctx: &Context, command: Command) -> Result<u8> {

@@ -72,7 +72,11 @@ Delete an agent.
 Kills every process of the agent, revokes its shares and credentials, removes its account, \
 group, home (unless --keep-home), stored secrets, record, crontab, and the files it owns in \
 /tmp, /var/tmp and /dev/shm. Its uid is kept as a tombstone and never reused. An interrupted \
-delete is completed by running it again.")]
+delete is completed by running it again.
+
+Root can delete an agent whose record is damaged: the account and uid come from the passwd \
+entry of the name template, shares and credentials from what of the record still parses; \
+what cannot be found is said on stderr.")]
     Delete {
         /// Agent name
         name: String,
@@ -205,7 +209,8 @@ rename or symlink swapped in meanwhile cannot redirect it. It does not enter oth
 systems. Entries owned by anyone other than the tree's owner and the agent, and files with \
 more than one hard link (unless the agent owns them), get no ACL: they are skipped and listed on stderr, as are entries \
 that cannot be changed; the share still succeeds. A progress line shows on a terminal for long \
-walks. An interrupted share is completed by running it again.
+walks. A hang-up or Ctrl-C stops the walk at a safe point (exit 128 + the signal number); an \
+interrupted share is completed by running it again.
 
 Inside a read-write share every .git directory (and .git file) is read-only for the agent: \
 its ACL entries there are r-X and its view mounts each one read-only. An agent that can write \
@@ -337,7 +342,8 @@ const EXEC_LONG_ABOUT: &str = "\
 Run a command as the agent in its isolated view.
 
 Only root and the agent's owner may run it. The run is logged to syslog (caller, agent, \
-command name; never arguments or environment values).
+command name, and at its end the exit status and duration; never arguments or environment \
+values); a refused run is logged with the reason.
 
 Terminal: when any standard stream is a terminal, the command gets a pseudo-terminal of its \
 own, owned by the agent, and agentuser relays it (your terminal is in raw mode meanwhile and \

@@ -27,6 +27,7 @@ pub mod eventlog;
 pub mod names;
 pub mod policy;
 pub mod provision;
+pub mod recover;
 pub mod registry;
 pub mod report;
 pub mod runner;

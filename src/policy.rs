@@ -109,18 +109,36 @@ pub struct Owner {
 
 /// Refuses every request from an agent account (THREAT-MODEL row 20): a uid with an agent
 /// record, a uid ever handed to an agent, or any uid in the configured agent range.
+///
+/// Damage never lets a uid through (README, "State"): a damaged tombstone line counts every
+/// number in it as tombstoned, and a damaged record still refuses the uid its text seems to
+/// name and the uid of the account its name stands for.
 pub fn refuse_agent_callers(ctx: &Context) -> Result<()> {
     let caller = &ctx.caller;
     let suspects = [caller.real_uid, caller.uid];
-    let tombstones = ctx.registry.used_uids()?;
+    let refuse = || anyhow!("permission denied: agent accounts may not use agentuser");
+    let tombstones = ctx.registry.tombstones();
+    tombstones.warn();
     for uid in suspects {
-        if uid != 0 && (ctx.config.uid_in_range(uid) || tombstones.contains(&uid)) {
-            bail!("permission denied: agent accounts may not use agentuser");
+        if uid != 0 && (ctx.config.uid_in_range(uid) || tombstones.may_hold(uid)) {
+            return Err(refuse());
         }
     }
-    for record in ctx.registry.all()? {
-        if suspects.contains(&record.uid) {
-            bail!("permission denied: agent accounts may not use agentuser");
+    let scan = ctx.registry.scan()?;
+    if scan.records.iter().any(|r| suspects.contains(&r.uid)) {
+        return Err(refuse());
+    }
+    for damage in &scan.damaged {
+        damage.warn();
+        let account = crate::account::user_by_name(&ctx.config.user_name(&damage.name))?
+            .map(|u| u.uid.as_raw());
+        let named = [damage.uid, account];
+        if named
+            .iter()
+            .flatten()
+            .any(|uid| *uid != 0 && suspects.contains(uid))
+        {
+            return Err(refuse());
         }
     }
     Ok(())
@@ -147,7 +165,7 @@ pub fn authorize_create(ctx: &Context, owner: Option<&str>) -> Result<Owner> {
             uid: caller.uid,
         },
     };
-    if ctx.config.uid_in_range(owner.uid) || ctx.registry.used_uids()?.contains(&owner.uid) {
+    if ctx.config.uid_in_range(owner.uid) || ctx.registry.tombstones().may_hold(owner.uid) {
         bail!("owner '{}' is an agent account", owner.name);
     }
     if !caller.is_root {

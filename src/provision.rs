@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::error::usage;
 use crate::names::check_agent_name;
 use crate::policy::{self, Owner};
-use crate::registry::{AgentRecord, AgentState, Lock, ensure_root_dir};
+use crate::registry::{AgentRecord, AgentState, Lock, Scan, ensure_root_dir};
 use crate::{creds, eventlog, share};
 
 /// Where desktop account services look for per-user settings; `SystemAccount=true` there
@@ -37,7 +37,7 @@ pub fn create(ctx: &Context, name: &str, owner: Option<&str>, comment: Option<&s
         ));
     }
     let owner = policy::authorize_create(ctx, owner)?;
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
 
     let record = match ctx.registry.load(name)? {
         Some(record) if record.state == AgentState::Creating => {
@@ -71,7 +71,8 @@ pub fn create(ctx: &Context, name: &str, owner: Option<&str>, comment: Option<&s
     Ok(())
 }
 
-/// Checks the request against the host and policy, picks a uid and journals the creation.
+/// Checks the request against the host and policy, picks a uid and journals the creation,
+/// under the registry-wide lock (the per-owner count and the uid concern every agent).
 fn new_record(
     ctx: &Context,
     lock: &Lock,
@@ -93,8 +94,13 @@ fn new_record(
             home.display()
         );
     }
-    let all = ctx.registry.all()?;
+    let registry_lock = ctx.registry.lock_all(lock)?;
+    let scan = ctx.registry.scan()?;
+    for damage in &scan.damaged {
+        damage.warn();
+    }
     if !ctx.caller.is_root {
+        let all = &scan.records;
         let owned = all.iter().filter(|r| r.owner_uid == owner.uid).count();
         if owned >= ctx.config.max_agents_per_owner as usize {
             bail!(
@@ -103,8 +109,8 @@ fn new_record(
             );
         }
     }
-    let uid = allocate_uid(ctx, &all)?;
-    ctx.registry.mark_uid_used(lock, uid)?;
+    let uid = allocate_uid(ctx, &scan)?;
+    ctx.registry.mark_uid_used(&registry_lock, uid)?;
     let record = AgentRecord {
         name: name.to_string(),
         state: AgentState::Creating,
@@ -123,21 +129,41 @@ fn new_record(
         credentials: Vec::new(),
     };
     ctx.registry.save(lock, &record)?;
+    drop(registry_lock);
     Ok(record)
 }
 
 /// The lowest uid of the range that was never handed out and that no user or group holds.
-fn allocate_uid(ctx: &Context, records: &[AgentRecord]) -> Result<u32> {
-    let used = ctx.registry.used_uids()?;
+///
+/// Damage is handled conservatively (README, "State"): allocation refuses while the
+/// tombstone file cannot be read at all; numbers in damaged tombstone lines and uids that a
+/// damaged record or its account may hold count as handed out, and as allocation starts
+/// above the highest uid handed out, every uid below them is skipped too.
+fn allocate_uid(ctx: &Context, scan: &Scan) -> Result<u32> {
+    let tombstones = ctx.registry.tombstones();
+    tombstones.warn();
+    if let Some(why) = &tombstones.unreadable {
+        bail!("cannot pick a uid: the uid tombstones are unreadable: {why}");
+    }
+    let mut used: Vec<u32> = tombstones.uids.iter().copied().collect();
+    used.extend(tombstones.suspects.iter().copied());
+    used.extend(scan.records.iter().map(|r| r.uid));
+    for damage in &scan.damaged {
+        used.extend(damage.uid);
+        if let Some(user) = account::user_by_name(&ctx.config.user_name(&damage.name))? {
+            used.push(user.uid.as_raw());
+        }
+    }
     let subordinate = subordinate_ranges()?;
     let (min, max) = (ctx.config.uid_min, ctx.config.uid_max);
     let mut uid = used
-        .range(min..=max)
-        .next_back()
+        .iter()
+        .filter(|u| (min..=max).contains(*u))
+        .max()
         .map_or(min, |u| u.saturating_add(1));
     // Start after the highest tombstone: uids below it were handed out or skipped before.
     while uid <= max && uid >= min {
-        let taken = records.iter().any(|r| r.uid == uid)
+        let taken = scan.records.iter().any(|r| r.uid == uid)
             || subordinate
                 .iter()
                 .any(|(start, count)| uid >= *start && uid - start < *count)
@@ -270,13 +296,31 @@ fn rollback_create(ctx: &Context, lock: &Lock, record: &AgentRecord) {
         .symlink_metadata()
         .is_ok_and(|m| m.is_dir() && m.uid() == record.uid);
     let _ = remove_account(record, !ours);
-    let _ = ctx.registry.remove(lock, &record.name);
+    let _ = ctx.registry.remove(lock);
 }
 
 pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
     check_agent_name(name)?;
-    let lock = ctx.registry.lock()?;
-    let mut record = policy::agent(ctx, name)?;
+    let lock = ctx.registry.lock(name)?;
+    let mut record = match ctx.registry.load(name) {
+        Ok(Some(record)) => {
+            policy::authorize_agent(ctx, &record)?;
+            record
+        }
+        Ok(None) => bail!("agent '{name}': no such agent"),
+        Err(damage) if ctx.caller.is_root => {
+            match crate::recover::rebuild(ctx, &lock, name, &damage)? {
+                Some(record) => record,
+                // Nothing of the agent was left but the damaged record, now gone.
+                None => return Ok(()),
+            }
+        }
+        Err(damage) => {
+            return Err(damage.context(format!(
+                "agent '{name}': its record is damaged: only root can delete it"
+            )));
+        }
+    };
     if record.state != AgentState::Deleting {
         record.state = AgentState::Deleting;
         ctx.registry.save(&lock, &record)?;
@@ -290,7 +334,7 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
     if cleanup::remove(&secrets, Select::All)? > 0 {
         bail!("could not remove {}", secrets.display());
     }
-    ctx.registry.remove(&lock, name)?;
+    ctx.registry.remove(&lock)?;
     eventlog::record(
         ctx,
         "delete",
@@ -302,7 +346,7 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
 
 /// Removes the account, its group, crontab, temp files, home (unless kept) and login-screen
 /// entry. Each step tolerates "already gone", so a repeated delete converges.
-fn remove_account(record: &AgentRecord, keep_home: bool) -> Result<()> {
+pub(crate) fn remove_account(record: &AgentRecord, keep_home: bool) -> Result<()> {
     remove_crontab(&record.user);
     for dir in SHARED_TEMP_DIRS {
         cleanup::remove(Path::new(dir), Select::OwnedBy(record.uid))

@@ -48,22 +48,13 @@ fn sha256(sb: &Sandbox, inside: &str) -> String {
 
 /// Runs `cmd` with `input` on its standard input.
 fn with_stdin(mut cmd: Command, input: &[u8]) -> Out {
-    use std::os::unix::process::ExitStatusExt;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     // The helper may refuse before reading its input: a closed pipe is fine.
     let _ = child.stdin.take().unwrap().write_all(input);
-    let output = child.wait_with_output().unwrap();
-    Out {
-        code: output
-            .status
-            .code()
-            .unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0)),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Out::from(child.wait_with_output().unwrap())
 }
 
 fn cred_list(sb: &Sandbox) -> Vec<serde_json::Value> {

@@ -55,3 +55,45 @@ pub fn remove(record: &AgentRecord, dest: &Path) -> Result<bool> {
     }
     in_home(record, |home| home.remove_file(dest))
 }
+
+/// Directories of the home where credential writes happen: the home itself and the parent
+/// of every credential's destination.
+fn write_dirs(record: &AgentRecord) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::path::PathBuf::new()];
+    for dest in record.credentials.iter().filter_map(|c| c.dest.as_ref()) {
+        if let Some(parent) = dest.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Removes the temp files interrupted credential writes left in the home (the caller holds
+/// the agent's lock, so no write of ours is under way there). Best effort.
+pub fn remove_stale_temps(record: &AgentRecord) {
+    if record.home.symlink_metadata().is_err() {
+        return;
+    }
+    let _ = in_home(record, |home| {
+        for dir in write_dirs(record) {
+            home.remove_temps_in(&dir);
+        }
+        Ok(())
+    });
+}
+
+/// The temp files interrupted credential writes left in the home (for `doctor`).
+pub fn stale_temps(record: &AgentRecord) -> Vec<String> {
+    if record.home.symlink_metadata().is_err() {
+        return Vec::new();
+    }
+    in_home(record, |home| {
+        Ok(write_dirs(record)
+            .iter()
+            .flat_map(|dir| home.temps_in(dir))
+            .collect())
+    })
+    .unwrap_or_default()
+}

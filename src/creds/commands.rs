@@ -56,8 +56,9 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         links,
     )?;
 
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
+    agent::remove_stale_temps(&record);
     let dest = dest::resolve(to, &given, &homes, &record)?;
     let kind = if live { CredKind::Live } else { CredKind::Copy };
     // One credential per destination; adding the same one again refreshes it.
@@ -148,7 +149,7 @@ pub fn set_env(ctx: &Context, name: &str, var: &str) -> Result<()> {
     // Authorize before prompting, and read before locking (a terminal may take a while).
     load_agent(ctx, name)?;
     let value = env::read_value(var)?;
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
     env::store(&ctx.registry.secrets_dir(name), var, &value)?;
     drop(value);
@@ -205,7 +206,7 @@ pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
     // Live sources are recorded by their real path; the caller may name them through a link.
     // (Resolved before locking, like every access to the caller's files.)
     let real = source::canonical(&path, &ctx.caller.identity()).ok();
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
     let matches = |c: &CredentialRecord| {
         if c.kind == CredKind::Env {
@@ -245,7 +246,7 @@ pub fn remove(ctx: &Context, name: &str, item: &OsStr) -> Result<()> {
 
 /// `cred sync`: re-copies changed sources, reports what it did on stdout.
 pub fn sync(ctx: &Context, name: &str, force: bool) -> Result<()> {
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
     let failed = sync_all(ctx, &lock, &mut record, force, false, |line| {
         println!("{line}")

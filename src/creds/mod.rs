@@ -34,6 +34,7 @@ use crate::view::ViewMount;
 use crate::{eventlog, policy};
 use state::Outcome;
 
+pub use agent::stale_temps;
 pub use commands::{add, list, remove, set_env, sync};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +182,7 @@ fn sync_all(
 ) -> Result<usize> {
     let mut failed = 0;
     let mut changed = false;
+    agent::remove_stale_temps(record);
     let mut creds = std::mem::take(&mut record.credentials);
     for cred in &mut creds {
         let label = match &cred.dest {
@@ -222,6 +224,7 @@ fn sync_all(
 /// Removes every credential of the agent (called by `delete`, which repeats until done).
 pub fn remove_all(ctx: &Context, lock: &Lock, record: &mut AgentRecord) -> Result<()> {
     while let Some(cred) = record.credentials.last() {
+        crate::error::check_interrupt()?;
         remove_one(ctx, record, cred, false)
             .with_context(|| format!("credential {}", cred.source.display()))?;
         record.credentials.pop();
@@ -248,14 +251,14 @@ pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
 }
 
 /// Re-copies changed copy credentials and restores live placeholders and grants before a
-/// run. Takes the registry lock itself (call it without holding the lock) and reloads the
+/// run. Takes the agent's lock itself (call it without holding the lock) and reloads the
 /// record. Quiet when nothing changed; otherwise one line per credential on stderr. A
 /// credential that cannot be synced is reported, not fatal: the agent runs with what it has.
 pub fn sync_before_exec(ctx: &Context, record: &mut AgentRecord) -> Result<()> {
     if !record.credentials.iter().any(|c| c.kind != CredKind::Env) {
         return Ok(());
     }
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(&record.name)?;
     let mut fresh = ctx
         .registry
         .load(&record.name)?

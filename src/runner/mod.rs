@@ -53,7 +53,7 @@ struct Request<'a> {
 }
 
 pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
-    finish(run(
+    logged(
         ctx,
         &Request {
             name: &args.name,
@@ -62,11 +62,11 @@ pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
             network: args.network,
             command: Some(&args.command),
         },
-    ))
+    )
 }
 
 pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
-    finish(run(
+    logged(
         ctx,
         &Request {
             name: &args.name,
@@ -75,7 +75,32 @@ pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
             network: args.network,
             command: None,
         },
-    ))
+    )
+}
+
+/// Runs the request and logs how it ended: refused with the reason, or the command's exit
+/// status and the run's duration (THREAT-MODEL row 26).
+fn logged(ctx: &Context, req: &Request) -> u8 {
+    let action = if req.command.is_some() {
+        "exec"
+    } else {
+        "shell"
+    };
+    let started = std::time::Instant::now();
+    let result = run(ctx, req);
+    match &result {
+        Ok(code) => crate::eventlog::record(
+            ctx,
+            &format!("{action}-end"),
+            req.name,
+            &format!(
+                "status={code} duration={:.3}s",
+                started.elapsed().as_secs_f64()
+            ),
+        ),
+        Err(err) => crate::eventlog::refused(&ctx.caller, action, Some(req.name), err),
+    }
+    finish(result)
 }
 
 fn finish(result: Result<u8>) -> u8 {

@@ -74,10 +74,10 @@ impl ShareRecord {
     }
 }
 
-/// Loads an agent the caller may act on, under the registry lock.
+/// Loads an agent the caller may act on, under its lock.
 fn load(ctx: &Context, name: &str) -> Result<(Lock, AgentRecord)> {
     check_agent_name(name)?;
-    let lock = ctx.registry.lock()?;
+    let lock = ctx.registry.lock(name)?;
     let record = policy::ready_agent(ctx, name)?;
     Ok((lock, record))
 }
@@ -166,9 +166,10 @@ pub fn unshare(ctx: &Context, name: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes every share of the agent (called by `delete`, under the registry lock).
+/// Removes every share of the agent (called by `delete`, under the agent's lock).
 pub fn revoke_all(ctx: &Context, lock: &Lock, record: &mut AgentRecord) -> Result<()> {
     while !record.shares.is_empty() {
+        crate::error::check_interrupt()?;
         let path = record.shares[0].path.clone();
         let outcome = revoke(ctx, lock, record, 0)
             .with_context(|| format!("unsharing {}", path.display()))?;

@@ -72,6 +72,8 @@ struct Shared {
     entries: AtomicU64,
     changed: AtomicU64,
     problems: Mutex<(Vec<String>, u64)>,
+    /// Set on a hang-up or interrupt: workers drain the queue without reading it.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 struct Queue {
@@ -85,7 +87,9 @@ const PATH_FLAGS: OFlag = OFlag::O_PATH
     .union(OFlag::O_CLOEXEC);
 
 /// Walks the tree whose root the caller opened as `root` (an `O_PATH` descriptor) at `path`.
-/// `progress` is called now and then with the number of entries seen so far.
+/// `progress` is called now and then with the number of entries seen so far. A pending
+/// hang-up or interrupt stops the walk between directories with an
+/// [`Interrupted`](crate::error::Interrupted) error.
 pub fn walk(
     root: &OwnedFd,
     path: &Path,
@@ -108,6 +112,7 @@ pub fn walk(
         entries: AtomicU64::new(0),
         changed: AtomicU64::new(0),
         problems: Mutex::new((Vec::new(), 0)),
+        stop: std::sync::atomic::AtomicBool::new(false),
     };
     let _cwd = InProcFd::enter()?;
     // The root was chosen by the caller and checked already: it is acted on whatever its
@@ -141,6 +146,10 @@ pub fn walk(
             }
             shared.report_progress(progress);
         });
+    }
+    if shared.stop.into_inner() {
+        // The record still says `granting` or `revoking`: a rerun walks the tree again.
+        crate::error::check_interrupt()?;
     }
     let (problems, problem_count) = shared.problems.into_inner().unwrap_or_default();
     Ok(Outcome {
@@ -215,8 +224,10 @@ impl Shared {
                     queue = self.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let children = self.read_dir(&job);
-            self.push(children);
+            if !self.stop.load(Ordering::Relaxed) {
+                let children = self.read_dir(&job);
+                self.push(children);
+            }
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             queue.pending -= 1;
             if queue.pending == 0 {
@@ -235,6 +246,9 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner());
             queue = q;
             progress(self.entries.load(Ordering::Relaxed));
+            if crate::sys::signals::pending_interrupt().is_some() {
+                self.stop.store(true, Ordering::Relaxed);
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -129,6 +130,23 @@ impl Tree {
         fchmod(&file, Mode::from_bits_truncate(mode))
             .with_context(|| format!("chmod {}", self.show(rel)))?;
         Ok(true)
+    }
+
+    /// Temp files of interrupted writes in the directory `rel`, as paths for messages
+    /// (a missing or unreachable directory has none).
+    pub fn temps_in(&self, rel: &Path) -> Vec<String> {
+        let Ok(dir) = self.open_dir(rel) else {
+            return Vec::new();
+        };
+        temp_names(&dir)
+            .iter()
+            .map(|n| self.show(&rel.join(OsStr::from_bytes(n.to_bytes()))))
+            .collect()
+    }
+
+    /// Removes the temp files of interrupted writes in the directory `rel`; how many.
+    pub fn remove_temps_in(&self, rel: &Path) -> usize {
+        self.open_dir(rel).map_or(0, |dir| remove_temps(&dir))
     }
 
     /// Reads the file at `rel` (at most `max` bytes) without following anything.
@@ -278,15 +296,25 @@ fn split(rel: &Path) -> Result<(&Path, &OsStr)> {
 }
 
 /// Removes temp files an interrupted write left in `dir` (best effort: they hold a copy of
-/// a credential, which `cred rm` must not leave behind).
-fn remove_temps(dir: &OwnedFd) {
+/// a credential, which `cred rm` must not leave behind). Writers hold the agent's lock, so
+/// none of them belongs to a live write.
+fn remove_temps(dir: &OwnedFd) -> usize {
+    let names = temp_names(dir);
+    names
+        .iter()
+        .filter(|name| unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_ok())
+        .count()
+}
+
+/// Names of our temp files in `dir`.
+fn temp_names(dir: &OwnedFd) -> Vec<std::ffi::CString> {
     let Ok(copy) = nix::unistd::dup(dir) else {
-        return;
+        return Vec::new();
     };
     let Ok(mut entries) = nix::dir::Dir::from_fd(copy) else {
-        return;
+        return Vec::new();
     };
-    let names: Vec<std::ffi::CString> = entries
+    entries
         .iter()
         .flatten()
         .map(|e| e.file_name().to_owned())
@@ -294,10 +322,7 @@ fn remove_temps(dir: &OwnedFd) {
             let n = n.to_bytes();
             n.starts_with(TEMP_PREFIX.as_bytes()) && n.ends_with(b".tmp")
         })
-        .collect();
-    for name in names {
-        let _ = unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
-    }
+        .collect()
 }
 
 /// A fresh temp file in `dir` (O_EXCL: never an existing entry, never through a link).

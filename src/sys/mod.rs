@@ -10,6 +10,7 @@ pub mod ids;
 pub mod landlock;
 pub mod mount;
 pub mod process;
+pub mod signals;
 pub mod socket;
 pub mod spawn;
 pub mod syslog;

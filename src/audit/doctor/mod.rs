@@ -10,6 +10,7 @@
 mod accounts;
 mod install;
 mod kernel;
+mod state;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -28,6 +29,7 @@ pub fn doctor(ctx: &Context, json: bool) -> Result<u8> {
     install::check(ctx, &mut findings);
     kernel::check(&mut findings);
     accounts::check(ctx, &mut findings);
+    state::check(ctx, &mut findings);
     report::sort(&mut findings);
     let summary = Summary::of(&findings);
     let code = u8::from(summary.high > 0);
