@@ -66,8 +66,7 @@ pub fn create_group(name: &str, gid: u32, id_range: (u32, u32)) -> Result<()> {
 
 /// Creates the account: a system account (so useradd neither allocates subordinate ids nor
 /// a mail spool nor password aging), locked password (useradd's default `!`), no
-/// supplementary groups, no lastlog/faillog entries, and a 0700 home populated from
-/// /etc/skel.
+/// supplementary groups, no lastlog/faillog entries. The home is made by the caller.
 pub fn create_user(account: &NewAccount) -> Result<()> {
     if account.comment.contains([':', '\n', '\0']) {
         bail!("comment: must not contain ':' or newlines");
@@ -95,9 +94,8 @@ pub fn create_user(account: &NewAccount) -> Result<()> {
             &gid,
             "--home-dir",
             &home,
-            "--create-home",
-            "--key",
-            "HOME_MODE=0700",
+            // agentuser makes the home itself (src/home.rs), once the account exists.
+            "--no-create-home",
             "--shell",
             &shell,
             "--comment",
@@ -123,6 +121,109 @@ fn path_arg(path: &Path) -> Result<String> {
     path.to_str()
         .map(str::to_owned)
         .with_context(|| format!("{}: not valid UTF-8", path.display()))
+}
+
+/// Which of the account files name `name`: (passwd, shadow, group, gshadow). A tool killed
+/// half way leaves one of a pair without the other (`pwck -r`/`grpck -r` complain).
+pub fn presence(name: &str) -> Result<[bool; 4]> {
+    let mut found = [false; 4];
+    for (i, file) in ["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"]
+        .iter()
+        .enumerate()
+    {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {file}")),
+        };
+        found[i] = text.lines().any(|l| l.split(':').next() == Some(name));
+    }
+    Ok(found)
+}
+
+/// Removes the line of `name` from one account file (`/etc/shadow`, say) that no tool will
+/// touch because the other file of its pair no longer names it (userdel and groupdel look
+/// the name up in passwd and group). Done the way shadow-utils edits these files: under
+/// glibc's `/etc/.pwd.lock` and the file's own `FILE.lock` (a link to `FILE.PID`), through
+/// `FILE+`, fsync and a rename, with the original's owner and mode.
+pub fn remove_stray_line(file: &str, name: &str) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let _pwd_lock = lock_pwd_database()?;
+    let lock = format!("{file}.lock");
+    let pid_file = format!("{file}.{}", std::process::id());
+    std::fs::write(&pid_file, format!("{}", std::process::id()))
+        .with_context(|| format!("writing {pid_file}"))?;
+    let locked = (0..100).find_map(|_| match std::fs::hard_link(&pid_file, &lock) {
+        Ok(()) => Some(Ok(())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            None
+        }
+        Err(e) => Some(Err(e)),
+    });
+    let _ = std::fs::remove_file(&pid_file);
+    match locked {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(e).with_context(|| format!("locking {file}")),
+        None => bail!("locking {file}: {lock} stays held"),
+    }
+    let result = (|| -> Result<()> {
+        let meta = std::fs::metadata(file)?;
+        let text = std::fs::read_to_string(file)?;
+        let kept: String = text
+            .lines()
+            .filter(|l| l.split(':').next() != Some(name))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let next = format!("{file}+");
+        let _ = std::fs::remove_file(&next);
+        let mut out = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(meta.mode() & 0o777)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&next)?;
+        std::io::Write::write_all(&mut out, kept.as_bytes())?;
+        std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))?;
+        out.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o777))?;
+        out.sync_all()?;
+        std::fs::rename(&next, file)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&lock);
+    result.with_context(|| format!("removing '{name}' from {file}"))
+}
+
+/// glibc's lock of the account databases (`lckpwdf`): a write record lock on
+/// `/etc/.pwd.lock`, held while the returned file stays open.
+fn lock_pwd_database() -> Result<std::fs::File> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open("/etc/.pwd.lock")
+        .context("opening /etc/.pwd.lock")?;
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    for _ in 0..100 {
+        match fcntl(&file, FcntlArg::F_SETLK(&lock)) {
+            Ok(_) => return Ok(file),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e).context("locking /etc/.pwd.lock"),
+        }
+    }
+    bail!("/etc/.pwd.lock stays locked by another account tool")
 }
 
 /// The lock files shadow-utils tools take while they change the account databases.

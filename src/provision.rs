@@ -45,6 +45,7 @@ pub fn create(ctx: &Context, name: &str, owner: Option<&str>, comment: Option<&s
             if record.owner_uid != owner.uid {
                 bail!("agent '{name}' is being created for another owner");
             }
+            repair_half_made_account(&record)?;
             record
         }
         Some(record) if record.state == AgentState::Deleting => {
@@ -209,8 +210,37 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
     }
     // Agents traverse the base to reach their home but cannot list it.
     ensure_root_dir(base, 0o711)?;
-    // A tool left running by an interrupted create may finish the same step while we look,
-    // so "it exists now, as we wanted" counts as success.
+    // A tool killed half way (or left running by an interrupted create) may leave one file
+    // of a pair written: such an account is made again, once.
+    for attempt in 0..2 {
+        ensure_group(record, id_range)?;
+        ensure_user(ctx, record, id_range)?;
+        if account::presence(&record.user)? == [true; 4] {
+            break;
+        }
+        if attempt == 1 {
+            bail!(
+                "account {}: still half made in /etc after making it again: repair with pwck/grpck",
+                record.user
+            );
+        }
+        repair_half_made_account(record)?;
+    }
+    let home_name = record
+        .home
+        .strip_prefix(base)
+        .ok()
+        .filter(|rest| rest.components().count() == 1)
+        .with_context(|| format!("home {}: not directly in home_base", record.home.display()))?;
+    crate::home::make(base, home_name.as_os_str(), record.uid, record.gid)?;
+    check_home(record)?;
+    hide_from_login_screens(&record.user)?;
+    Ok(())
+}
+
+/// Makes the agent's group unless it exists. A tool left running by an interrupted create
+/// may finish the same step while we look, so "it exists now, as we wanted" counts.
+fn ensure_group(record: &AgentRecord, id_range: (u32, u32)) -> Result<()> {
     let group_ok = || -> Result<bool> {
         match account::group_by_name(&record.user)? {
             None => Ok(false),
@@ -225,6 +255,11 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Makes the agent's account unless it exists (same tolerance as [`ensure_group`]).
+fn ensure_user(ctx: &Context, record: &AgentRecord, id_range: (u32, u32)) -> Result<()> {
     let user_ok = || -> Result<bool> {
         match account::user_by_name(&record.user)? {
             None => Ok(false),
@@ -248,8 +283,45 @@ fn make_account(ctx: &Context, record: &AgentRecord) -> Result<()> {
             }
         }
     }
-    check_home(record)?;
-    hide_from_login_screens(&record.user)?;
+    Ok(())
+}
+
+/// An interrupted create may have left the account half made in /etc: a user in passwd but
+/// not shadow, a group in group but not gshadow. The tools do not repair that and would
+/// report success over it, so the half-made parts go and `make_account` makes them again.
+fn repair_half_made_account(record: &AgentRecord) -> Result<()> {
+    let [passwd, shadow, group, gshadow] = account::presence(&record.user)?;
+    if passwd == shadow && group == gshadow {
+        return Ok(());
+    }
+    eprintln!(
+        "agentuser: warning: account {} was left half made by an interrupted create: making it again",
+        record.user
+    );
+    // The tools find the name through passwd and group; a line left only in shadow or
+    // gshadow is removed directly.
+    // A tool's failure here (a half-written file it cannot parse as it expects) is not
+    // final: what it left is removed line by line below.
+    if passwd {
+        let _ = account::delete_user(&record.user);
+    }
+    if group {
+        let _ = account::delete_group(&record.user);
+    }
+    let files = ["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"];
+    for (file, left) in files.iter().zip(account::presence(&record.user)?) {
+        if left {
+            account::remove_stray_line(file, &record.user)?;
+        }
+    }
+    let left = account::presence(&record.user)?;
+    if left.iter().any(|&found| found) {
+        bail!(
+            "account {}: still in /etc/{} after removing it: repair with pwck/grpck",
+            record.user,
+            ["passwd", "shadow", "group", "gshadow"][left.iter().position(|&f| f).unwrap_or(0)]
+        );
+    }
     Ok(())
 }
 
@@ -291,12 +363,25 @@ fn rollback_create(ctx: &Context, lock: &Lock, record: &AgentRecord) {
     // The home goes only if this create made it (it belongs to the new uid); anything else
     // at that path is someone's data.
     use std::os::unix::fs::MetadataExt;
-    let ours = record
-        .home
-        .symlink_metadata()
-        .is_ok_and(|m| m.is_dir() && m.uid() == record.uid);
-    let _ = remove_account(record, !ours);
-    let _ = ctx.registry.remove(lock);
+    // A root-owned 0700 one is a home this create had started (src/home.rs): `create`
+    // refuses an existing home before it journals, so nothing else can be there.
+    let ours = record.home.symlink_metadata().is_ok_and(|m| {
+        m.is_dir() && (m.uid() == record.uid || (m.uid() == 0 && m.mode() & 0o7777 == 0o700))
+    });
+    // The record goes only once the account is gone: a record left `creating` is what
+    // lets the next `create` (or root's `delete`) find and finish what is left, instead of
+    // an account and home no record names.
+    match remove_account(record, !ours) {
+        Ok(()) => {
+            let _ = ctx.registry.remove(lock);
+        }
+        Err(e) => eprintln!(
+            "agentuser: warning: agent '{}': could not undo the create ({}): run the same \
+             create again to finish it, or delete it",
+            record.name,
+            crate::error::one_line(&e)
+        ),
+    }
 }
 
 pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
@@ -306,6 +391,14 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
         Ok(Some(record)) => {
             policy::authorize_agent(ctx, &record)?;
             record
+        }
+        Ok(None) if ctx.caller.is_root && crate::recover::orphan_exists(ctx, name)? => {
+            // An account or home of agentuser's with no record (doctor reports these).
+            let why = anyhow::anyhow!("no record: an account or home left without one");
+            match crate::recover::rebuild(ctx, &lock, name, &why)? {
+                Some(record) => record,
+                None => return Ok(()),
+            }
         }
         Ok(None) => bail!("agent '{name}': no such agent"),
         Err(damage) if ctx.caller.is_root => {

@@ -82,6 +82,22 @@ pub fn rebuild(
     Ok(Some(record))
 }
 
+/// Whether an account or home by the name template of `name` exists that agentuser handed
+/// out (its uid in the range or tombstoned) while no record names it: left by a create
+/// killed at the wrong moment, or by hand. Root can remove it with `delete`.
+pub fn orphan_exists(ctx: &Context, name: &str) -> Result<bool> {
+    let user = ctx.config.user_name(name);
+    let tombstones = ctx.registry.tombstones();
+    let ours = |uid: u32| uid != 0 && (ctx.config.uid_in_range(uid) || tombstones.may_hold(uid));
+    if let Some(account) = account::user_by_name(&user)? {
+        return Ok(ours(account.uid.as_raw()));
+    }
+    let home = ctx.config.home_of(&user);
+    Ok(home
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_dir() && ours(m.uid())))
+}
+
 /// With no account and nothing readable in the record, the home (by the template) goes when
 /// it belongs to a uid agentuser handed out.
 fn remove_orphan_home(ctx: &Context, user: &str) -> Result<()> {

@@ -16,6 +16,85 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
     acls(out);
     human_homes(ctx, out);
     schedulers(ctx, out);
+    orphans(ctx, out);
+    stale_account_locks(out);
+}
+
+/// Accounts and homes of uids agentuser handed out that no record names (a create killed
+/// at the wrong moment, or leftovers made by hand): root removes them with `delete NAME`.
+fn orphans(ctx: &Context, out: &mut Vec<Finding>) {
+    let Ok(scan) = ctx.registry.scan() else {
+        return;
+    };
+    let tombstones = ctx.registry.tombstones();
+    let known = |uid: u32| {
+        scan.records.iter().any(|r| r.uid == uid) || scan.damaged.iter().any(|d| d.uid == Some(uid))
+    };
+    let ours = |uid: u32| uid != 0 && (ctx.config.uid_in_range(uid) || tombstones.may_hold(uid));
+    let (prefix, suffix) = ctx
+        .config
+        .user_template
+        .split_once("{name}")
+        .unwrap_or(("", ""));
+    let agent_name = |user: &str| {
+        user.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .map(str::to_string)
+    };
+    let mut seen = Vec::new();
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        for line in passwd.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let Some(uid) = f.get(2).and_then(|u| u.parse::<u32>().ok()) else {
+                continue;
+            };
+            if ours(uid) && !known(uid) {
+                seen.push(f[0].to_string());
+                out.push(orphan_finding(f[0], uid, agent_name(f[0]), "account"));
+            }
+        }
+    }
+    // Homes: only root may list the home base (0711).
+    let Ok(entries) = std::fs::read_dir(&ctx.config.home_base) else {
+        return;
+    };
+    if !ctx.caller.is_root {
+        return;
+    }
+    for entry in entries.flatten() {
+        let user = entry.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if !seen.contains(&user) && ours(meta.uid()) && !known(meta.uid()) {
+            out.push(orphan_finding(&user, meta.uid(), agent_name(&user), "home"));
+        }
+    }
+}
+
+fn orphan_finding(user: &str, uid: u32, agent: Option<String>, what: &str) -> Finding {
+    let fix = match agent {
+        Some(name) => format!("as root: agentuser delete {name}"),
+        None => format!("remove the {what} by hand (userdel {user})"),
+    };
+    Finding::new(
+        Severity::Medium,
+        "orphan",
+        user,
+        &format!("an agent {what} (uid {uid}) that no agent record names"),
+    )
+    .fix(&fix)
+}
+
+/// Account lock files of dead (or unreaped) processes: every useradd on the host fails
+/// while they stay.
+fn stale_account_locks(out: &mut Vec<Finding>) {
+    for stale in crate::account::stale_locks() {
+        out.push(
+            Finding::new(Severity::Medium, "account-lock", "/etc", &stale)
+                .fix("remove the lock file once no account tool runs (or reap the process)"),
+        );
+    }
 }
 
 /// Sharing needs POSIX ACLs: set one on a scratch file in the state directory and read it
