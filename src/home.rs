@@ -87,7 +87,9 @@ fn copy_tree(src: &Path, dst: &OwnedFd, uid: u32, gid: u32, depth: usize) -> Res
         if meta.is_dir() && depth < MAX_DEPTH {
             match mkdirat(dst.as_fd(), name.as_os_str(), mode) {
                 Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(e).with_context(|| format!("mkdir {}", name.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("mkdir {}", Path::new(&name).display()));
+                }
             }
             let sub = open_dir(Some(dst), &name)?;
             copy_tree(&entry.path(), &sub, uid, gid, depth + 1)?;
@@ -109,7 +111,7 @@ fn copy_file(
 ) -> Result<()> {
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(dst, name, flags | OFlag::O_TRUNC, mode)
-        .with_context(|| format!("creating {}", name.display()))?;
+        .with_context(|| format!("creating {}", Path::new(&name).display()))?;
     let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
     let mut file = std::fs::File::from(fd);
     file.write_all(&data)?;

@@ -81,7 +81,7 @@ fn orphan_finding(user: &str, uid: u32, agent: Option<String>, what: &str) -> Fi
         Severity::Medium,
         "orphan",
         user,
-        &format!("an agent {what} (uid {uid}) that no agent record names"),
+        format!("an agent {what} (uid {uid}) that no agent record names"),
     )
     .fix(&fix)
 }
