@@ -625,3 +625,71 @@ fn the_agent_runs_under_its_pam_limits() {
         "{out:#?}"
     );
 }
+
+/// Prints, between markers, what the test expects dropped (OSC 52 write and read, the title
+/// and icon reports, DECRQSS, a 7-bit sequence split across two writes, an 8-bit one) and
+/// what TUIs need (cursor position and colour queries, a hyperlink).
+const SEQUENCES: &str = r#"
+printf 'm1\033]52;c;cHduZWQ=\007m2\033]52;c;?\007m3\033[21tm4\033[20tm5\033P$qm\033\\m6'
+printf '\033]5'; sleep 0.2; printf '2;c;c3BsaXQ=\007m7\2332\061tm8'
+printf '\033[6nm9\033]11;?\007m10\033]8;;http://x/\033\\L\033]8;;\033\\m11\n'
+"#;
+
+#[test]
+fn answerback_and_clipboard_sequences_never_reach_the_callers_terminal() {
+    let sb = setup("runner-seq");
+    let bin = sb.bin.display().to_string();
+    let emit = work_file(&sb, "emit.sh", SEQUENCES);
+    let transcript = on_a_terminal(
+        &sb,
+        &[
+            // Control: a plain uid switch on the same terminal passes everything.
+            (
+                &format!(
+                    "setpriv --reuid agent-coder --regid agent-coder --clear-groups sh {emit}; \
+                     echo s-$((0+1))\n"
+                ),
+                "s-1",
+            ),
+            (
+                &format!("{bin} exec coder -- sh {emit}; echo s-$((1+1))\n"),
+                "s-2",
+            ),
+            (
+                &format!(
+                    "{bin} exec coder --allow-clipboard-write -- sh {emit}; echo s-$((1+2))\n"
+                ),
+                "s-3",
+            ),
+        ],
+    );
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    let (control, filtered, clipboard) = (steps[1], steps[2], steps[3]);
+    let dangerous = [
+        "\x1b]52;c;cHduZWQ=\x07",
+        "\x1b]52;c;?\x07",
+        "\x1b[21t",
+        "\x1b[20t",
+        "\x1bP$qm",
+        "\x1b]52;c;c3BsaXQ=\x07",
+    ];
+    for seq in dangerous {
+        assert!(control.contains(seq), "control lacks {seq:?}: {control:?}");
+        assert!(!filtered.contains(seq), "{seq:?} reached: {filtered:?}");
+    }
+    assert!(control.contains("m7\u{fffd}21tm8"), "{control:?}");
+    let needed = ["m8\x1b[6nm9\x1b]11;?\x07m10\x1b]8;;http://x/\x1b\\L\x1b]8;;\x1b\\m11"];
+    for text in ["m1m2m3m4m5m6", "m7m8", needed[0]] {
+        assert!(filtered.contains(text), "{text:?} missing: {filtered:?}");
+    }
+    // The opt-out passes clipboard writes only.
+    assert!(
+        clipboard.contains("m1\x1b]52;c;cHduZWQ=\x07m2m3"),
+        "{clipboard:?}"
+    );
+    assert!(
+        clipboard.contains("\x1b]52;c;c3BsaXQ=\x07m7"),
+        "{clipboard:?}"
+    );
+    assert!(!clipboard.contains("\x1b]52;c;?") && !clipboard.contains("[21t"));
+}

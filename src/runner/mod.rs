@@ -18,6 +18,7 @@ mod pam;
 mod privdrop;
 mod pty;
 mod sandbox;
+mod term_filter;
 mod tree;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -46,6 +47,8 @@ struct Request<'a> {
     cwd: Option<&'a PathBuf>,
     env: &'a [String],
     network: Option<Network>,
+    /// Pass OSC 52 clipboard writes to the caller's terminal.
+    clipboard_write: bool,
     /// None: the login shell.
     command: Option<&'a [OsString]>,
 }
@@ -58,6 +61,7 @@ pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &args.env,
             network: args.network,
+            clipboard_write: args.allow_clipboard_write,
             command: Some(&args.command),
         },
     ))
@@ -71,6 +75,7 @@ pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &[],
             network: args.network,
+            clipboard_write: args.allow_clipboard_write,
             command: None,
         },
     ))
@@ -209,7 +214,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
     drop(agent);
     drop(slave);
-    let mut relay = master.map(|m| pty::Relay::new(m, ttys));
+    let filter = term_filter::Options {
+        clipboard_write: req.clipboard_write,
+        eight_bit: term_filter::eight_bit_locale(caller_locale(ctx)),
+    };
+    let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
     let start = started.wait_for_start();
     let status = supervise(&started, &sfd, relay.as_mut(), ttys);
     drop(raw);
@@ -348,6 +357,14 @@ fn build_command(
         envp: environment.to_cstrings()?,
         path: ctx.config.path.clone(),
     })
+}
+
+/// The caller's locale for character classification: LC_ALL, LC_CTYPE, LANG, first set.
+fn caller_locale(ctx: &Context) -> Option<&str> {
+    ["LC_ALL", "LC_CTYPE", "LANG"]
+        .iter()
+        .filter_map(|name| ctx.caller_env.get(name).and_then(OsStr::to_str))
+        .find(|value| !value.is_empty())
 }
 
 /// The caller's working directory when it lies inside one of the agent's shares.

@@ -127,7 +127,12 @@ impl Sandbox {
         fs::copy(pam, d.join("etc/pam.d/agentuser")).unwrap();
         fs::copy(env!("CARGO_BIN_EXE_agentuser"), &self.bin).unwrap();
         fs::set_permissions(&self.bin, fs::Permissions::from_mode(0o4755)).unwrap();
-        self.sh("groupadd agentuser").ok();
+        // The copy of /etc may hold an installed agentuser's group and same-named users.
+        self.sh(
+            "groupadd -f agentuser && for u in $(cut -d: -f1 /etc/passwd | grep '^agent-'); \
+             do userdel $u || exit 1; done",
+        )
+        .ok();
     }
 
     /// Replaces the config with the sandbox's uid range plus `extra` TOML lines.
@@ -248,7 +253,9 @@ set +e
         let n = self.next_user.get();
         self.next_user.set(n + 1);
         let uid = self.uid_base + RANGE / 2 + n;
-        let mut script = format!("useradd -m -K HOME_MODE=0755 -u {uid} -U -s /bin/sh {name}");
+        let mut script = format!(
+            "userdel {name} 2>/dev/null; useradd -m -K HOME_MODE=0755 -u {uid} -U -s /bin/sh {name}"
+        );
         if !groups.is_empty() {
             script.push_str(&format!(" -G {}", groups.join(",")));
         }
