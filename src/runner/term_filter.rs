@@ -120,21 +120,49 @@ impl TermFilter {
     pub fn filter(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut i = 0;
         while i < input.len() {
-            if self.state == State::Ground && self.utf8_pending == 0 {
-                // Plain ASCII text needs no look at each byte.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == ESC || b >= 0x80)
-                    .unwrap_or(input.len() - i);
-                out.extend_from_slice(&input[i..i + run]);
-                i += run;
-                if i == input.len() {
+            let passed = match self.state {
+                State::Ground => self.text_run(&input[i..]),
+                State::Body(Fate::Pass) => plain_run(&input[i..]),
+                _ => 0,
+            };
+            out.extend_from_slice(&input[i..i + passed]);
+            i += passed;
+            if i < input.len() {
+                self.byte(input[i], out);
+                i += 1;
+            }
+        }
+    }
+
+    /// How many bytes from the start of `input` are text that needs no more than the UTF-8
+    /// decoder (the common case, done in one tight loop).
+    fn text_run(&mut self, input: &[u8]) -> usize {
+        if self.options.eight_bit || self.after_c2 {
+            return plain_run(input);
+        }
+        let mut n = 0;
+        while n < input.len() {
+            if self.utf8_pending == 0 {
+                // ASCII runs are the bulk of any output.
+                n += ascii_run(&input[n..]);
+                if n == input.len() {
                     break;
                 }
             }
-            self.byte(input[i], out);
-            i += 1;
+            let b = input[n];
+            match b {
+                ESC | 0xc2 => break,
+                0x00..=0x7f => self.utf8_pending = 0,
+                0x80..=0xbf if self.utf8_pending > 0 => self.utf8_pending -= 1,
+                0x80..=0x9f => break,
+                0xa0..=0xbf | 0xc0 | 0xc1 | 0xf5..=0xff => {}
+                0xc3..=0xdf => self.utf8_pending = 1,
+                0xe0..=0xef => self.utf8_pending = 2,
+                0xf0..=0xf4 => self.utf8_pending = 3,
+            }
+            n += 1;
         }
+        n
     }
 
     /// Bytes held back right now (for the bound test).
@@ -463,6 +491,35 @@ impl TermFilter {
     }
 }
 
+/// How many bytes from the start of `input` are ASCII other than ESC; eight at a time.
+fn ascii_run(input: &[u8]) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut n = 0;
+    for chunk in input.chunks_exact(8) {
+        let word = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+        let esc = word ^ (ONES * u64::from(ESC));
+        // A zero byte in `esc` is an ESC in `word`.
+        let has_esc = esc.wrapping_sub(ONES) & !esc & HIGH;
+        if (word & HIGH) | has_esc != 0 {
+            break;
+        }
+        n += 8;
+    }
+    n + input[n..]
+        .iter()
+        .position(|&b| b == ESC || b >= 0x80)
+        .unwrap_or(input.len() - n)
+}
+
+/// How many bytes from the start of `input` are plain ASCII text (no ESC, no C1 control).
+fn plain_run(input: &[u8]) -> usize {
+    input
+        .iter()
+        .position(|&b| !(0x20..0x7f).contains(&b))
+        .unwrap_or(input.len())
+}
+
 /// OSC numbers that pass: titles, colours (queries reply with colours only), hyperlinks,
 /// notifications, pointer shape.
 fn osc_allowed(number: u32) -> bool {
@@ -474,6 +531,9 @@ fn csi_allowed(seq: &[u8]) -> bool {
     let Some((&last, rest)) = seq.split_last() else {
         return false;
     };
+    if !matches!(last, b't' | b'w' | b'y' | b'u' | b'|' | b'i') {
+        return true;
+    }
     // C0 controls inside run in place; they take no part in the meaning.
     let params: Vec<u8> = rest
         .iter()
