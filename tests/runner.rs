@@ -47,8 +47,14 @@ fn runs_as_the_agent_with_exit_codes() {
 
 /// Runs `sh` as root on a fresh pty (python3's pty module) inside the sandbox and types
 /// `lines` into it, waiting after each for the expected text to appear. Returns the
-/// transcript.
+/// transcript, with `<<mark>>` before each step's output. Special steps: `winsize:R:C`
+/// resizes the terminal; `wait-job` waits until the shell gave the terminal to a job.
 fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
+    on_a_terminal_in(sb, &["/bin/sh", "sh", "-i"], steps)
+}
+
+/// Like [`on_a_terminal`], with `shell` (program, then argv) as the interactive shell.
+fn on_a_terminal_in(sb: &Sandbox, shell: &[&str], steps: &[(&str, &str)]) -> String {
     const DRIVER: &str = r#"
 import json, os, pty, select, signal, sys, time
 signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
@@ -56,7 +62,8 @@ steps = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
     os.environ['PS1'] = '$ '
-    os.execv('/bin/sh', ['sh', '-i'])
+    shell = json.loads(sys.argv[2])
+    os.execv(shell[0], shell[1:])
 out = b''
 def pump(until, timeout):
     global out
@@ -76,6 +83,13 @@ def pump(until, timeout):
     return until == ''
 for send, expect in steps:
     out += b'<<mark>>'
+    if send == 'wait-job':
+        # Until the shell has given the terminal to a job (not a timed wait: bounded).
+        for _ in range(200):
+            if os.tcgetpgrp(fd) != pid:
+                break
+            time.sleep(0.1)
+        continue
     if send.startswith('winsize:'):
         import fcntl, struct, termios
         rows, cols = map(int, send.split(':')[1:])
@@ -102,7 +116,8 @@ sys.stdout.write(out.decode(errors='replace'))
         .map(|(s, e)| (s.to_string(), e.to_string()))
         .collect();
     let json = serde_json::to_string(&steps).unwrap();
-    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json]));
+    let shell = serde_json::to_string(shell).unwrap();
+    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json, &shell]));
     assert_eq!(out.code, 0, "pty driver failed: {out:#?}");
     out.stdout
 }
@@ -692,4 +707,83 @@ fn answerback_and_clipboard_sequences_never_reach_the_callers_terminal() {
         "{clipboard:?}"
     );
     assert!(!clipboard.contains("\x1b]52;c;?") && !clipboard.contains("[21t"));
+}
+
+/// The agent reads a line in its pty's cooked mode, then one key in raw mode: the key only
+/// arrives when the caller's terminal is back in raw mode after `fg`.
+const STOPPABLE: &str = r#"
+import os, sys, tty
+print('ready', flush=True)
+sys.stdin.readline()
+tty.setraw(0)
+print('raw', flush=True)
+sys.exit(7 if os.read(0, 1) == b'q' else 1)
+"#;
+
+#[test]
+fn ctrl_z_stops_the_run_and_fg_resumes_it() {
+    let sb = setup("runner-jobs");
+    let bin = sb.bin.display().to_string();
+    let stoppable = work_file(&sb, "stoppable.py", STOPPABLE);
+    let bash = ["/bin/bash", "bash", "--norc", "--noprofile", "-i"];
+    let ps = "ps -o stat=,args= -u agent-coder";
+    let transcript = on_a_terminal_in(
+        &sb,
+        &bash,
+        &[
+            // A command that stops at Ctrl-Z, resumes in raw mode and exits with its status.
+            (
+                &format!("{bin} exec coder -- python3 {stoppable}\n"),
+                "ready",
+            ),
+            ("\x1a", "Stopped"),
+            (&format!("jobs; {ps}; echo j-$((1+2))\n"), "j-3"),
+            // fg's status is the job's (a stopped job ends the list it was typed in).
+            ("fg; echo rc-$?-$((1+1))\n", "exec coder"),
+            ("line\n", "raw"),
+            ("q", "rc-7-2"),
+            // A command that ignores nothing: sleep stops, and a Ctrl-C after fg ends it.
+            (
+                &format!("{bin} exec coder -- sh -c 'echo ready-$((1+1)); exec sleep 100'\n"),
+                "ready-2",
+            ),
+            ("\x1a", "Stopped"),
+            (&format!("{ps}; echo p-$((2+3))\n"), "p-5"),
+            ("fg; echo rc-$?-$((2+2))\n", "exec coder"),
+            ("wait-job", ""),
+            ("\x03", "rc-130-4"),
+            // The agent's login shell itself stopping stops the run too.
+            (&format!("{bin} shell coder\n"), "$ "),
+            ("echo in-$((4+4)); kill -STOP $$\n", "Stopped"),
+            (&format!("{ps}; echo p-$((3+4))\n"), "p-7"),
+            ("fg; echo rc-$?-$((3+3))\n", "shell coder"),
+            ("exit 3\n", "rc-3-6"),
+        ],
+    );
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    // jobs shows the run stopped, and the agent's process is stopped (T), not running.
+    assert!(steps[3].contains("Stopped"), "{}", steps[3]);
+    assert!(
+        steps[3]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("stoppable.py")),
+        "{}",
+        steps[3]
+    );
+    assert!(
+        steps[9]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("sleep 100")),
+        "{}",
+        steps[9]
+    );
+    // The agent's login shell stopped itself, and so did the run.
+    assert!(steps[14].contains("in-8"), "{}", steps[14]);
+    assert!(
+        steps[15]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("bash")),
+        "{}",
+        steps[15]
+    );
 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod jobctl;
 mod launch;
 mod pam;
 mod privdrop;
@@ -188,7 +189,8 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
 
     // The view is built while the PAM session opens; the agent starts only once both are
     // ready (the gate).
-    let mut started = tree::start(Some(&plan), true, || {
+    let tty = slave.as_ref().map(|slave| slave.as_fd());
+    let mut started = tree::start(Some(&plan), true, tty, || {
         agent.prepare()?;
         launch::exec(&command)
     })?;
@@ -220,7 +222,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     };
     let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
     let start = started.wait_for_start();
-    let status = supervise(&started, &sfd, relay.as_mut(), ttys);
+    let status = supervise(&started, &sfd, relay.as_mut(), ttys, raw.as_ref());
     drop(raw);
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
@@ -237,15 +239,18 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
 }
 
 /// Relays the terminal and passes signals on until init reports the command's status
-/// (the namespace is empty by then) or dies.
+/// (the namespace is empty by then) or dies. When the command stops, the runner stops too
+/// ([`jobctl`]).
 fn supervise(
     started: &tree::Started,
     sfd: &SignalFd,
     mut relay: Option<&mut pty::Relay>,
     ttys: [bool; 3],
+    raw: Option<&pty::RawMode>,
 ) -> Result<u8> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let child = started.child;
+    let mut jobs = jobctl::JobControl::new(child, raw, ttys);
     loop {
         let [signal_ready, status_ready] = match relay.as_deref_mut() {
             Some(relay) => relay.step([sfd.as_fd(), started.status.as_fd()])?,
@@ -260,22 +265,15 @@ fn supervise(
             }
         };
         if status_ready {
-            let mut byte = [0u8; 1];
-            let code = match nix::unistd::read(started.status.as_fd(), &mut byte) {
-                Ok(1) => byte[0],
-                // init died without a word: its own status says what happened.
-                _ => loop {
-                    match waitpid(child, None) {
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Ok(status) => break tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED),
-                        Err(e) => return Err(e).context("waiting for the agent"),
+            match read_report(started)? {
+                tree::Report::Stopped(sig) => jobs.agent_stopped(sig, relay.as_deref()),
+                tree::Report::Exited(code) => {
+                    if let Some(relay) = relay.as_deref_mut() {
+                        relay.drain()?;
                     }
-                },
-            };
-            if let Some(relay) = relay.as_deref_mut() {
-                relay.drain()?;
+                    return Ok(code);
+                }
             }
-            return Ok(code);
         }
         if !signal_ready {
             continue;
@@ -286,6 +284,7 @@ fn supervise(
             };
             match sig {
                 Signal::SIGCHLD => {}
+                Signal::SIGCONT => jobs.resume(relay.as_deref()),
                 Signal::SIGWINCH => {
                     if let Some(relay) = relay.as_deref() {
                         pty::forward_window_size(ttys, relay.master.as_fd());
@@ -295,6 +294,33 @@ fn supervise(
                     let _ = kill(child, other);
                 }
             }
+        }
+    }
+}
+
+/// The next report of init; when init died without one, its own status as the command's.
+fn read_report(started: &tree::Started) -> Result<tree::Report> {
+    let mut message = [0u8; 2];
+    let mut got = 0;
+    while got < message.len() {
+        match nix::unistd::read(started.status.as_fd(), &mut message[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(report) = (got == 2).then(|| tree::Report::decode(message)).flatten() {
+        return Ok(report);
+    }
+    loop {
+        match waitpid(started.child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => {
+                let code = tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED);
+                return Ok(tree::Report::Exited(code));
+            }
+            Err(e) => return Err(e).context("waiting for the agent"),
         }
     }
 }
@@ -419,7 +445,7 @@ fn run_probe(
             stdout: out_w.as_fd(),
         },
     };
-    let mut started = tree::start(plan, false, || {
+    let mut started = tree::start(plan, false, None, || {
         agent.prepare()?;
         crate::sys::spawn::close_from(3)?;
         let code = probe();

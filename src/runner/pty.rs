@@ -82,6 +82,7 @@ pub fn open(ttys: [bool; 3], uid: u32) -> Result<Pty> {
 /// runner, error or not; signals are handled by the relay loop, never fatal).
 pub struct RawMode {
     saved: Termios,
+    raw: Termios,
 }
 
 impl RawMode {
@@ -95,7 +96,23 @@ impl RawMode {
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
         tcsetattr(fd.as_fd(), SetArg::TCSADRAIN, &raw).context("setting raw mode")?;
-        Ok(Some(RawMode { saved }))
+        Ok(Some(RawMode { saved, raw }))
+    }
+
+    /// Gives the caller's terminal its own settings back while the run is stopped.
+    pub fn leave(&self) {
+        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+    }
+
+    /// Raw mode again after a stop, when the run is the terminal's foreground job (a job
+    /// in the background must not change the settings of the shell's terminal).
+    pub fn reenter(&self) {
+        let stdin = std::io::stdin();
+        let foreground =
+            nix::unistd::tcgetpgrp(stdin.as_fd()).is_ok_and(|pgrp| pgrp == nix::unistd::getpgrp());
+        if foreground {
+            let _ = tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &self.raw);
+        }
     }
 }
 
