@@ -7,7 +7,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bench_setup
-baseline=${BASELINE:-601e40b~1}
+baseline=${BASELINE:-601e40b~1}  # the commit before the filter
 out=bench/results/relay.md
 json=$BENCH_DIR/relay.json
 runs=${RUNS:-30}
