@@ -348,8 +348,15 @@ values); a refused run is logged with the reason.
 Terminal: when any standard stream is a terminal, the command gets a pseudo-terminal of its \
 own, owned by the agent, and agentuser relays it (your terminal is in raw mode meanwhile and \
 restored afterwards; window-size changes follow; Ctrl-C and Ctrl-Z go to the agent's \
-foreground job). The agent never holds a descriptor of your terminal, so it cannot push \
-input into your shell (TIOCSTI). Otherwise the command starts in a new session without a \
+foreground job). When the command stops (Ctrl-Z), agentuser restores your terminal and stops \
+with it, so your shell shows the job stopped; fg resumes it in raw mode and sends it SIGWINCH \
+to redraw. The agent never holds a descriptor of your terminal, so it cannot push \
+input into your shell (TIOCSTI). Its output passes a filter that drops the control sequences \
+a terminal answers with text the agent chose (title and icon reports CSI 20/21 t, DECRQSS, \
+OSC 50 font queries, unchecked XTGETTCAP), or that act outside the screen (OSC 52 clipboard, \
+key rebinding, file transfer, APC/PM/SOS), in 7-bit and 8-bit form; cursor, device and colour \
+queries, modes, hyperlinks and titles pass (README: What the terminal relay drops). \
+--allow-clipboard-write lets OSC 52 clipboard writes through, never reads. Otherwise the command starts in a new session without a \
 controlling terminal and the standard streams are passed through untouched.
 
 View: the command runs in its own mount, pid and IPC namespaces. /home, /root, /run/user, \
@@ -398,6 +405,9 @@ pub struct ExecArgs {
     /// the config)
     #[arg(long, value_enum)]
     pub network: Option<Network>,
+    /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)
+    #[arg(long)]
+    pub allow_clipboard_write: bool,
     /// Command and arguments, after `--`; looked up on the agent's PATH
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -413,6 +423,9 @@ pub struct ShellArgs {
     /// Network view: host, or none for loopback only (default from the config)
     #[arg(long, value_enum)]
     pub network: Option<Network>,
+    /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)
+    #[arg(long)]
+    pub allow_clipboard_write: bool,
 }
 
 /// The clap command, for man-page generation and tests.

@@ -47,8 +47,14 @@ fn runs_as_the_agent_with_exit_codes() {
 
 /// Runs `sh` as root on a fresh pty (python3's pty module) inside the sandbox and types
 /// `lines` into it, waiting after each for the expected text to appear. Returns the
-/// transcript.
+/// transcript, with `<<mark>>` before each step's output. Special steps: `winsize:R:C`
+/// resizes the terminal; `wait-job` waits until the shell gave the terminal to a job.
 fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
+    on_a_terminal_in(sb, &["/bin/sh", "sh", "-i"], steps)
+}
+
+/// Like [`on_a_terminal`], with `shell` (program, then argv) as the interactive shell.
+fn on_a_terminal_in(sb: &Sandbox, shell: &[&str], steps: &[(&str, &str)]) -> String {
     const DRIVER: &str = r#"
 import json, os, pty, select, signal, sys, time
 signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
@@ -56,7 +62,8 @@ steps = json.loads(sys.argv[1])
 pid, fd = pty.fork()
 if pid == 0:
     os.environ['PS1'] = '$ '
-    os.execv('/bin/sh', ['sh', '-i'])
+    shell = json.loads(sys.argv[2])
+    os.execv(shell[0], shell[1:])
 out = b''
 def pump(until, timeout):
     global out
@@ -76,6 +83,13 @@ def pump(until, timeout):
     return until == ''
 for send, expect in steps:
     out += b'<<mark>>'
+    if send == 'wait-job':
+        # Until the shell has given the terminal to a job (not a timed wait: bounded).
+        for _ in range(200):
+            if os.tcgetpgrp(fd) != pid:
+                break
+            time.sleep(0.1)
+        continue
     if send.startswith('winsize:'):
         import fcntl, struct, termios
         rows, cols = map(int, send.split(':')[1:])
@@ -102,7 +116,8 @@ sys.stdout.write(out.decode(errors='replace'))
         .map(|(s, e)| (s.to_string(), e.to_string()))
         .collect();
     let json = serde_json::to_string(&steps).unwrap();
-    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json]));
+    let shell = serde_json::to_string(shell).unwrap();
+    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json, &shell]));
     assert_eq!(out.code, 0, "pty driver failed: {out:#?}");
     out.stdout
 }
@@ -623,5 +638,152 @@ fn the_agent_runs_under_its_pam_limits() {
         out.stdout.split_whitespace().collect::<Vec<_>>(),
         ["1234", "777"],
         "{out:#?}"
+    );
+}
+
+/// Prints, between markers, what the test expects dropped (OSC 52 write and read, the title
+/// and icon reports, DECRQSS, a 7-bit sequence split across two writes, an 8-bit one) and
+/// what TUIs need (cursor position and colour queries, a hyperlink).
+const SEQUENCES: &str = r#"
+printf 'm1\033]52;c;cHduZWQ=\007m2\033]52;c;?\007m3\033[21tm4\033[20tm5\033P$qm\033\\m6'
+printf '\033]5'; sleep 0.2; printf '2;c;c3BsaXQ=\007m7\2332\061tm8'
+printf '\033[6nm9\033]11;?\007m10\033]8;;http://x/\033\\L\033]8;;\033\\m11\n'
+"#;
+
+#[test]
+fn answerback_and_clipboard_sequences_never_reach_the_callers_terminal() {
+    let sb = setup("runner-seq");
+    let bin = sb.bin.display().to_string();
+    let emit = work_file(&sb, "emit.sh", SEQUENCES);
+    let transcript = on_a_terminal(
+        &sb,
+        &[
+            // Control: a plain uid switch on the same terminal passes everything.
+            (
+                &format!(
+                    "setpriv --reuid agent-coder --regid agent-coder --clear-groups sh {emit}; \
+                     echo s-$((0+1))\n"
+                ),
+                "s-1",
+            ),
+            (
+                &format!("{bin} exec coder -- sh {emit}; echo s-$((1+1))\n"),
+                "s-2",
+            ),
+            (
+                &format!(
+                    "{bin} exec coder --allow-clipboard-write -- sh {emit}; echo s-$((1+2))\n"
+                ),
+                "s-3",
+            ),
+        ],
+    );
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    let (control, filtered, clipboard) = (steps[1], steps[2], steps[3]);
+    let dangerous = [
+        "\x1b]52;c;cHduZWQ=\x07",
+        "\x1b]52;c;?\x07",
+        "\x1b[21t",
+        "\x1b[20t",
+        "\x1bP$qm",
+        "\x1b]52;c;c3BsaXQ=\x07",
+    ];
+    for seq in dangerous {
+        assert!(control.contains(seq), "control lacks {seq:?}: {control:?}");
+        assert!(!filtered.contains(seq), "{seq:?} reached: {filtered:?}");
+    }
+    assert!(control.contains("m7\u{fffd}21tm8"), "{control:?}");
+    let needed = ["m8\x1b[6nm9\x1b]11;?\x07m10\x1b]8;;http://x/\x1b\\L\x1b]8;;\x1b\\m11"];
+    for text in ["m1m2m3m4m5m6", "m7m8", needed[0]] {
+        assert!(filtered.contains(text), "{text:?} missing: {filtered:?}");
+    }
+    // The opt-out passes clipboard writes only.
+    assert!(
+        clipboard.contains("m1\x1b]52;c;cHduZWQ=\x07m2m3"),
+        "{clipboard:?}"
+    );
+    assert!(
+        clipboard.contains("\x1b]52;c;c3BsaXQ=\x07m7"),
+        "{clipboard:?}"
+    );
+    assert!(!clipboard.contains("\x1b]52;c;?") && !clipboard.contains("[21t"));
+}
+
+/// The agent reads a line in its pty's cooked mode, then one key in raw mode: the key only
+/// arrives when the caller's terminal is back in raw mode after `fg`.
+const STOPPABLE: &str = r#"
+import os, sys, tty
+print('ready', flush=True)
+sys.stdin.readline()
+tty.setraw(0)
+print('raw', flush=True)
+sys.exit(7 if os.read(0, 1) == b'q' else 1)
+"#;
+
+#[test]
+fn ctrl_z_stops_the_run_and_fg_resumes_it() {
+    let sb = setup("runner-jobs");
+    let bin = sb.bin.display().to_string();
+    let stoppable = work_file(&sb, "stoppable.py", STOPPABLE);
+    let bash = ["/bin/bash", "bash", "--norc", "--noprofile", "-i"];
+    let ps = "ps -o stat=,args= -u agent-coder";
+    let transcript = on_a_terminal_in(
+        &sb,
+        &bash,
+        &[
+            // A command that stops at Ctrl-Z, resumes in raw mode and exits with its status.
+            (
+                &format!("{bin} exec coder -- python3 {stoppable}\n"),
+                "ready",
+            ),
+            ("\x1a", "Stopped"),
+            (&format!("jobs; {ps}; echo j-$((1+2))\n"), "j-3"),
+            // fg's status is the job's (a stopped job ends the list it was typed in).
+            ("fg; echo rc-$?-$((1+1))\n", "exec coder"),
+            ("line\n", "raw"),
+            ("q", "rc-7-2"),
+            // A command that ignores nothing: sleep stops, and a Ctrl-C after fg ends it.
+            (
+                &format!("{bin} exec coder -- sh -c 'echo ready-$((1+1)); exec sleep 100'\n"),
+                "ready-2",
+            ),
+            ("\x1a", "Stopped"),
+            (&format!("{ps}; echo p-$((2+3))\n"), "p-5"),
+            ("fg; echo rc-$?-$((2+2))\n", "exec coder"),
+            ("wait-job", ""),
+            ("\x03", "rc-130-4"),
+            // The agent's login shell itself stopping stops the run too.
+            (&format!("{bin} shell coder\n"), "$ "),
+            ("echo in-$((4+4)); kill -STOP $$\n", "Stopped"),
+            (&format!("{ps}; echo p-$((3+4))\n"), "p-7"),
+            ("fg; echo rc-$?-$((3+3))\n", "shell coder"),
+            ("exit 3\n", "rc-3-6"),
+        ],
+    );
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    // jobs shows the run stopped, and the agent's process is stopped (T), not running.
+    assert!(steps[3].contains("Stopped"), "{}", steps[3]);
+    assert!(
+        steps[3]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("stoppable.py")),
+        "{}",
+        steps[3]
+    );
+    assert!(
+        steps[9]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("sleep 100")),
+        "{}",
+        steps[9]
+    );
+    // The agent's login shell stopped itself, and so did the run.
+    assert!(steps[14].contains("in-8"), "{}", steps[14]);
+    assert!(
+        steps[15]
+            .lines()
+            .any(|l| l.starts_with('T') && l.contains("bash")),
+        "{}",
+        steps[15]
     );
 }

@@ -13,9 +13,7 @@ use nix::unistd::{execve, setsid};
 
 use super::privdrop;
 use super::tree::Failure;
-use crate::sys::spawn::{
-    cloexec_from, dup_onto, join_new_session_keyring, reset_signals, set_controlling_tty,
-};
+use crate::sys::spawn::{cloexec_from, dup_onto, join_new_session_keyring, reset_signals};
 
 /// How the agent's standard streams are set up.
 pub enum Streams<'a> {
@@ -48,8 +46,13 @@ pub struct Agent<'a> {
 impl Agent<'_> {
     /// Everything up to the point where the agent's code runs.
     pub fn prepare(&self) -> Result<()> {
+        match &self.streams {
+            Streams::Pty { slave, .. } => join_foreground(*slave)?,
+            _ => {
+                setsid().context("setsid")?;
+            }
+        }
         reset_signals()?;
-        setsid().context("setsid")?;
         self.set_streams()?;
         privdrop::drop_to(self.uid, self.gid, &self.groups)?;
         // As the agent: a keyring of its own, none of the caller's (or root's) keys.
@@ -65,7 +68,6 @@ impl Agent<'_> {
         match &self.streams {
             Streams::Inherit => {}
             Streams::Pty { slave, ttys } => {
-                set_controlling_tty(*slave)?;
                 for fd in (0..3).filter(|&i| ttys[i as usize]) {
                     dup_onto(*slave, fd)?;
                 }
@@ -105,6 +107,22 @@ impl Agent<'_> {
         std::env::set_current_dir(&self.home)
             .with_context(|| format!("entering the home {}", self.home.display()))
     }
+}
+
+/// Becomes a process group of its own in the foreground of `tty`, the controlling terminal
+/// of init's session (see `tree::start`). SIGTTOU is blocked meanwhile: a background group
+/// may then take the foreground.
+fn join_foreground(tty: BorrowedFd) -> Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    use nix::unistd::{Pid, getpgrp, setpgid, tcsetpgrp};
+    setpgid(Pid::from_raw(0), Pid::from_raw(0)).context("setpgid")?;
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let mut mask = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut mask)).context("sigprocmask")?;
+    let joined = tcsetpgrp(tty, getpgrp()).context("taking the terminal's foreground");
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None).context("sigprocmask")?;
+    joined
 }
 
 /// Landlock abstract-unix-socket scoping (ABI 6, Linux 6.12+): the agent can connect only

@@ -14,12 +14,14 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod jobctl;
 mod launch;
 mod pam;
 mod planted;
 mod privdrop;
 mod pty;
 mod sandbox;
+mod term_filter;
 mod tree;
 
 use std::ffi::{CString, OsStr, OsString};
@@ -48,6 +50,8 @@ struct Request<'a> {
     cwd: Option<&'a PathBuf>,
     env: &'a [String],
     network: Option<Network>,
+    /// Pass OSC 52 clipboard writes to the caller's terminal.
+    clipboard_write: bool,
     /// None: the login shell.
     command: Option<&'a [OsString]>,
 }
@@ -60,6 +64,7 @@ pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &args.env,
             network: args.network,
+            clipboard_write: args.allow_clipboard_write,
             command: Some(&args.command),
         },
     )
@@ -73,6 +78,7 @@ pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &[],
             network: args.network,
+            clipboard_write: args.allow_clipboard_write,
             command: None,
         },
     )
@@ -218,7 +224,8 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let mut guard = planted::Guard::begin(ctx, &record, known)?;
     // The view is built while the PAM session opens; the agent starts only once both are
     // ready (the gate).
-    let mut started = tree::start(Some(&plan), true, || {
+    let tty = slave.as_ref().map(|slave| slave.as_fd());
+    let mut started = tree::start(Some(&plan), true, tty, || {
         agent.prepare()?;
         launch::exec(&command)
     })?;
@@ -226,6 +233,8 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         guard.watch(started.child);
     }
     let gate = started.gate.take().context("no gate")?;
+    // No lock is held from here on: a run in the background stops at the terminal (sudo).
+    crate::sys::signals::default_terminal_stops()?;
     let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name.as_deref())
         .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
     let (pam, raw) = match opened {
@@ -253,9 +262,13 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
     drop(agent);
     drop(slave);
-    let mut relay = master.map(|m| pty::Relay::new(m, ttys));
+    let filter = term_filter::Options {
+        clipboard_write: req.clipboard_write,
+        eight_bit: term_filter::eight_bit_locale(caller_locale(ctx)),
+    };
+    let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
     let start = started.wait_for_start();
-    let status = supervise(&started, &sfd, relay.as_mut(), ttys);
+    let status = supervise(&started, &sfd, relay.as_mut(), ttys, raw.as_ref());
     drop(raw);
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
@@ -274,15 +287,18 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
 }
 
 /// Relays the terminal and passes signals on until init reports the command's status
-/// (the namespace is empty by then) or dies.
+/// (the namespace is empty by then) or dies. When the command stops, the runner stops too
+/// ([`jobctl`]).
 fn supervise(
     started: &tree::Started,
     sfd: &SignalFd,
     mut relay: Option<&mut pty::Relay>,
     ttys: [bool; 3],
+    raw: Option<&pty::RawMode>,
 ) -> Result<u8> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let child = started.child;
+    let mut jobs = jobctl::JobControl::new(child, raw, ttys);
     loop {
         let [signal_ready, status_ready] = match relay.as_deref_mut() {
             Some(relay) => relay.step([sfd.as_fd(), started.status.as_fd()])?,
@@ -297,22 +313,15 @@ fn supervise(
             }
         };
         if status_ready {
-            let mut byte = [0u8; 1];
-            let code = match nix::unistd::read(started.status.as_fd(), &mut byte) {
-                Ok(1) => byte[0],
-                // init died without a word: its own status says what happened.
-                _ => loop {
-                    match waitpid(child, None) {
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Ok(status) => break tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED),
-                        Err(e) => return Err(e).context("waiting for the agent"),
+            match read_report(started)? {
+                tree::Report::Stopped(sig) => jobs.agent_stopped(sig, relay.as_deref()),
+                tree::Report::Exited(code) => {
+                    if let Some(relay) = relay.as_deref_mut() {
+                        relay.drain()?;
                     }
-                },
-            };
-            if let Some(relay) = relay.as_deref_mut() {
-                relay.drain()?;
+                    return Ok(code);
+                }
             }
-            return Ok(code);
         }
         if !signal_ready {
             continue;
@@ -323,6 +332,7 @@ fn supervise(
             };
             match sig {
                 Signal::SIGCHLD => {}
+                Signal::SIGCONT => jobs.resume(relay.as_deref()),
                 Signal::SIGWINCH => {
                     if let Some(relay) = relay.as_deref() {
                         pty::forward_window_size(ttys, relay.master.as_fd());
@@ -332,6 +342,33 @@ fn supervise(
                     let _ = kill(child, other);
                 }
             }
+        }
+    }
+}
+
+/// The next report of init; when init died without one, its own status as the command's.
+fn read_report(started: &tree::Started) -> Result<tree::Report> {
+    let mut message = [0u8; 2];
+    let mut got = 0;
+    while got < message.len() {
+        match nix::unistd::read(started.status.as_fd(), &mut message[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(report) = (got == 2).then(|| tree::Report::decode(message)).flatten() {
+        return Ok(report);
+    }
+    loop {
+        match waitpid(started.child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => {
+                let code = tree::status_code(status).unwrap_or(EXIT_SETUP_FAILED);
+                return Ok(tree::Report::Exited(code));
+            }
+            Err(e) => return Err(e).context("waiting for the agent"),
         }
     }
 }
@@ -396,6 +433,14 @@ fn build_command(
     })
 }
 
+/// The caller's locale for character classification: LC_ALL, LC_CTYPE, LANG, first set.
+fn caller_locale(ctx: &Context) -> Option<&str> {
+    ["LC_ALL", "LC_CTYPE", "LANG"]
+        .iter()
+        .filter_map(|name| ctx.caller_env.get(name).and_then(OsStr::to_str))
+        .find(|value| !value.is_empty())
+}
+
 /// The caller's working directory when it lies inside one of the agent's shares.
 fn caller_dir_in_share(record: &AgentRecord) -> Option<PathBuf> {
     let dir = std::env::current_dir().ok()?;
@@ -448,7 +493,7 @@ fn run_probe(
             stdout: out_w.as_fd(),
         },
     };
-    let mut started = tree::start(plan, false, || {
+    let mut started = tree::start(plan, false, None, || {
         agent.prepare()?;
         crate::sys::spawn::close_from(3)?;
         let code = probe();

@@ -3,7 +3,8 @@
 //! of its own and the runner relays bytes between it and the caller's terminal, which is in
 //! raw mode meanwhile (so Ctrl-C, Ctrl-Z and friends travel as bytes and the agent's line
 //! discipline turns them into signals for its own foreground job). The agent never holds a
-//! descriptor of the caller's terminal, so TIOCSTI and friends cannot reach it.
+//! descriptor of the caller's terminal, so TIOCSTI and friends cannot reach it. What the
+//! agent writes passes [`super::term_filter`] on its way to the caller's terminal (row 2).
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,6 +18,7 @@ use nix::sys::stat::{Mode, fchmod};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 use nix::unistd::{Gid, Uid, fchown, isatty};
 
+use super::term_filter::{self, TermFilter};
 use crate::sys::spawn::{set_window_size, window_size};
 
 /// Which of stdin, stdout, stderr are terminals.
@@ -80,6 +82,7 @@ pub fn open(ttys: [bool; 3], uid: u32) -> Result<Pty> {
 /// runner, error or not; signals are handled by the relay loop, never fatal).
 pub struct RawMode {
     saved: Termios,
+    raw: Termios,
 }
 
 impl RawMode {
@@ -93,7 +96,23 @@ impl RawMode {
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
         tcsetattr(fd.as_fd(), SetArg::TCSADRAIN, &raw).context("setting raw mode")?;
-        Ok(Some(RawMode { saved }))
+        Ok(Some(RawMode { saved, raw }))
+    }
+
+    /// Gives the caller's terminal its own settings back while the run is stopped.
+    pub fn leave(&self) {
+        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+    }
+
+    /// Raw mode again after a stop, when the run is the terminal's foreground job (a job
+    /// in the background must not change the settings of the shell's terminal).
+    pub fn reenter(&self) {
+        let stdin = std::io::stdin();
+        let foreground =
+            nix::unistd::tcgetpgrp(stdin.as_fd()).is_ok_and(|pgrp| pgrp == nix::unistd::getpgrp());
+        if foreground {
+            let _ = tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &self.raw);
+        }
     }
 }
 
@@ -121,18 +140,23 @@ pub struct Relay {
     to_master: Vec<u8>,
     input_open: bool,
     master_open: bool,
+    filter: TermFilter,
+    /// What the filter let through of the last read.
+    filtered: Vec<u8>,
 }
 
 const BUF: usize = 64 * 1024;
 
 impl Relay {
-    pub fn new(master: OwnedFd, ttys: [bool; 3]) -> Relay {
+    pub fn new(master: OwnedFd, ttys: [bool; 3], filter: term_filter::Options) -> Relay {
         Relay {
             master,
             ttys,
             to_master: Vec::new(),
             input_open: ttys[0],
             master_open: true,
+            filter: TermFilter::new(filter),
+            filtered: Vec::with_capacity(BUF),
         }
     }
 
@@ -215,7 +239,11 @@ impl Relay {
                     self.master_open = false;
                     return Ok(());
                 }
-                Ok(n) => write_all(self.output(), &buf[..n])?,
+                Ok(n) => {
+                    self.filtered.clear();
+                    self.filter.filter(&buf[..n], &mut self.filtered);
+                    write_all(self.output(), &self.filtered)?;
+                }
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(e).context("reading the pseudo-terminal"),

@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use anyhow::{Context, Result, anyhow};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -62,7 +62,8 @@ pub struct Started {
     pub status: OwnedFd,
 }
 
-/// The runner's signal set: forwarded signals, SIGCHLD and SIGWINCH.
+/// The runner's signal set: forwarded signals, SIGCHLD, SIGWINCH and SIGCONT (to the
+/// runner: it was continued; to init: continue the stopped agent).
 pub fn runner_signals() -> SigSet {
     let mut set = SigSet::empty();
     for sig in FORWARDED {
@@ -70,7 +71,29 @@ pub fn runner_signals() -> SigSet {
     }
     set.add(Signal::SIGCHLD);
     set.add(Signal::SIGWINCH);
+    set.add(Signal::SIGCONT);
     set
+}
+
+/// What init tells the runner on the status pipe, two bytes each.
+pub enum Report {
+    /// The agent's command stopped with this signal; init continues it on SIGCONT.
+    Stopped(Signal),
+    /// The command's status; the namespace is empty.
+    Exited(u8),
+}
+
+const STOPPED: u8 = b'S';
+const EXITED: u8 = b'X';
+
+impl Report {
+    pub fn decode(message: [u8; 2]) -> Option<Report> {
+        match message {
+            [STOPPED, sig] => Signal::try_from(i32::from(sig)).ok().map(Report::Stopped),
+            [EXITED, code] => Some(Report::Exited(code)),
+            _ => None,
+        }
+    }
 }
 
 /// Forks the tree. With a view, the child is init of a new pid namespace that builds the
@@ -81,9 +104,15 @@ pub fn runner_signals() -> SigSet {
 /// agent: the runner opens the PAM session meanwhile (on the other CPU, and without copying
 /// the PAM modules into the tree), then passes on the resource limits the session set.
 /// Should the gate close instead, init leaves without running anything.
+///
+/// With a `tty` (the agent's pty slave), init makes it the controlling terminal of its new
+/// session, and the agent joins that session as a process group of its own in the
+/// terminal's foreground, as a shell's job does: its parent in the same session keeps the
+/// group from being orphaned, so a stop from the terminal (Ctrl-Z) is not discarded.
 pub fn start(
     view: Option<&ViewPlan>,
     gated: bool,
+    tty: Option<BorrowedFd>,
     agent: impl FnOnce() -> Result<()>,
 ) -> Result<Started> {
     let (report_r, report_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
@@ -123,7 +152,7 @@ pub fn start(
             drop(gate_w);
             drop(status_r);
             match view {
-                Some(plan) => init(plan, gate, report_w, status_w, agent),
+                Some(plan) => init(plan, gate, tty, report_w, status_w, agent),
                 None => agent_process(report_w, agent),
             }
         }
@@ -218,6 +247,7 @@ fn agent_process(report: OwnedFd, agent: impl FnOnce() -> Result<()>) -> ! {
 fn init(
     plan: &ViewPlan,
     gate: Option<OwnedFd>,
+    tty: Option<BorrowedFd>,
     report: OwnedFd,
     status: OwnedFd,
     agent: impl FnOnce() -> Result<()>,
@@ -229,6 +259,9 @@ fn init(
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
         // Not in the caller's session: terminal signals reach the runner only, once.
         setsid().context("setsid")?;
+        if let Some(tty) = tty {
+            crate::sys::spawn::set_controlling_tty(tty)?;
+        }
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
         catch_signals(&set)?;
         sandbox::unshare_namespaces(plan.network)?;
@@ -242,6 +275,7 @@ fn init(
     if let Err(err) = setup {
         fail(&report, &err.context("building the agent's view"));
     }
+    let gated = gate.is_some();
     if let Some(gate) = gate {
         match pass_gate(gate) {
             Ok(true) => {}
@@ -255,16 +289,20 @@ fn init(
         Err(err) => fail(&report, &err),
     };
     drop(report);
-    let code = supervise_as_init(agent_pid, &set, &status).unwrap_or(super::EXIT_SETUP_FAILED);
+    // Only exec's runner (which gated the start) reads the status pipe and can continue a
+    // stopped agent.
+    let report_stops = gated;
+    let code = supervise_as_init(agent_pid, &set, &status, report_stops)
+        .unwrap_or(super::EXIT_SETUP_FAILED);
     // Nothing is left in the namespace: the runner may close the session while the
     // namespaces are torn down.
-    let _ = nix::unistd::write(status.as_fd(), &[code]);
+    let _ = nix::unistd::write(status.as_fd(), &[EXITED, code]);
     exit_now(code)
 }
 
-/// Reaps every process of the namespace, passes signals on to the agent's command, keeps
-/// it from stopping for good (nothing could continue it), and returns its status.
-fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd) -> Result<u8> {
+/// Reaps every process of the namespace, passes signals on to the agent's command, reports
+/// its stops (or, with nobody to report to, continues it at once), and returns its status.
+fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd, report_stops: bool) -> Result<u8> {
     if let Ok(null) = std::fs::File::options()
         .read(true)
         .write(true)
@@ -276,7 +314,8 @@ fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd) -> Result<u8> {
     }
     crate::sys::spawn::close_all_above_2_except(keep.as_fd())?;
     let sfd = SignalFd::with_flags(set, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
-    let code = wait_for_agent(agent, &sfd)?;
+    let status = report_stops.then_some(keep);
+    let code = wait_for_agent(agent, &sfd, status)?;
     // Everything the command left behind dies now (kill(-1) from pid 1 reaches every
     // other process of the namespace), and is reaped.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
@@ -284,7 +323,8 @@ fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd) -> Result<u8> {
     Ok(code)
 }
 
-fn wait_for_agent(agent: Pid, sfd: &SignalFd) -> Result<u8> {
+fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Result<u8> {
+    let mut stopped = false;
     loop {
         // Reap first: the agent may already be gone.
         loop {
@@ -293,9 +333,14 @@ fn wait_for_agent(agent: Pid, sfd: &SignalFd) -> Result<u8> {
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
                     return Ok(128u8.wrapping_add(sig as u8));
                 }
-                Ok(WaitStatus::Stopped(pid, _)) if pid == agent => {
-                    let _ = kill(agent, Signal::SIGCONT);
-                }
+                Ok(WaitStatus::Stopped(pid, sig)) if pid == agent => match status {
+                    // The runner stops like the agent and sends SIGCONT once continued.
+                    Some(status) => {
+                        stopped = true;
+                        let _ = nix::unistd::write(status.as_fd(), &[STOPPED, sig as u8]);
+                    }
+                    None => continue_job(agent),
+                },
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -303,11 +348,31 @@ fn wait_for_agent(agent: Pid, sfd: &SignalFd) -> Result<u8> {
         let Some(info) = sfd.read_signal().context("reading signals")? else {
             continue;
         };
-        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-            if sig != Signal::SIGCHLD {
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(Signal::SIGCONT) => {
+                if std::mem::take(&mut stopped) {
+                    continue_job(agent);
+                    // A redraw: TUIs repaint on a window-size change.
+                    let _ = kill(Pid::from_raw(-agent.as_raw()), Signal::SIGWINCH);
+                }
+            }
+            Ok(sig) => {
                 let _ = kill(agent, sig);
+                // A stopped command would not act on it before it is continued.
+                if std::mem::take(&mut stopped) {
+                    continue_job(agent);
+                }
             }
         }
+    }
+}
+
+/// Continues the agent's process group (its command and what runs in its foreground with
+/// it, such as the children of `sh -c`), or the command alone should it have left it.
+fn continue_job(agent: Pid) {
+    if kill(Pid::from_raw(-agent.as_raw()), Signal::SIGCONT).is_err() {
+        let _ = kill(agent, Signal::SIGCONT);
     }
 }
 

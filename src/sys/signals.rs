@@ -33,6 +33,17 @@ pub fn ignore_job_control() -> Result<()> {
     Ok(())
 }
 
+/// Gives SIGTTIN and SIGTTOU back their default action. For `exec` and `shell` once no lock
+/// is held any more: a run started or put in the background must stop when it touches the
+/// terminal, as any job does, instead of reading EIO (which would end the relay's input).
+pub fn default_terminal_stops() -> Result<()> {
+    for sig in [Signal::SIGTTIN, Signal::SIGTTOU] {
+        // SAFETY: SIG_DFL installs no handler; no Rust state can be observed half-updated.
+        unsafe { signal(sig, SigHandler::SigDfl) }.with_context(|| format!("resetting {sig}"))?;
+    }
+    Ok(())
+}
+
 fn interrupt_set() -> SigSet {
     let mut set = SigSet::empty();
     for sig in INTERRUPTS {

@@ -218,3 +218,24 @@ pub fn close_all_above_2_except(keep: BorrowedFd) -> Result<()> {
     };
     Errno::result(rc).map(drop).context("close_range")
 }
+
+/// Stops the calling process with the stop signal `sig` under its default action, so the
+/// caller's shell sees its job stopped, whatever disposition and mask the process had; the
+/// old ones are back once it is continued. Returns at once when the kernel discards the stop
+/// (an orphaned process group: nobody could continue it).
+pub fn stop_self(sig: Signal) -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, sigaction};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal context; the
+    // previous action is put back below.
+    let previous = unsafe { sigaction(sig, &default) }.context("sigaction")?;
+    let mut only = SigSet::empty();
+    only.add(sig);
+    let mut mask = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&only), Some(&mut mask)).context("sigprocmask")?;
+    let sent = nix::sys::signal::raise(sig).context("raise");
+    let restored = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None).context("sigprocmask");
+    // SAFETY: puts back the action sigaction returned above.
+    unsafe { sigaction(sig, &previous) }.context("sigaction")?;
+    sent.and(restored)
+}
