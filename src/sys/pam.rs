@@ -240,7 +240,7 @@ unsafe extern "C" fn refuse_prompts(
     }
     // SAFETY: calloc has no preconditions; it returns zeroed memory (every `resp` NULL) or
     // NULL.
-    let replies = unsafe { libc::calloc(count, std::mem::size_of::<Response>()) };
+    let replies = unsafe { libc::calloc(count, size_of::<Response>()) };
     if replies.is_null() {
         return PAM_BUF_ERR;
     }
