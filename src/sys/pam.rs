@@ -52,7 +52,7 @@ struct Response {
 }
 
 type ConvFn =
-    unsafe extern "C" fn(c_int, *mut *const Message, *mut *mut Response, *mut c_void) -> c_int;
+    unsafe extern "C" fn(c_int, *const *const Message, *mut *mut Response, *mut c_void) -> c_int;
 
 #[repr(C)]
 struct Conv {
@@ -77,10 +77,9 @@ unsafe extern "C" {
     fn pam_strerror(pamh: *mut RawHandle, errnum: c_int) -> *const c_char;
 }
 
-/// A failed PAM call: its return code and libpam's text for it.
+/// A failed PAM call, as libpam's text for its return code.
 #[derive(Debug)]
 pub struct PamError {
-    pub code: c_int,
     message: String,
 }
 
@@ -97,7 +96,7 @@ impl PamError {
                 .to_string_lossy()
                 .into_owned()
         };
-        PamError { code, message }
+        PamError { message }
     }
 
     fn check(code: c_int) -> Result<(), PamError> {
@@ -217,7 +216,7 @@ impl Drop for Transaction {
 /// layout) and `resp` to a place for the response array, all live for the call.
 unsafe extern "C" fn refuse_prompts(
     num_msg: c_int,
-    msg: *mut *const Message,
+    msg: *const *const Message,
     resp: *mut *mut Response,
     _appdata: *mut c_void,
 ) -> c_int {
@@ -307,12 +306,12 @@ mod tests {
                 msg: c"text".as_ptr(),
             })
             .collect();
-        let mut pointers: Vec<*const Message> = texts.iter().map(|m| m as *const _).collect();
+        let pointers: Vec<*const Message> = texts.iter().map(ptr::from_ref).collect();
         let mut replies = ptr::null_mut();
         let count = c_int::try_from(styles.len()).unwrap();
         // SAFETY: the arguments are laid out as libpam would pass them.
         let code =
-            unsafe { refuse_prompts(count, pointers.as_mut_ptr(), &mut replies, ptr::null_mut()) };
+            unsafe { refuse_prompts(count, pointers.as_ptr(), &mut replies, ptr::null_mut()) };
         (code, replies)
     }
 
