@@ -9,8 +9,8 @@ cd "$(dirname "$0")"
 if [ "${1:-}" != "--no-deps" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # acl: getfacl/setfacl for checks; libacl1-dev, libpam0g-dev, libclang-dev: to build.
-    apt-get install -y -qq acl libacl1-dev libpam0g-dev libclang-dev pkg-config gcc >/dev/null
+    # acl: getfacl/setfacl for checks; libacl1-dev, libpam0g-dev, gcc: to build and link.
+    apt-get install -y -qq acl libacl1-dev libpam0g-dev gcc >/dev/null
 fi
 
 # Build as the invoking user when run through sudo, so target/ stays theirs.

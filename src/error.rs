@@ -2,6 +2,7 @@
 //!
 //! Everything else is an `anyhow::Error` whose context chain, printed with `{:#}`, reads
 //! `what failed: why`.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -74,9 +75,4 @@ pub fn one_line(err: &anyhow::Error) -> String {
 /// Prints `agentuser: <message>` on stderr.
 pub fn report(err: &anyhow::Error) {
     eprintln!("agentuser: {}", one_line(err));
-}
-
-/// Placeholder for commands that later work fills in.
-pub fn not_implemented(command: &str) -> anyhow::Error {
-    anyhow::anyhow!("{command}: not implemented yet")
 }

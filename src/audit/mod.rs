@@ -84,7 +84,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let view = finish(runner::run_in_view(ctx, &record, network, move || {
         probes::run(&view_plan)
     }));
-    let host = finish(runner::run_as_agent_in_host_view(ctx, &record, move || {
+    let host = finish(runner::run_as_agent_in_host_view(&record, move || {
         probes::run(&base)
     }));
 

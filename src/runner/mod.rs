@@ -467,7 +467,6 @@ pub fn run_in_view(
 /// Like [`run_in_view`] but with the plain uid switch only (the host's view, no namespaces),
 /// so `audit` can show what the namespaces add.
 pub fn run_as_agent_in_host_view(
-    _ctx: &Context,
     record: &AgentRecord,
     probe: impl FnOnce() -> u8,
 ) -> Result<(u8, Vec<u8>)> {

@@ -3,21 +3,19 @@
 //! authorized the caller (root or the agent's owner), as runuser(1) does.
 #![forbid(unsafe_code)]
 
-use anyhow::{Context, Result, anyhow};
-use pam_client::conv_null::Conversation;
-use pam_client::{Context as PamContext, Flag, Session};
+use anyhow::{Context, Result};
+
+use crate::sys::pam::{
+    Item, PAM_DELETE_CRED, PAM_ESTABLISH_CRED, PAM_REINITIALIZE_CRED, PAM_SILENT, Transaction,
+};
 
 pub const SERVICE: &str = "agentuser";
 
 /// An open PAM session; closed by [`PamSession::close`] (or, as a last resort, on drop).
+/// The transaction ends (`pam_end`) when the value is dropped.
 pub struct PamSession {
-    // The session borrows the context; both live in one heap box so the borrow stays valid.
-    inner: Box<Inner>,
-}
-
-struct Inner {
-    context: PamContext<Conversation>,
-    token: Option<pam_client::SessionToken>,
+    pam: Transaction,
+    open: bool,
 }
 
 impl PamSession {
@@ -25,34 +23,15 @@ impl PamSession {
     /// establishes credentials and opens the session.
     pub fn open(user: &str, caller: &str, tty: Option<&str>) -> Result<PamSession> {
         let what = || format!("PAM service '{SERVICE}' for {user}");
-        let mut context = PamContext::new(SERVICE, Some(user), Conversation::new())
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(what)?;
-        context
-            .set_ruser(Some(caller))
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(what)?;
+        let mut pam = Transaction::start(SERVICE, user).with_context(what)?;
+        pam.set_item(Item::RemoteUser, caller).with_context(what)?;
         if let Some(tty) = tty {
-            context
-                .set_tty(Some(tty))
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(what)?;
+            pam.set_item(Item::Tty, tty).with_context(what)?;
         }
-        context
-            .acct_mgmt(Flag::SILENT)
-            .map_err(|e| anyhow!("{e}"))
+        pam.acct_mgmt(PAM_SILENT)
             .with_context(|| format!("{}: account check refused", what()))?;
-        let session = context
-            .open_session(Flag::SILENT)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("{}: opening the session", what()))?;
-        let token = session.leak();
-        Ok(PamSession {
-            inner: Box::new(Inner {
-                context,
-                token: Some(token),
-            }),
-        })
+        open_session(&mut pam).with_context(|| format!("{}: opening the session", what()))?;
+        Ok(PamSession { pam, open: true })
     }
 
     /// Closes the session and deletes the credentials it established.
@@ -61,15 +40,30 @@ impl PamSession {
     }
 
     fn close_inner(&mut self) -> Result<()> {
-        let Some(token) = self.inner.token.take() else {
+        if !std::mem::take(&mut self.open) {
             return Ok(());
-        };
-        let session: Session<'_, Conversation> = self.inner.context.unleak_session(token);
-        session
-            .close(Flag::SILENT)
-            .map_err(|e| anyhow!("{e}"))
-            .context("closing the PAM session")
+        }
+        let closed = self.pam.close_session(PAM_SILENT);
+        let deleted = self.pam.setcred(PAM_DELETE_CRED | PAM_SILENT);
+        closed.and(deleted).context("closing the PAM session")
     }
+}
+
+/// Credentials, then the session, then credentials again: modules disagree on whether
+/// setcred comes before or after open_session (Linux-PAM documents before, some modules
+/// expect after), so both are done, as OpenSSH does. A failure undoes what was done.
+fn open_session(pam: &mut Transaction) -> Result<(), crate::sys::pam::PamError> {
+    pam.setcred(PAM_ESTABLISH_CRED | PAM_SILENT)?;
+    if let Err(err) = pam.open_session(PAM_SILENT) {
+        let _ = pam.setcred(PAM_DELETE_CRED | PAM_SILENT);
+        return Err(err);
+    }
+    if let Err(err) = pam.setcred(PAM_REINITIALIZE_CRED | PAM_SILENT) {
+        let _ = pam.close_session(PAM_SILENT);
+        let _ = pam.setcred(PAM_DELETE_CRED | PAM_SILENT);
+        return Err(err);
+    }
+    Ok(())
 }
 
 impl Drop for PamSession {

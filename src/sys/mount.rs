@@ -60,7 +60,7 @@ pub fn set_attributes(fd: BorrowedFd, attrs: u64) -> Result<(), Errno> {
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
             &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            size_of::<MountAttr>(),
         )
     };
     Errno::result(rc).map(drop)

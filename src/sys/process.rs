@@ -10,7 +10,7 @@ use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::{Mode, umask};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, setgroups, setresgid, setresuid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, setgroups, setresgid, setresuid};
 
 /// Makes sure descriptors 0, 1 and 2 are open, so that a file we open later can never
 /// become someone's stdout or stderr (a classic setuid pitfall).
@@ -113,9 +113,8 @@ pub fn kill_all_of_uid(uid: u32, gid: u32) -> Result<()> {
         if live_processes_of(uid).is_empty() {
             return Ok(());
         }
-        // SAFETY: the process is single-threaded; the child only makes raw system calls and
-        // leaves with _exit, never returning into Rust code that might allocate or unwind.
-        match unsafe { fork() }.context("fork")? {
+        // The child only makes system calls and leaves with _exit.
+        match super::spawn::fork()? {
             ForkResult::Child => {
                 let switched = setgroups(&[]).is_ok()
                     && setresgid(Gid::from_raw(gid), Gid::from_raw(gid), Gid::from_raw(gid))
@@ -127,8 +126,7 @@ pub fn kill_all_of_uid(uid: u32, gid: u32) -> Result<()> {
                         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     }
                 }
-                // SAFETY: _exit is async-signal-safe and ends the child without unwinding.
-                unsafe { libc::_exit(if switched { 0 } else { 1 }) }
+                super::spawn::exit_now(if switched { 0 } else { 1 })
             }
             ForkResult::Parent { child } => {
                 if let WaitStatus::Exited(_, 1) = waitpid(child, None).context("waitpid")? {

@@ -63,15 +63,14 @@ pub fn defer_interrupts() -> Result<()> {
 pub fn pending_interrupt() -> Option<Signal> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
     let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sigemptyset and sigpending write one sigset_t into `pending`, which is valid
-    // and writable; sigismember only reads it.
-    unsafe {
-        libc::sigemptyset(&mut pending);
-        if libc::sigpending(&mut pending) != 0 {
-            return None;
-        }
-        INTERRUPTS
-            .into_iter()
-            .find(|&sig| libc::sigismember(&pending, sig as libc::c_int) == 1)
+    // SAFETY: sigemptyset writes one sigset_t into `pending`, which is valid and writable.
+    unsafe { libc::sigemptyset(&mut pending) };
+    // SAFETY: sigpending writes one sigset_t into `pending`, which is valid and writable.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return None;
     }
+    INTERRUPTS.into_iter().find(|&sig| {
+        // SAFETY: sigismember only reads the initialised set.
+        unsafe { libc::sigismember(&pending, sig as libc::c_int) == 1 }
+    })
 }

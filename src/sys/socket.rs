@@ -25,7 +25,7 @@ pub fn connect_unix(name: &[u8], abstract_name: bool, kind: i32) -> io::Result<(
     for (slot, byte) in addr.sun_path[offset..].iter_mut().zip(name) {
         *slot = *byte as libc::c_char;
     }
-    let base = std::mem::size_of::<libc::sa_family_t>();
+    let base = size_of::<libc::sa_family_t>();
     let len = (base + offset + name.len()) as libc::socklen_t;
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
     let fd = unsafe {

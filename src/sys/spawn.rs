@@ -3,17 +3,38 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
 use nix::unistd::ForkResult;
 
-/// fork(2). Only for the runner, whose process is single-threaded: the child may then run
-/// ordinary Rust code (no lock can be held by a thread that does not exist in the child).
+/// fork(2), refused unless the calling process has exactly one thread. The child may then
+/// run ordinary Rust code: no lock (allocator, stdio, environment) can be held by a thread
+/// that does not exist in the child.
+///
+/// agentuser does start threads: the share walk runs scoped workers (`share::walk`). They
+/// are joined before the walk returns, and today no command forks after a walk (`delete`
+/// stops the agent's processes before it revokes shares). Nothing in the types keeps it
+/// that way, so the thread count is checked here, at run time, before every fork.
 pub fn fork() -> Result<ForkResult> {
-    // SAFETY: agentuser never spawns threads, so the child inherits no lock held by another
-    // thread; it leaves through `exit_now` and never returns into the parent's frames.
+    let threads = thread_count()?;
+    if threads != 1 {
+        bail!(
+            "refusing to fork with {threads} threads alive (the child could inherit a held lock)"
+        );
+    }
+    // SAFETY: the process has one thread (checked just above; only this thread could start
+    // another), so the child inherits no lock held by another thread. Callers end the child
+    // with `exit_now` (or exec), so it never returns into the parent's frames.
     unsafe { nix::unistd::fork() }.context("fork")
+}
+
+/// The number of threads of this process, from `/proc/self/task` (a fresh `/proc` in the
+/// agent's view shows its init the same way).
+fn thread_count() -> Result<usize> {
+    let tasks =
+        std::fs::read_dir("/proc/self/task").context("counting threads: /proc/self/task")?;
+    Ok(tasks.count())
 }
 
 /// Ends a forked child at once: no destructors, no atexit handlers, no stdio flush of the
@@ -43,10 +64,7 @@ pub fn cloexec_from(first: u32) -> Result<()> {
 
 /// Closes every descriptor from `first` up, now.
 pub fn close_from(first: u32) -> Result<()> {
-    // SAFETY: plain system call; the caller owns every descriptor above `first` (no Rust
-    // object that outlives this call refers to one).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    Errno::result(rc).map(drop).context("close_range")
+    close_range(first, u32::MAX)
 }
 
 /// Restores default dispositions for every catchable signal and unblocks all signals, so
@@ -160,16 +178,15 @@ pub fn loopback_up() -> Result<()> {
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write one ifreq, which is valid; the union
-    // field used is ifru_flags, as the ioctls define.
-    unsafe {
-        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))
-            .context("SIOCGIFFLAGS")?;
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))
-            .context("SIOCSIFFLAGS")?;
-    }
-    Ok(())
+    // SAFETY: SIOCGIFFLAGS writes one ifreq, which is valid and writable.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    Errno::result(rc).context("SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS filled the union's ifru_flags member, the one read here.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads one ifreq, which is valid.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    Errno::result(rc).map(drop).context("SIOCSIFFLAGS")
 }
 
 /// Standard descriptor 0, 1 or 2 (always open: see `process::ensure_std_fds`).
@@ -209,13 +226,17 @@ pub fn join_new_session_keyring() -> Result<()> {
 /// Closes every descriptor from 3 up except `keep`.
 pub fn close_all_above_2_except(keep: BorrowedFd) -> Result<()> {
     let keep = keep.as_raw_fd() as u32;
-    // SAFETY: plain system calls; the caller owns every descriptor above 2 but `keep`.
-    let rc = unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32)
-    };
+    if keep > 3 {
+        close_range(3, keep - 1)?;
+    }
+    close_range(keep + 1, u32::MAX)
+}
+
+/// close_range(2) without flags: closes `first..=last`.
+fn close_range(first: u32, last: u32) -> Result<()> {
+    // SAFETY: plain system call on descriptor numbers; the callers own every descriptor in
+    // the range (no Rust object that outlives this call refers to one).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     Errno::result(rc).map(drop).context("close_range")
 }
 
@@ -238,4 +259,25 @@ pub fn stop_self(sig: Signal) -> Result<()> {
     // SAFETY: puts back the action sigaction returned above.
     unsafe { sigaction(sig, &previous) }.context("sigaction")?;
     sent.and(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a second thread alive, fork refuses (the unit-test harness may add threads of
+    /// its own; the single-threaded case is what every `exec` test exercises).
+    #[test]
+    fn fork_refuses_while_another_thread_lives() {
+        let (stop, parked) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || parked.recv());
+        let forked = fork();
+        if let Ok(ForkResult::Child) = forked {
+            exit_now(0);
+        }
+        drop(stop);
+        let _ = other.join();
+        let err = forked.expect_err("fork went ahead with two threads");
+        assert!(err.to_string().contains("threads alive"), "{err}");
+    }
 }

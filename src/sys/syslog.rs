@@ -9,10 +9,8 @@ pub fn notice(message: &str) {
         return;
     };
     const IDENT: &std::ffi::CStr = c"agentuser";
-    // SAFETY: IDENT is a static C string (openlog keeps the pointer); "%s" with a valid
-    // NUL-terminated string is a well-formed format call.
-    unsafe {
-        libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
-        libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr());
-    }
+    // SAFETY: IDENT is a static C string, so the pointer openlog keeps stays valid.
+    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV) };
+    // SAFETY: "%s" with one valid NUL-terminated string is a well-formed format call.
+    unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr()) };
 }
