@@ -96,6 +96,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Shell(args) => return Ok(runner::shell(ctx, &args)),
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),
         Command::Doctor { json } => return audit::doctor(ctx, json),
+        Command::GitRemoteHelper { address, .. } => {
+            return crate::git::remote::serve(ctx, &address);
+        }
     }
     Ok(0)
 }

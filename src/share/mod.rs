@@ -32,6 +32,7 @@ use crate::registry::{AgentRecord, Lock};
 use crate::view::ViewMount;
 use crate::{eventlog, policy};
 
+pub use git::{GitEntry, entries as git_entries};
 pub use walk::printable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
