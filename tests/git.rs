@@ -395,3 +395,86 @@ fn alternates_written_by_the_agent_never_reach_the_owners_repository() {
     assert_eq!(sha.len(), 40);
     assert!(!owner_sees(&sb, &sha));
 }
+
+#[test]
+fn a_linked_worktree_is_shared_and_the_agent_commits_there() {
+    let sb = Sandbox::new("git-worktree");
+    setup(&sb);
+    owner(
+        &sb,
+        &format!("cd {PROJ} && git worktree add -q -b wt-branch /home/alice/wt"),
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/wt", "--rw"])
+        .ok();
+    let out = agent(
+        &sb,
+        "set -e; cd /home/alice/wt; git status --porcelain; git rev-parse --abbrev-ref HEAD; \
+         echo wt >> a.txt; git commit -qam 'in the worktree'; git log --format=%s -2",
+    )
+    .ok();
+    assert_eq!(
+        out.stdout, "wt-branch\nin the worktree\nfirst\n",
+        "{out:#?}"
+    );
+    let fetched = owner(
+        &sb,
+        "set -e; cd /home/alice/proj; git remote add --no-tags agent-coder agentuser::coder:/home/alice/wt; \
+         git fetch -q agent-coder; git log -1 --format=%s agent-coder/wt-branch; git -C /home/alice/wt status --porcelain",
+    )
+    .ok();
+    assert_eq!(
+        fetched.stdout, "in the worktree\n M a.txt\n",
+        "{fetched:#?}"
+    );
+}
+
+#[test]
+fn a_gitfile_the_owner_did_not_make_is_not_followed() {
+    let sb = Sandbox::new("git-gitfile");
+    setup(&sb);
+    // A repository of alice's that is not shared, and a gitfile in the share pointing at
+    // it that is no worktree of it (no back-pointer): the agent must not get to read it.
+    owner(
+        &sb,
+        &format!(
+            "mkdir /home/alice/secret && cd /home/alice/secret && git init -q && echo s > s && git add s && git commit -qm hidden-commit \
+             && mkdir {PROJ}/fake && echo 'gitdir: /home/alice/secret/.git' > {PROJ}/fake/.git"
+        ),
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let out = agent(
+        &sb,
+        &format!(
+            "cd {PROJ}/fake && git log --format=%s 2>&1; ls /var/lib/agentuser/view/owner-git/"
+        ),
+    );
+    assert!(!out.stdout.contains("hidden-commit"), "{out:#?}");
+    assert!(out.stderr.contains("not given a git directory"), "{out:#?}");
+}
+
+#[test]
+fn submodules_are_readable_and_their_status_works() {
+    let sb = Sandbox::new("git-submodule");
+    setup(&sb);
+    owner(
+        &sb,
+        &format!(
+            "set -e; mkdir /home/alice/lib && cd /home/alice/lib && git init -q && echo l > l.txt && git add l.txt && git commit -qm lib \
+             && cd {PROJ} && git -c protocol.file.allow=always submodule add -q /home/alice/lib lib && git commit -qm 'add lib'"
+        ),
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let out = agent(
+        &sb,
+        &format!(
+            "set -e; cd {PROJ}; git status --porcelain; git submodule status | cut -c43-; cat lib/l.txt; \
+             cd lib; git status --porcelain; git log --format=%s; echo more >> l.txt; git commit -qam 'agent in lib'; \
+             cd ..; git status --porcelain"
+        ),
+    )
+    .ok();
+    assert_eq!(out.stdout, "lib\nl\nlib\n M lib\n", "{out:#?}");
+}
