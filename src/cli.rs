@@ -175,7 +175,9 @@ SSH keys, .netrc, cloud and registry credentials, browser profiles, shell files 
 tokens), writable paths outside the agent's home, shares and private temp directories, unix \
 sockets (path and abstract) and loopback TCP ports of other users that accept a connection \
 (nothing is sent), UDP listeners, risky groups, sudo rules, cron/at/linger, and the agent's \
-shares and credentials with their state. File contents are never printed; at most the first \
+shares and credentials with their state, with how git is protected in each read-write share \
+(the agent's own repositories and their agentuser:: fetch URLs; a share with \
+--allow-git-writes is a high finding). File contents are never printed; at most the first \
 4 KiB of a few candidate files are read to classify them.
 
 Exit status: 0 when no finding is high, 1 otherwise (host-only findings count), 2 on a usage \

@@ -478,3 +478,70 @@ fn submodules_are_readable_and_their_status_works() {
     .ok();
     assert_eq!(out.stdout, "lib\nl\nlib\n M lib\n", "{out:#?}");
 }
+
+#[test]
+fn share_show_and_audit_say_how_git_is_protected() {
+    let sb = Sandbox::new("git-audit");
+    setup(&sb);
+    owner(
+        &sb,
+        "mkdir /home/alice/other && cd /home/alice/other && git init -q",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let escape = sb
+        .as_user(
+            "alice",
+            &[
+                "share",
+                "coder",
+                "/home/alice/other",
+                "--rw",
+                "--allow-git-writes",
+            ],
+        )
+        .ok();
+    assert!(
+        escape
+            .stderr
+            .contains("--allow-git-writes gives the agent your .git"),
+        "{escape:#?}"
+    );
+    let shown = sb.as_user("alice", &["show", "coder"]).ok().stdout;
+    assert!(
+        shown.contains("/home/alice/other (--allow-git-writes"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("{PROJ} (git: the agent commits")),
+        "{shown}"
+    );
+    let json = sb.show("coder");
+    let git: Vec<&str> = json["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["git"].as_str().unwrap())
+        .collect();
+    assert_eq!(git, ["agent-repository", "owner-git-writable"]);
+    let audit = sb.as_user("alice", &["audit", "coder", "--json"]);
+    assert_eq!(audit.code, 1, "{audit:#?}");
+    let findings = audit.json()["findings"].as_array().unwrap().clone();
+    let git = |path: &str| {
+        findings
+            .iter()
+            .find(|f| f["category"] == "git" && f["subject"] == path)
+            .unwrap_or_else(|| panic!("no git finding for {path}: {findings:#?}"))
+            .clone()
+    };
+    assert_eq!(git("/home/alice/other")["severity"], "high");
+    let protected = git(PROJ);
+    assert_eq!(protected["severity"], "info");
+    assert!(
+        protected["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("agentuser::coder:{PROJ}")),
+        "{protected:#?}"
+    );
+}

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod init;
+pub mod protection;
 pub mod remote;
 
 use std::ffi::OsStr;

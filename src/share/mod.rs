@@ -138,6 +138,12 @@ pub fn share(
         outcome.problem_count
     );
     eventlog::record(ctx, "share", name, &detail);
+    if allow_git_writes {
+        eprintln!(
+            "agentuser: {}",
+            crate::git::protection::allow_git_writes_warning(&printable(&target.path))
+        );
+    }
     report_problems("share", &target.path, &outcome);
     Ok(())
 }
