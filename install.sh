@@ -23,6 +23,11 @@ else
 fi
 
 install -D -o root -g root -m 4755 target/release/agentuser /usr/local/bin/agentuser
+# git's remote helper for agentuser::NAME:PATH URLs (git looks for git-remote-agentuser).
+printf '#!/bin/sh\n# git remote helper for agentuser::NAME:PATH URLs: see agentuser-git-remote-helper(1).\nexec /usr/local/bin/agentuser git-remote-helper "$@"\n' \
+    > /usr/local/bin/git-remote-agentuser.tmp
+chmod 755 /usr/local/bin/git-remote-agentuser.tmp
+mv /usr/local/bin/git-remote-agentuser.tmp /usr/local/bin/git-remote-agentuser
 install -D -o root -g root -m 0644 pam/agentuser /etc/pam.d/agentuser
 install -d -m 0755 /usr/local/share/man/man1 /usr/local/share/man/man5
 install -o root -g root -m 0644 man/*.1 /usr/local/share/man/man1/

@@ -105,6 +105,7 @@ fn command_word(command: &Command) -> &'static str {
         Command::Shell(_) => "shell",
         Command::Audit { .. } => "audit",
         Command::Doctor { .. } => "doctor",
+        Command::GitRemoteHelper { .. } => "git-remote-helper",
     }
 }
 
@@ -144,6 +145,7 @@ fn agent_of(command: &Command) -> Option<&str> {
         ) => Some(name),
         Command::Exec(args) => Some(&args.name),
         Command::Shell(args) => Some(&args.name),
+        Command::GitRemoteHelper { address, .. } => address.split_once(':').map(|(name, _)| name),
         Command::List { .. } | Command::Doctor { .. } => None,
     }
 }
@@ -179,6 +181,9 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Shell(args) => return Ok(runner::shell(ctx, &args)),
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),
         Command::Doctor { json } => return audit::doctor(ctx, json),
+        Command::GitRemoteHelper { address, .. } => {
+            return crate::git::remote::serve(ctx, &address);
+        }
     }
     Ok(0)
 }

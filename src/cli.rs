@@ -141,7 +141,31 @@ same for every share of the agent.")]
         #[arg(long)]
         json: bool,
     },
+    /// Serve an agent's commits to git (run by git as git-remote-agentuser)
+    #[command(long_about = GIT_REMOTE_HELPER_LONG_ABOUT)]
+    GitRemoteHelper {
+        /// The remote's name (given by git, unused)
+        remote: String,
+        /// NAME:PATH: the agent and the work tree of your repository in its read-write share
+        address: String,
+    },
 }
+
+const GIT_REMOTE_HELPER_LONG_ABOUT: &str = "\
+Serve an agent's commits to git: the remote helper behind URLs agentuser::NAME:PATH.
+
+git runs it (through the git-remote-agentuser script that install.sh puts beside agentuser) \
+when you fetch from such a remote, for example after
+
+  git remote add --no-tags agent-coder agentuser::coder:$HOME/proj
+
+in ~/proj. Then `git fetch agent-coder` brings the agent's branches into \
+refs/remotes/agent-coder/*, to review and merge like any other remote's. It runs `git \
+upload-pack` on the agent's git directory for PATH as the agent, inside its view (a full run \
+like exec, without a network), so your git only receives a pack: nothing of the agent's runs \
+as you, and your git never operates in a directory the agent can write. Only fetching is \
+offered (`connect git-upload-pack`); pushing is refused. Only the agent's owner and root may \
+use it.";
 
 const AUDIT_LONG_ABOUT: &str = "\
 Report what the agent can actually reach.
@@ -155,7 +179,9 @@ SSH keys, .netrc, cloud and registry credentials, browser profiles, shell files 
 tokens), writable paths outside the agent's home, shares and private temp directories, unix \
 sockets (path and abstract) and loopback TCP ports of other users that accept a connection \
 (nothing is sent), UDP listeners, risky groups, sudo rules, cron/at/linger, and the agent's \
-shares and credentials with their state. File contents are never printed; at most the first \
+shares and credentials with their state, with how git is protected in each read-write share \
+(the agent's own repositories and their agentuser:: fetch URLs; a share with \
+--allow-git-writes is a high finding). File contents are never printed; at most the first \
 4 KiB of a few candidate files are read to classify them.
 
 Exit status: 0 when no finding is high, 1 otherwise (host-only findings count), 2 on a usage \
@@ -186,7 +212,7 @@ pub struct ShareArgs {
     /// Read-write access: rwX on every entry, new files editable by both sides
     #[arg(long)]
     pub rw: bool,
-    /// Let the agent write .git inside this read-write share (risky: see below)
+    /// Give the agent your real .git in this read-write share (expert escape, risky: see below)
     #[arg(long)]
     pub allow_git_writes: bool,
 }
@@ -213,11 +239,16 @@ walks. A hang-up or Ctrl-C stops the walk at a safe point (exit 128 + the signal
 interrupted share is completed by running it again.
 
 Inside a read-write share every .git directory (and .git file) is read-only for the agent: \
-its ACL entries there are r-X and its view mounts each one read-only. An agent that can write \
-.git/config or .git/hooks runs code as you on your next `git status` (core.fsmonitor, hooks). \
---allow-git-writes lifts this for one share: use it only for repositories whose git commands \
-you will never run yourself, or that you inspect before use. The agent's git trusts its shared \
-repositories (safe.directory is set in its environment, nothing is written to its home). \
+its ACL entries there are r-X, and in its view each one is covered by a git directory of the \
+agent's own (kept in /var/lib/agentuser/git/NAME/, borrowing your objects read-only), so the \
+agent commits, branches and stashes there while your .git stays untouched. An agent that \
+could write .git/config or .git/hooks would run code as you on your next `git status`. You get \
+its commits with `git remote add --no-tags agent-NAME agentuser::NAME:PATH` and `git fetch \
+agent-NAME` (see git-remote-helper). --allow-git-writes gives the agent your real .git for \
+one share instead, an expert escape flagged by share, show and audit: use it only for \
+repositories whose git commands you will never run yourself, or that you inspect before use. \
+The agent's git trusts its shared repositories (safe.directory is set in its environment, \
+nothing is written to its home). \
 While the agent runs, a repository it plants in a read-write share (a .git, gitfile or git \
 directory layout made from your files, or moved in) is renamed out of git's way \
 (NAME.agentuser-quarantine-...) and reported when the run ends; shares with \

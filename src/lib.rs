@@ -24,6 +24,7 @@ pub mod context;
 pub mod creds;
 pub mod error;
 pub mod eventlog;
+pub mod git;
 pub mod home;
 pub mod names;
 pub mod policy;

@@ -427,6 +427,7 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
     if cleanup::remove(&secrets, Select::All)? > 0 {
         bail!("could not remove {}", secrets.display());
     }
+    crate::git::forget(ctx, name)?;
     ctx.registry.remove(&lock)?;
     eventlog::record(
         ctx,

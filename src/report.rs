@@ -32,6 +32,11 @@ pub struct ShareView {
     /// `granting` or `revoking` when a share or unshare was interrupted; absent when ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<ShareState>,
+    /// How git is protected: `agent-repository`, `owner-git-writable` (--allow-git-writes)
+    /// or `read-only`.
+    pub git: &'static str,
+    #[serde(skip)]
+    git_note: &'static str,
 }
 
 fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
@@ -52,6 +57,8 @@ fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
                 path: s.path.display().to_string(),
                 access: s.access,
                 state: (s.state != ShareState::Ready).then_some(s.state),
+                git: crate::git::protection::word(s),
+                git_note: crate::git::protection::note(s),
             })
             .collect(),
         credentials: creds::describe(ctx, record),
@@ -111,7 +118,12 @@ pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
             Some(ShareState::Revoking) => " (interrupted: run unshare again)",
             _ => "",
         };
-        println!("  {:<3} {}{note}", access_word(s.access), s.path);
+        println!(
+            "  {:<3} {}{note}{}",
+            access_word(s.access),
+            s.path,
+            s.git_note
+        );
     }
     println!("credentials:");
     for c in &v.credentials {

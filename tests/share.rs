@@ -337,22 +337,21 @@ fn git_metadata_is_read_only_in_the_view() {
         .ok();
     let exec =
         |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
-    // The agent's git works on the owner's repository (no "dubious ownership").
+    let owner_config = || {
+        sb.sh("cat /home/alice/repo/.git/config /home/alice/repo/sub/.git/config 2>/dev/null; ls /home/alice/repo/.git/hooks").ok().stdout
+    };
+    // The agent's git works in the owner's work tree (no "dubious ownership"); what it
+    // writes under .git goes to its own git directory (tests/git.rs), never the owner's.
     exec("cd /home/alice/repo && git status --short && echo b >> a").ok();
-    assert_ne!(
-        exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/.git/config").code,
-        0
-    );
-    assert_ne!(
-        exec("echo evil > /home/alice/repo/.git/hooks/pre-commit").code,
-        0
-    );
+    let before = owner_config();
+    exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/.git/config && mkdir -p /home/alice/repo/.git/hooks && echo evil > /home/alice/repo/.git/hooks/pre-commit").ok();
+    assert_eq!(owner_config(), before);
     assert_ne!(
         exec("mv /home/alice/repo/.git /home/alice/repo/old").code,
         0
     );
     // A repository the owner makes after the share inherits the agent's rwx default entry;
-    // the view still mounts its .git read-only.
+    // the view still covers its .git with the agent's own.
     sb.sh_as(
         "alice",
         "cd /home/alice/repo && mkdir sub && cd sub && git init -q",
@@ -365,9 +364,11 @@ fn git_metadata_is_read_only_in_the_view() {
             .contains(&format!("user:{uid}:rw")),
         "the new repository did not inherit the default ACL"
     );
-    assert_ne!(
-        exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/sub/.git/config").code,
-        0,
+    let before = owner_config();
+    exec("echo '[core]fsmonitor=evil' >> /home/alice/repo/sub/.git/config").ok();
+    assert_eq!(
+        owner_config(),
+        before,
         "a .git made after the share was writable in the view"
     );
     exec("cd /home/alice/repo/sub && git status >/dev/null").ok();
@@ -383,6 +384,7 @@ fn git_metadata_is_read_only_in_the_view() {
     )
     .ok();
     exec("echo '# ok' >> /home/alice/repo/.git/config").ok();
+    assert!(owner_config().contains("# ok"));
 }
 
 #[test]

@@ -109,6 +109,22 @@ fn logged(ctx: &Context, req: &Request) -> u8 {
     finish(result)
 }
 
+/// Runs a fixed command of agentuser's own (the git remote helper's `git upload-pack`) as
+/// the agent, exactly as `exec` would, without a network.
+pub fn serve(ctx: &Context, name: &str, command: &[OsString]) -> u8 {
+    finish(run(
+        ctx,
+        &Request {
+            name,
+            cwd: None,
+            env: &[],
+            network: Some(Network::None),
+            command: Some(command),
+            clipboard_write: false,
+        },
+    ))
+}
+
 fn finish(result: Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
@@ -146,7 +162,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     // Before the view is planned: nothing a killed run left may pass for the owner's.
     planted::recover(ctx, &record)?;
     let network = req.network.unwrap_or(ctx.config.network);
-    let plan = sandbox::plan(ctx, &record, network)?;
+    let mut plan = sandbox::plan(ctx, &record, network)?;
+    // Before any thread starts (gitfiles are read with the owner's rights).
+    let git = crate::git::prepare(ctx, &record)?;
+    plan.mounts.extend(git.mounts);
+    plan.warnings.extend(git.warnings);
     for warning in &plan.warnings {
         eprintln!("agentuser: warning: {warning}");
     }
@@ -227,6 +247,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let tty = slave.as_ref().map(|slave| slave.as_fd());
     let mut started = tree::start(Some(&plan), true, tty, || {
         agent.prepare()?;
+        crate::git::init::run(&git.init);
         launch::exec(&command)
     })?;
     if let Some(guard) = guard.as_mut() {
@@ -388,7 +409,7 @@ fn build_command(
     shell: &std::path::Path,
     explicit: &[(String, Vec<u8>)],
 ) -> Result<launch::Command> {
-    let mut extra: Vec<(String, Vec<u8>)> = crate::share::agent_env(record)
+    let mut extra: Vec<(String, Vec<u8>)> = crate::git::agent_env(ctx, record)
         .into_iter()
         .map(|(n, v)| (n, v.into_bytes()))
         .collect();

@@ -59,6 +59,9 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
         .map(PathBuf::from)
         .collect();
     hidden.push(ctx.config.home_base.clone());
+    // agentuser's own state: empty in the view; agent git directories and the owner's
+    // repositories are mounted there (crate::git), on mount points only root made.
+    hidden.push(ctx.registry.root().to_path_buf());
     for other in ctx.registry.all()? {
         if other.name != record.name && !other.home.starts_with(&ctx.config.home_base) {
             hidden.push(other.home.clone());
@@ -131,11 +134,19 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
     )
     .context("making the mount namespace private")?;
 
-    // 1. Sources, before anything is hidden.
+    // 1. Sources, before anything is hidden. A source shown elsewhere than at its own path
+    // is copied now, as it is on the host: the inner mounts of step 2 must not show
+    // through it (the owner's .git, covered by the agent's in the share, stays the owner's).
     let mut sources = Vec::new();
     for (i, m) in plan.mounts.iter().enumerate() {
         match open_beneath_root(&m.source) {
-            Ok(fd) => sources.push((m, fd)),
+            Ok(fd) => {
+                let early = (m.source != m.target)
+                    .then(|| detached_copy(&fd, m.read_only))
+                    .transpose()
+                    .with_context(|| format!("mounting {}", m.source.display()))?;
+                sources.push((m, fd, early))
+            }
             Err(Errno::ENOENT) if i > 0 => warnings.push(format!(
                 "{}: does not exist, not mounted in the view",
                 m.source.display()
@@ -151,9 +162,10 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
     };
 
     // 2. Inner mounts onto their targets in the original tree, outermost first.
-    let (mut inner, top): (Vec<_>, Vec<_>) = sources.into_iter().partition(|(m, _)| inside_tree(m));
-    inner.sort_by_key(|(m, _)| m.target.components().count());
-    for (m, src) in &inner {
+    let (mut inner, top): (Vec<_>, Vec<_>) =
+        sources.into_iter().partition(|(m, _, _)| inside_tree(m));
+    inner.sort_by_key(|(m, _, _)| m.target.components().count());
+    for (m, src, early) in inner {
         let target = match open_beneath_root(&m.target) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
@@ -169,7 +181,7 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
                 describe(e)
             ),
         };
-        if !same_kind(src, &target)? {
+        if !same_kind(&src, &target)? {
             warnings.push(format!(
                 "{}: mount target is not of the same kind as {}, skipped",
                 m.target.display(),
@@ -177,8 +189,11 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
             ));
             continue;
         }
-        let tree = detached_copy(src, m.read_only)
-            .with_context(|| format!("mounting {}", m.source.display()))?;
+        let tree = match early {
+            Some(tree) => tree,
+            None => detached_copy(&src, m.read_only)
+                .with_context(|| format!("mounting {}", m.source.display()))?,
+        };
         fdmount::attach(tree.as_fd(), target.as_fd())
             .map_err(describe)
             .with_context(|| {
@@ -188,9 +203,12 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
 
     // 3. Detached copies of the exposed trees, with their inner mounts.
     let mut trees = Vec::new();
-    for (m, src) in top {
-        let tree = detached_copy(&src, m.read_only)
-            .with_context(|| format!("mounting {}", m.source.display()))?;
+    for (m, src, early) in top {
+        let tree = match early {
+            Some(tree) => tree,
+            None => detached_copy(&src, m.read_only)
+                .with_context(|| format!("mounting {}", m.source.display()))?,
+        };
         trees.push((m, src, tree));
     }
 

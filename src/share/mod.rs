@@ -32,6 +32,7 @@ use crate::registry::{AgentRecord, Lock};
 use crate::view::ViewMount;
 use crate::{eventlog, policy};
 
+pub use git::{GitEntry, entries as git_entries};
 pub use walk::printable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +138,12 @@ pub fn share(
         outcome.problem_count
     );
     eventlog::record(ctx, "share", name, &detail);
+    if allow_git_writes {
+        eprintln!(
+            "agentuser: {}",
+            crate::git::protection::allow_git_writes_warning(&printable(&target.path))
+        );
+    }
     report_problems("share", &target.path, &outcome);
     Ok(())
 }
