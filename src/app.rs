@@ -92,6 +92,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
             CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,
         },
+        Command::Net(args) => crate::network::commands::run(ctx, &args)?,
         Command::Exec(args) => return Ok(runner::exec(ctx, &args)),
         Command::Shell(args) => return Ok(runner::shell(ctx, &args)),
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),

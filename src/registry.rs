@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::cli::Network;
 use crate::creds::CredentialRecord;
 use crate::share::ShareRecord;
 
@@ -54,6 +55,13 @@ pub struct AgentRecord {
     pub shares: Vec<ShareRecord>,
     #[serde(default)]
     pub credentials: Vec<CredentialRecord>,
+    /// The agent's own network mode when `exec --network` is not given; None: the
+    /// config's `network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Network allowlist entries in canonical form (`crate::network::allowlist`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_allow: Vec<String>,
 }
 
 /// Proof that the registry lock is held.

@@ -46,6 +46,7 @@ struct Request<'a> {
     cwd: Option<&'a PathBuf>,
     env: &'a [String],
     network: Option<Network>,
+    publish: &'a [u16],
     /// None: the login shell.
     command: Option<&'a [OsString]>,
 }
@@ -58,6 +59,7 @@ pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &args.env,
             network: args.network,
+            publish: &args.publish,
             command: Some(&args.command),
         },
     ))
@@ -71,6 +73,7 @@ pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
             cwd: args.cwd.as_ref(),
             env: &[],
             network: args.network,
+            publish: &[],
             command: None,
         },
     ))
@@ -107,10 +110,24 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         &record.name,
         &format!("command={command_name:?}"),
     );
-    let extra_env = explicit_env(req.env)?;
+    let mut extra_env = explicit_env(req.env)?;
     crate::creds::sync_before_exec(ctx, &mut record)?;
-    let network = req.network.unwrap_or(ctx.config.network);
-    let plan = sandbox::plan(ctx, &record, network)?;
+    let network = req.network.or(record.network).unwrap_or(ctx.config.network);
+    if !req.publish.is_empty() && network != Network::Allowlist {
+        return Err(usage("--publish needs the allowlist network mode"));
+    }
+    let mut plan = sandbox::plan(ctx, &record, network)?;
+    // Started first: it builds the agent's network namespace while the view and the PAM
+    // session are made; dropped (killed) on every early return.
+    let point = match network {
+        Network::Allowlist => {
+            let (point, channel) = crate::network::start(ctx, &record, req.publish)?;
+            plan.join_net = Some(std::sync::Arc::new(channel));
+            extra_env.splice(0..0, crate::network::agent_env());
+            Some(point)
+        }
+        _ => None,
+    };
     for warning in &plan.warnings {
         eprintln!("agentuser: warning: {warning}");
     }
@@ -222,6 +239,10 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
     let _ = waitpid(started.child, None);
+    // After the terminal is restored: what the policy point refused.
+    for line in point.map(|p| p.finish(ctx)).unwrap_or_default() {
+        eprintln!("{line}");
+    }
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);

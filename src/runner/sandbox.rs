@@ -48,6 +48,9 @@ pub struct ViewPlan {
     pub mounts: Vec<ViewMount>,
     /// Warnings to print (one line each) before the run.
     pub warnings: Vec<String>,
+    /// `allowlist` mode: where the policy point sends the agent's network namespace. None
+    /// (audit): a namespace with loopback only.
+    pub join_net: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Works out the view of `record`'s agent.
@@ -57,6 +60,11 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
         .map(PathBuf::from)
         .collect();
     hidden.push(ctx.config.home_base.clone());
+    if network == Network::Allowlist {
+        // The host's resolver daemons answer any name over a unix socket: a way around the
+        // policy point for DNS (THREAT-MODEL row 28).
+        hidden.extend(["/run/systemd/resolve", "/run/nscd"].map(PathBuf::from));
+    }
     for other in ctx.registry.all()? {
         if other.name != record.name && !other.home.starts_with(&ctx.config.home_base) {
             hidden.push(other.home.clone());
@@ -90,6 +98,7 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
             .collect(),
         mounts,
         warnings,
+        join_net: None,
     })
 }
 
@@ -100,7 +109,8 @@ fn is_normal_absolute(path: &Path) -> bool {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
-/// Namespaces other than pid, entered by the pid-1 process of the new pid namespace.
+/// Namespaces other than pid, entered by the pid-1 process of the new pid namespace. The
+/// `allowlist` mode's network namespace is joined at the end of [`build`].
 pub fn unshare_namespaces(network: Network) -> Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
     if network == Network::None {
@@ -242,7 +252,22 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
         None::<&str>,
     )
     .context("mounting /proc")?;
+    if plan.network == Network::Allowlist {
+        join_network(plan)?;
+    }
     Ok(warnings)
+}
+
+/// `allowlist` mode: the namespace the policy point made (it waits meanwhile), or, without
+/// a policy point (audit), one with loopback only.
+fn join_network(plan: &ViewPlan) -> Result<()> {
+    match &plan.join_net {
+        Some(channel) => crate::network::join(channel),
+        None => {
+            unshare(CloneFlags::CLONE_NEWNET).context("creating the network namespace")?;
+            crate::sys::spawn::loopback_up().context("bringing up loopback")
+        }
+    }
 }
 
 /// Opens `path` as an O_PATH descriptor, refusing any symlink on the way, the last component

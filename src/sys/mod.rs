@@ -8,6 +8,7 @@ pub mod agentfs;
 pub mod ids;
 pub mod landlock;
 pub mod mount;
+pub mod net;
 pub mod process;
 pub mod socket;
 pub mod spawn;

@@ -16,3 +16,17 @@ pub fn notice(message: &str) {
         libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr());
     }
 }
+
+/// Connects to the syslog socket now (LOG_NDELAY), for a process that will lose the right
+/// to open it later (the policy point).
+pub fn open() {
+    const IDENT: &std::ffi::CStr = c"agentuser";
+    // SAFETY: IDENT is a static C string (openlog keeps the pointer).
+    unsafe {
+        libc::openlog(
+            IDENT.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_AUTHPRIV,
+        )
+    };
+}
