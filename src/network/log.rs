@@ -134,7 +134,8 @@ pub fn summary(file: &mut File, start: u64, run: &str, agent: &str) -> Vec<Strin
     if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_string(&mut text).is_err() {
         return Vec::new();
     }
-    let mut blocked: BTreeMap<(String, String), (u32, Option<String>)> = BTreeMap::new();
+    // One line per destination: the first reason, and how often.
+    let mut blocked: BTreeMap<String, (u32, String, Option<String>)> = BTreeMap::new();
     for refusal in text
         .lines()
         .filter_map(|l| serde_json::from_str::<Refusal>(l).ok())
@@ -142,13 +143,15 @@ pub fn summary(file: &mut File, start: u64, run: &str, agent: &str) -> Vec<Strin
         if refusal.run != run {
             continue;
         }
-        let slot = blocked
-            .entry((refusal.dest.clone(), refusal.reason.clone()))
-            .or_insert((0, refusal.allow.clone()));
+        let slot = blocked.entry(refusal.dest.clone()).or_insert((
+            0,
+            refusal.reason.clone(),
+            refusal.allow.clone(),
+        ));
         slot.0 += 1;
     }
     let mut lines = Vec::new();
-    for ((dest, reason), (count, allow)) in blocked.iter().take(SUMMARY_LINES) {
+    for (dest, (count, reason, allow)) in blocked.iter().take(SUMMARY_LINES) {
         let times = if *count == 1 {
             String::new()
         } else {

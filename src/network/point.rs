@@ -79,6 +79,7 @@ pub fn spawn(setup: Setup) -> Result<Pid> {
                 init_end,
             } = setup;
             drop(init_end);
+            crate::sys::syslog::close();
             let keep = [to_init.as_raw_fd(), shared.log_fd()];
             if crate::sys::net::close_all_except(&keep).is_err() {
                 exit_now(1);

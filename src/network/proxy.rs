@@ -98,7 +98,9 @@ impl Shared {
     fn refused(&self, what: &str, host: &Host, port: u16, reason: &str) -> OpenError {
         let dest = format!("{host}:{port}");
         let allow = match host {
-            Host::Name(name) if DEFAULT_PORTS.contains(&port) => Some(name.clone()),
+            Host::Name(name) if name != "localhost" && DEFAULT_PORTS.contains(&port) => {
+                Some(name.clone())
+            }
             _ => Some(dest.clone()),
         };
         self.refuse(what, dest.clone(), reason.into(), allow.clone());
@@ -339,8 +341,8 @@ pub async fn serve_dns(socket: UdpSocket, shared: Arc<Shared>) {
         if let dns::Outcome::Refused { name, kind } = outcome {
             shared.refuse(
                 "dns",
-                format!("{name} {kind}"),
-                "name not in the allowlist (not resolved)".into(),
+                name.clone(),
+                format!("{kind} query for a name not in the allowlist (never resolved)"),
                 Some(name),
             );
         }

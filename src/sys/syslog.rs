@@ -30,3 +30,10 @@ pub fn open() {
         )
     };
 }
+
+/// Closes the syslog connection (a forked child must, before it closes descriptors it
+/// inherited: glibc would otherwise go on writing to that descriptor number).
+pub fn close() {
+    // SAFETY: closelog takes no arguments and only closes glibc's own descriptor.
+    unsafe { libc::closelog() };
+}
