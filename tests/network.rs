@@ -392,9 +392,16 @@ fn the_policy_point_is_out_of_the_agents_reach() {
             "--",
             "/bin/sh",
             "-c",
-            "echo started; sleep 60",
+            // The stub answers once the policy point serves: after its privilege drop.
+            "getent hosts other.test; echo started; sleep 60",
         ],
     ));
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
     let (pid, uid) = policy_point(&sb);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     for needle in [
@@ -404,11 +411,17 @@ fn the_policy_point_is_out_of_the_agents_reach() {
     ] {
         assert!(status.contains(needle), "{needle}: {status}");
     }
-    assert!(
-        status.contains(&format!("Gid:\t{uid}")) || status.contains("Gid:\t"),
-        "{status}"
-    );
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(groups.trim(), "Groups:", "supplementary groups: {status}");
     assert_ne!(uid, 0);
+    // Not dumpable: the kernel then gives its /proc files (not the directory) to root.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .uid(),
+        0
+    );
     // An agent process outside any view (its uid at its most powerful: cron, su) and a
     // process of the agent's own as the control target.
     let mut own = sb.spawn(sb.command(&[
@@ -510,6 +523,17 @@ fn publish_makes_one_port_reachable_from_the_host() {
     );
     let _ = run.kill();
     let _ = run.wait();
+    // Killing the runner takes the policy point and its publisher down.
+    let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
+    let mut left = String::new();
+    for _ in 0..100 {
+        left = sb.sh(&format!("ps -o pid= -u {uid}")).stdout;
+        if left.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(left.trim(), "", "policy point processes outlived the run");
     sb.as_user(
         "alice",
         &[

@@ -197,8 +197,8 @@ fn drop_privileges(account: Account, parent: Pid) -> Result<()> {
 }
 
 /// Landlock: read-only access to what the resolver reads (/etc, the libraries NSS loads,
-/// resolv.conf's real directory), no writing, no binding of TCP ports, no signals or
-/// abstract sockets outside the domain.
+/// resolv.conf's real directory), no writing, no binding of TCP ports, no abstract sockets
+/// outside the domain.
 fn confine() -> Result<()> {
     use landlock::{
         ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
@@ -221,7 +221,9 @@ fn confine() -> Result<()> {
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))?
         .handle_access(AccessNet::BindTcp)?
-        .scope(Scope::AbstractUnixSocket | Scope::Signal)?
+        // Not Scope::Signal: it would also stop the kernel's parent-death signal from the
+        // policy point to its publisher, which then outlived the run.
+        .scope(Scope::AbstractUnixSocket)?
         .create()?
         .add_rules(path_beneath_rules(&readable, AccessFs::from_read(abi)))?
         .restrict_self()

@@ -32,7 +32,7 @@ pub fn parse_proxy(text: &str) -> Result<UpstreamProxy, String> {
         .parse()
         .map_err(|_| format!("'{}': not a valid HOST:PORT", authority.escape_default()))?;
     match (uri.host(), uri.port_u16()) {
-        (Some(_), Some(_)) if !authority.contains('@') => Ok(UpstreamProxy {
+        (Some(_), Some(_)) if !authority.contains(['@', '/']) => Ok(UpstreamProxy {
             authority: authority.to_owned(),
         }),
         _ => Err(format!(
