@@ -10,7 +10,8 @@ if [ "${1:-}" != "--no-deps" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # acl: getfacl/setfacl for checks; libacl1-dev, libpam0g-dev, gcc: to build and link.
-    apt-get install -y -qq acl libacl1-dev libpam0g-dev gcc >/dev/null
+    # nftables: nft(8) loads the capture rules of the allowlist network mode.
+    apt-get install -y -qq acl libacl1-dev libpam0g-dev gcc nftables >/dev/null
 fi
 
 # Build as the invoking user when run through sudo, so target/ stays theirs.
@@ -36,6 +37,10 @@ install -d -o root -g root -m 0755 /etc/agentuser
 [ -e /etc/agentuser/config.toml ] ||
     install -o root -g root -m 0644 etc/config.toml /etc/agentuser/config.toml
 getent group agentuser >/dev/null || groupadd --system agentuser
+# The network policy point runs as this account (never root while it handles traffic).
+getent passwd agentuser-net >/dev/null ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+        agentuser-net
 # A locked password does not stop key logins under UsePAM, and an agent can write its own
 # ~/.ssh/authorized_keys: keep agent accounts (default template agent-{name}) out of sshd,
 # which would give them the host's view instead of agentuser's.

@@ -10,12 +10,14 @@ out=bench/results/exec.md
 json=$BENCH_DIR/exec.json
 runs=${RUNS:-300}
 in_sandbox "
+getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
 $BIN create bench >/dev/null
 hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export-markdown $BENCH_DIR/table.md \
   -n setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \
   -n runuser 'runuser -u agent-bench -- /bin/true' \
-  -n agentuser '$BIN exec bench -- /bin/true' \
+  -n agentuser '$BIN exec bench --network host -- /bin/true' \
   -n 'agentuser --network none' '$BIN exec bench --network none -- /bin/true' \
+  -n 'agentuser --network allowlist' '$BIN exec bench --network allowlist -- /bin/true' \
   -n sudo 'sudo -u agent-bench /bin/true' </dev/null
 "
 {
@@ -31,6 +33,7 @@ hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export
     echo "**Ratio agentuser / runuser: $(ratio "$json" agentuser runuser)x** (target: at most 1.25x)."
     echo "**Ratio agentuser / sudo: $(ratio "$json" agentuser sudo)x** (target: below 1)."
     echo "Ratio agentuser / setpriv (floor): $(ratio "$json" agentuser setpriv)x;"
-    echo "agentuser --network none / runuser: $(ratio "$json" 'agentuser --network none' runuser)x."
+    echo "agentuser --network none / runuser: $(ratio "$json" 'agentuser --network none' runuser)x;"
+    echo "**agentuser --network allowlist (the default) / runuser: $(ratio "$json" 'agentuser --network allowlist' runuser)x** (target: at most 1.5x)."
 } > "$out"
 cat "$out"

@@ -11,7 +11,7 @@
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, CredCommand};
+use crate::cli::{Cli, Command, CredCommand, NetAction};
 use crate::config::Config;
 use crate::context::{CallerEnv, Context};
 use crate::error::{exit_code, report};
@@ -84,6 +84,10 @@ fn changes_state(command: &Command) -> bool {
             | Command::Audit { .. }
             | Command::Doctor { .. }
             | Command::Cred(CredCommand::List { .. })
+            | Command::Net(crate::cli::NetArgs {
+                action: NetAction::List { .. } | NetAction::Log,
+                ..
+            })
     )
 }
 
@@ -106,6 +110,12 @@ fn command_word(command: &Command) -> &'static str {
         Command::Audit { .. } => "audit",
         Command::Doctor { .. } => "doctor",
         Command::GitRemoteHelper { .. } => "git-remote-helper",
+        Command::Net(args) => match args.action {
+            NetAction::Allow { .. } => "net allow",
+            NetAction::Deny { .. } => "net deny",
+            NetAction::List { .. } => "net list",
+            NetAction::Log => "net log",
+        },
     }
 }
 
@@ -145,6 +155,7 @@ fn agent_of(command: &Command) -> Option<&str> {
         ) => Some(name),
         Command::Exec(args) => Some(&args.name),
         Command::Shell(args) => Some(&args.name),
+        Command::Net(args) => Some(&args.name),
         Command::GitRemoteHelper { address, .. } => address.split_once(':').map(|(name, _)| name),
         Command::List { .. } | Command::Doctor { .. } => None,
     }
@@ -177,6 +188,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
             CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,
         },
+        Command::Net(args) => crate::network::commands::run(ctx, &args)?,
         Command::Exec(args) => return Ok(runner::exec(ctx, &args)),
         Command::Shell(args) => return Ok(runner::shell(ctx, &args)),
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),

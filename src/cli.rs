@@ -119,6 +119,9 @@ same for every share of the agent.")]
     /// Manage the agent's credentials (copied files, live files, environment values)
     #[command(subcommand)]
     Cred(CredCommand),
+    /// Manage the agent's network allowlist and read its log of refused connections
+    #[command(long_about = NET_LONG_ABOUT, after_long_help = NET_AFTER_LONG_HELP)]
+    Net(NetArgs),
     /// Run a command as the agent in its isolated view
     #[command(long_about = EXEC_LONG_ABOUT)]
     Exec(ExecArgs),
@@ -363,11 +366,107 @@ credential it changed or could not sync; exits 1 when any could not be synced.")
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
+    /// A private network namespace whose only way out is agentuser's policy point, to the
+    /// destinations in the agent's allowlist (`agentuser net`)
+    Allowlist,
     /// The host's network, loopback services included
     Host,
     /// A private network namespace with loopback only
     None,
 }
+
+impl Network {
+    pub fn word(self) -> &'static str {
+        match self {
+            Network::Allowlist => "allowlist",
+            Network::Host => "host",
+            Network::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Agent name
+    pub name: String,
+    #[command(subcommand)]
+    pub action: NetAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetAction {
+    /// Add destinations to the allowlist
+    #[command(long_about = "\
+Add destinations to the allowlist. HOST is a name (api.anthropic.com), a wildcard for every \
+name below a domain (*.githubusercontent.com, any depth, not the domain itself), an address \
+(10.1.2.3, [fd00::1]) or localhost; each optionally with :PORT. Without a port an entry \
+allows ports 80 and 443; localhost always needs a port. Entries already present are kept once.")]
+    Allow {
+        /// HOST[:PORT] entries
+        #[arg(value_name = "HOST[:PORT]", required_unless_present = "preset")]
+        hosts: Vec<String>,
+        /// Add the entries of a preset (repeatable; see below)
+        #[arg(long, value_name = "NAME")]
+        preset: Vec<String>,
+    },
+    /// Remove destinations from the allowlist
+    #[command(long_about = "\
+Remove entries from the allowlist, spelled as `list` shows them (or a --preset's entries). \
+An entry that is not in the list is an error and nothing is removed.")]
+    Deny {
+        /// HOST[:PORT] entries, as `list` shows them
+        #[arg(value_name = "HOST[:PORT]", required_unless_present = "preset")]
+        hosts: Vec<String>,
+        /// Remove the entries of a preset (repeatable)
+        #[arg(long, value_name = "NAME")]
+        preset: Vec<String>,
+    },
+    /// Show the allowlist and the agent's network mode
+    List {
+        /// Print a JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the log of refused connections and DNS queries
+    Log,
+}
+
+const NET_LONG_ABOUT: &str = "\
+Manage the agent's network allowlist and read its log of refused connections.
+
+In the allowlist network mode (the default; see exec --network) the agent runs in a network \
+namespace of its own whose only way out is agentuser's policy point: a process beside the \
+agent, running as the unprivileged system account agentuser-net, that connects on the \
+agent's behalf to the destinations in this list and to nothing else. Clients that honour \
+HTTP_PROXY, HTTPS_PROXY and ALL_PROXY (set in the agent's environment) use it as an HTTP \
+proxy (CONNECT and plain HTTP); every other TCP connection is captured transparently, and a \
+DNS stub inside the view answers only names in the list, with addresses the policy point \
+maps back to the name. Names are resolved only by the policy point, with the host's resolver \
+configuration: a name outside the list is never resolved, so no query for it leaves the \
+host. UDP other than DNS to the stub, ICMP and raw sockets do not leave the namespace.
+
+A name that resolves to a loopback, link-local, private, shared or unique-local address is \
+refused (DNS rebinding, cloud metadata at 169.254.169.254) unless the entry is that address \
+itself. localhost:PORT makes the host's loopback service on PORT reachable at \
+127.0.0.1:PORT (and ::1) inside the view. For TLS the server name (SNI) of the client's \
+first message must be the name the connection was made for; TLS is never decrypted.
+
+Every refused connection and DNS query is logged to syslog (authpriv) and to the agent's \
+log, which only root and the owner can read (`net NAME log`); when a run ends, exec prints \
+one line per blocked destination with the command that would allow it.
+
+The list is kept in the agent's record and shown by `show`; changes apply from the next run.";
+
+const NET_AFTER_LONG_HELP: &str = "\
+Presets (--preset NAME) and their exact entries:
+  anthropic  api.anthropic.com console.anthropic.com statsig.anthropic.com
+  openai     api.openai.com auth.openai.com chatgpt.com
+  opencode   opencode.ai *.opencode.ai models.dev
+  github     github.com github.com:22 *.github.com *.githubusercontent.com
+  npm        registry.npmjs.org registry.yarnpkg.com
+  pypi       pypi.org files.pythonhosted.org
+  crates     crates.io index.crates.io static.crates.io
+  debian     deb.debian.org security.debian.org";
 
 const EXEC_LONG_ABOUT: &str = "\
 Run a command as the agent in its isolated view.
@@ -394,9 +493,14 @@ View: the command runs in its own mount, pid and IPC namespaces. /home, /root, /
 the agents' home base and other agents' homes are empty; the agent's home is at its own \
 path; each share (and live credential) is mounted at its own path, read-only for ro shares; \
 /tmp, /var/tmp and /dev/shm are private and empty at every run; /proc shows only the \
-agent's processes. With --network none it gets a network namespace with loopback only; the \
-default, host, leaves the host's network reachable, loopback services of other users \
-included; abstract unix sockets of the host (X11, D-Bus shims) stay out of reach either way \
+agent's processes. Network (--network, else the agent's own setting, else the config's \
+`network`, by default allowlist): allowlist gives it a network namespace whose only way out \
+is agentuser's policy point, to the destinations of `agentuser net NAME allow` (see \
+agentuser-net(1)), with HTTP_PROXY, HTTPS_PROXY and ALL_PROXY set; none gives it loopback \
+only; host leaves the host's network reachable, loopback services of other users and the \
+cloud metadata endpoint included (audit rates it high). --publish PORT makes a port the \
+agent listens on in its view reachable at 127.0.0.1:PORT on the host for the run (allowlist \
+and none). Abstract unix sockets of the host (X11, D-Bus shims) stay out of reach either way \
 where the kernel has Landlock ABI 6 (Linux 6.12+). When the command exits, every process it \
 left behind is killed.
 
@@ -432,13 +536,17 @@ pub struct ExecArgs {
     /// Set an environment variable for the command (repeatable; VAR is letters, digits, '_')
     #[arg(long = "env", value_name = "VAR=VALUE")]
     pub env: Vec<String>,
-    /// Network view: host, or none for a private network with loopback only (default from
-    /// the config)
+    /// Network view: allowlist (only the agent's allowed destinations, through the policy
+    /// point), none (loopback only) or host (default: the agent's setting, else the config)
     #[arg(long, value_enum)]
     pub network: Option<Network>,
     /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)
     #[arg(long)]
     pub allow_clipboard_write: bool,
+    /// Make PORT, where the agent listens in its view, reachable at 127.0.0.1:PORT on the
+    /// host for the run (repeatable; allowlist and none modes)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub publish: Vec<u16>,
     /// Command and arguments, after `--`; looked up on the agent's PATH
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -451,7 +559,7 @@ pub struct ShellArgs {
     /// Directory to start in (default: the current directory when inside a share, else home)
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
-    /// Network view: host, or none for loopback only (default from the config)
+    /// Network view: allowlist, none or host (default: the agent's setting, else the config)
     #[arg(long, value_enum)]
     pub network: Option<Network>,
     /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)

@@ -40,8 +40,11 @@ pub struct Config {
     pub path: String,
     /// Caller environment variables passed through to the agent by name.
     pub env_allowlist: Vec<String>,
-    /// Network view when `exec --network` is not given.
+    /// Network view when neither `exec --network` nor the agent's own setting gives one.
     pub network: Network,
+    /// HTTP proxy (`http://HOST:PORT`) the policy point connects through, for hosts whose
+    /// own egress needs one. Empty: connect directly.
+    pub upstream_proxy: String,
     /// Largest credential file `cred add` copies, in bytes.
     pub cred_max_bytes: u64,
 }
@@ -61,7 +64,8 @@ impl Default for Config {
             shell: PathBuf::from("/bin/bash"),
             path: "/usr/local/bin:/usr/bin:/bin".into(),
             env_allowlist: Vec::new(),
-            network: Network::Host,
+            network: Network::Allowlist,
+            upstream_proxy: String::new(),
             cred_max_bytes: 1 << 20,
         }
     }
@@ -154,6 +158,10 @@ impl Config {
                 );
             }
         }
+        if !self.upstream_proxy.is_empty() {
+            crate::network::upstream::parse_proxy(&self.upstream_proxy)
+                .map_err(|e| anyhow::anyhow!("upstream_proxy: {e}"))?;
+        }
         if self.cred_max_bytes == 0 {
             bail!("cred_max_bytes: must be positive");
         }
@@ -241,6 +249,8 @@ mod tests {
             "shell = \"bash\"",
             "path = \"/usr/bin:.\"",
             "network = \"bridge\"",
+            "upstream_proxy = \"socks5://proxy:1080\"",
+            "upstream_proxy = \"http://proxy\"",
             "max_agents_per_owner = -1",
             "creators_group = \"a b\"",
             "env_allowlist = [\"A=B\"]",

@@ -10,6 +10,7 @@
 //! - [`registry`]: agent records, locking, atomic writes, uid tombstones.
 //! - [`account`], [`provision`]: Unix accounts and the create/delete life cycle.
 //! - [`share`], [`creds`], [`runner`], [`audit`]: the features built on those.
+//! - [`network`]: the allowlist and the policy point of the `allowlist` network mode.
 //! - [`eventlog`]: syslog records of every state change.
 //! - [`sys`]: the only modules allowed to use `unsafe` (libc-level operations).
 #![deny(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod eventlog;
 pub mod git;
 pub mod home;
 pub mod names;
+pub mod network;
 pub mod policy;
 pub mod provision;
 pub mod recover;

@@ -128,6 +128,8 @@ fn new_record(
             .unwrap_or(0),
         shares: Vec::new(),
         credentials: Vec::new(),
+        network: None,
+        net_allow: Vec::new(),
     };
     ctx.registry.save(lock, &record)?;
     drop(registry_lock);

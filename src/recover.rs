@@ -64,6 +64,8 @@ pub fn rebuild(
         created: 0,
         shares: Vec::new(),
         credentials: Vec::new(),
+        net_allow: Vec::new(),
+        network: None,
     };
     match salvage {
         Some(salvage) if salvage.uid == uid => {

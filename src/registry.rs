@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use locks::Held;
 
+use crate::cli::Network;
 use crate::creds::CredentialRecord;
 use crate::share::ShareRecord;
 
@@ -63,6 +64,13 @@ pub struct AgentRecord {
     pub shares: Vec<ShareRecord>,
     #[serde(default)]
     pub credentials: Vec<CredentialRecord>,
+    /// The agent's own network mode when `exec --network` is not given; None: the
+    /// config's `network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// Network allowlist entries in canonical form (`crate::network::allowlist`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_allow: Vec<String>,
 }
 
 /// Proof that the lock of one agent is held: its record, its home and its secrets may be

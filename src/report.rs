@@ -23,6 +23,10 @@ pub struct AgentView {
     pub created: u64,
     pub shares: Vec<ShareView>,
     pub credentials: Vec<CredentialView>,
+    /// The network mode exec uses without --network (the agent's own, else the config's).
+    pub network: &'static str,
+    /// The network allowlist, canonical entries.
+    pub net_allow: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +66,8 @@ fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
             })
             .collect(),
         credentials: creds::describe(ctx, record),
+        network: record.network.unwrap_or(ctx.config.network).word(),
+        net_allow: record.net_allow.clone(),
     }
 }
 
@@ -128,6 +134,10 @@ pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
     println!("credentials:");
     for c in &v.credentials {
         println!("  {c}");
+    }
+    println!("network: {}", v.network);
+    for entry in &v.net_allow {
+        println!("  allow {entry}");
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let record = policy::ready_agent(ctx, name)?;
     eventlog::record(ctx, "audit", name, "");
 
-    let network = ctx.config.network;
+    let network = record.network.unwrap_or(ctx.config.network);
     let (base, owners) = plan(ctx, &record)?;
     let view_plan = Plan {
         host_temp: probes::TEMP_DIRS
@@ -89,6 +89,19 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     }));
 
     let mut findings = Vec::new();
+    if network == Network::Host {
+        findings.push(
+            Finding::new(
+                Severity::High,
+                "network",
+                "network host",
+                "exec runs the agent on the host's network: any host on the internet, the \
+                 owner's loopback services and the cloud metadata endpoint are reachable \
+                 (use the allowlist mode: agentuser net NAME allow HOST)",
+            )
+            .in_views(&[View::View]),
+        );
+    }
     let mut passes = BTreeMap::new();
     for (label, view_kind, result) in [("view", View::View, &view), ("host", View::Host, &host)] {
         match result {
@@ -172,10 +185,7 @@ fn print(
             record.name,
             record.user,
             record.uid,
-            match network {
-                Network::Host => "host",
-                Network::None => "none",
-            }
+            network.word()
         );
         println!(
             "REACHED: view = in the view exec builds; host-only = only outside agentuser; \

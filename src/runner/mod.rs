@@ -52,6 +52,7 @@ struct Request<'a> {
     network: Option<Network>,
     /// Pass OSC 52 clipboard writes to the caller's terminal.
     clipboard_write: bool,
+    publish: &'a [u16],
     /// None: the login shell.
     command: Option<&'a [OsString]>,
 }
@@ -65,6 +66,7 @@ pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
             env: &args.env,
             network: args.network,
             clipboard_write: args.allow_clipboard_write,
+            publish: &args.publish,
             command: Some(&args.command),
         },
     )
@@ -79,6 +81,7 @@ pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
             env: &[],
             network: args.network,
             clipboard_write: args.allow_clipboard_write,
+            publish: &[],
             command: None,
         },
     )
@@ -121,6 +124,7 @@ pub fn serve(ctx: &Context, name: &str, command: &[OsString]) -> u8 {
             network: Some(Network::None),
             command: Some(command),
             clipboard_write: false,
+            publish: &[],
         },
     ))
 }
@@ -157,16 +161,30 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         &record.name,
         &format!("command={command_name:?}"),
     );
-    let extra_env = explicit_env(req.env)?;
+    let mut extra_env = explicit_env(req.env)?;
     crate::creds::sync_before_exec(ctx, &mut record)?;
     // Before the view is planned: nothing a killed run left may pass for the owner's.
     planted::recover(ctx, &record)?;
-    let network = req.network.unwrap_or(ctx.config.network);
+    let network = req.network.or(record.network).unwrap_or(ctx.config.network);
+    if !req.publish.is_empty() && network != Network::Allowlist {
+        return Err(usage("--publish needs the allowlist network mode"));
+    }
     let mut plan = sandbox::plan(ctx, &record, network)?;
     // Before any thread starts (gitfiles are read with the owner's rights).
     let git = crate::git::prepare(ctx, &record)?;
     plan.mounts.extend(git.mounts);
     plan.warnings.extend(git.warnings);
+    // Started first: it builds the agent's network namespace while the view and the PAM
+    // session are made; dropped (killed) on every early return.
+    let point = match network {
+        Network::Allowlist => {
+            let (point, channel) = crate::network::start(ctx, &record, req.publish)?;
+            plan.join_net = Some(std::sync::Arc::new(channel));
+            extra_env.splice(0..0, crate::network::agent_env());
+            Some(point)
+        }
+        _ => None,
+    };
     for warning in &plan.warnings {
         eprintln!("agentuser: warning: {warning}");
     }
@@ -296,6 +314,10 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let _ = waitpid(started.child, None);
     // No process of the agent is left: its last events are queued.
     drop(guard);
+    // After the terminal is restored: what the policy point refused.
+    for line in point.map(|p| p.finish(ctx)).unwrap_or_default() {
+        eprintln!("{line}");
+    }
     if let Err(failure) = start {
         eprintln!("agentuser: {failure}");
         return Ok(failure.code);

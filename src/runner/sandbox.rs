@@ -50,6 +50,9 @@ pub struct ViewPlan {
     pub warnings: Vec<String>,
     /// The owner's `.git` entries in read-write shares as the run starts (device, inode).
     pub known_repositories: Vec<(u64, u64)>,
+    /// `allowlist` mode: where the policy point sends the agent's network namespace. None
+    /// (audit): a namespace with loopback only.
+    pub join_net: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Works out the view of `record`'s agent.
@@ -62,6 +65,11 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
     // agentuser's own state: empty in the view; agent git directories and the owner's
     // repositories are mounted there (crate::git), on mount points only root made.
     hidden.push(ctx.registry.root().to_path_buf());
+    if network == Network::Allowlist {
+        // The host's resolver daemons answer any name over a unix socket: a way around the
+        // policy point for DNS (THREAT-MODEL row 28).
+        hidden.extend(["/run/systemd/resolve", "/run/nscd"].map(PathBuf::from));
+    }
     for other in ctx.registry.all()? {
         if other.name != record.name && !other.home.starts_with(&ctx.config.home_base) {
             hidden.push(other.home.clone());
@@ -97,6 +105,7 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
         mounts,
         warnings,
         known_repositories,
+        join_net: None,
     })
 }
 
@@ -107,7 +116,8 @@ fn is_normal_absolute(path: &Path) -> bool {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
-/// Namespaces other than pid, entered by the pid-1 process of the new pid namespace.
+/// Namespaces other than pid, entered by the pid-1 process of the new pid namespace. The
+/// `allowlist` mode's network namespace is joined at the end of [`build`].
 pub fn unshare_namespaces(network: Network) -> Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
     if network == Network::None {
@@ -264,7 +274,22 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
         None::<&str>,
     )
     .context("mounting /proc")?;
+    if plan.network == Network::Allowlist {
+        join_network(plan)?;
+    }
     Ok(warnings)
+}
+
+/// `allowlist` mode: the namespace the policy point made (it waits meanwhile), or, without
+/// a policy point (audit), one with loopback only.
+fn join_network(plan: &ViewPlan) -> Result<()> {
+    match &plan.join_net {
+        Some(channel) => crate::network::join(channel),
+        None => {
+            unshare(CloneFlags::CLONE_NEWNET).context("creating the network namespace")?;
+            crate::sys::spawn::loopback_up().context("bringing up loopback")
+        }
+    }
 }
 
 /// Opens `path` as an O_PATH descriptor, refusing any symlink on the way, the last component

@@ -11,6 +11,7 @@ pub mod fanotify;
 pub mod ids;
 pub mod landlock;
 pub mod mount;
+pub mod net;
 pub mod pam;
 pub mod process;
 pub mod signals;

@@ -14,3 +14,24 @@ pub fn notice(message: &str) {
     // SAFETY: "%s" with one valid NUL-terminated string is a well-formed format call.
     unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), text.as_ptr()) };
 }
+
+/// Connects to the syslog socket now (LOG_NDELAY), for a process that will lose the right
+/// to open it later (the policy point).
+pub fn open() {
+    const IDENT: &std::ffi::CStr = c"agentuser";
+    // SAFETY: IDENT is a static C string (openlog keeps the pointer).
+    unsafe {
+        libc::openlog(
+            IDENT.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_AUTHPRIV,
+        )
+    };
+}
+
+/// Closes the syslog connection (a forked child must, before it closes descriptors it
+/// inherited: glibc would otherwise go on writing to that descriptor number).
+pub fn close() {
+    // SAFETY: closelog takes no arguments and only closes glibc's own descriptor.
+    unsafe { libc::closelog() };
+}

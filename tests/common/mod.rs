@@ -8,6 +8,8 @@
 //! in that range and removes the sandbox on drop, failure included.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -26,6 +28,8 @@ pub struct Sandbox {
     pub bin: PathBuf,
     pub uid_base: u32,
     next_user: std::cell::Cell<u32>,
+    /// A network namespace (a path) every sandbox command runs in (see `net.rs`).
+    pub net_ns: std::cell::RefCell<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -106,6 +110,7 @@ impl Sandbox {
             dir,
             uid_base,
             next_user: std::cell::Cell::new(0),
+            net_ns: std::cell::RefCell::new(None),
         };
         sandbox.populate();
         sandbox
@@ -136,6 +141,12 @@ impl Sandbox {
         fs::copy(env!("CARGO_BIN_EXE_agentuser"), &self.bin).unwrap();
         fs::set_permissions(&self.bin, fs::Permissions::from_mode(0o4755)).unwrap();
         self.sh("groupadd agentuser").ok();
+        // The policy point's account, as install.sh creates it.
+        self.sh(
+            "getent passwd agentuser-net >/dev/null || useradd --system --no-create-home \
+             --home-dir /nonexistent --shell /usr/sbin/nologin agentuser-net",
+        )
+        .ok();
     }
 
     /// Replaces the config with the sandbox's uid range plus `extra` TOML lines.
@@ -175,7 +186,14 @@ set +e
     /// A command that runs `argv` inside the sandbox's namespace, as root, with a clean
     /// environment.
     pub fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("unshare");
+        let mut cmd = match &*self.net_ns.borrow() {
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={ns}")).arg("--").arg("unshare");
+                cmd
+            }
+            None => Command::new("unshare"),
+        };
         cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
             .arg(format!("{}exec \"$@\"", self.namespace_setup()))
             .arg("sh")

@@ -104,6 +104,7 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
             )),
         ),
     }
+    network(out);
     // Config::load refused an untrusted or invalid file before we got here.
     let config = if Path::new(CONFIG_PATH).exists() {
         "valid, root-owned, not writable by others"
@@ -211,4 +212,48 @@ fn root_dir(path: &Path, mode: u32, out: &mut Vec<Finding>) {
             "chown root:root {shown} && chmod {mode:04o} {shown}"
         )),
     );
+}
+
+/// What the allowlist network mode needs: nft(8) and the policy point's account.
+fn network(out: &mut Vec<Finding>) {
+    use crate::network::{ACCOUNT, netns};
+    match netns::nft_binary() {
+        Some(path) => out.push(Finding::new(
+            Severity::Info,
+            "network",
+            path,
+            "present, root-owned",
+        )),
+        None => out.push(
+            Finding::new(
+                Severity::Medium,
+                "network",
+                "nft",
+                "nft(8) is missing: exec in the allowlist network mode fails",
+            )
+            .fix("apt-get install nftables"),
+        ),
+    }
+    match nix::unistd::User::from_name(ACCOUNT) {
+        Ok(Some(user)) if user.uid.as_raw() != 0 && user.gid.as_raw() != 0 => out.push(
+            Finding::new(Severity::Info, "network", ACCOUNT, format!("policy point account, uid {}", user.uid)),
+        ),
+        Ok(Some(_)) => out.push(Finding::new(
+            Severity::High,
+            "network",
+            ACCOUNT,
+            "the policy point account has uid or gid 0",
+        )),
+        _ => out.push(
+            Finding::new(
+                Severity::Medium,
+                "network",
+                ACCOUNT,
+                "missing: exec in the allowlist network mode fails",
+            )
+            .fix(format!(
+                "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {ACCOUNT}"
+            )),
+        ),
+    }
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The policy point against a direct connection, in a fake internet of the benchmark's own
+# (two network namespaces joined by a veth pair, as tests/common/net.rs builds): throughput
+# of a 1 GiB download, added latency of a new connection (median and p90 of 300), and the
+# resident memory of the policy point holding 100 connections. Run as root:
+# bench/network.sh   Writes bench/results/network.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bench_setup
+out=bench/results/network.md
+runs=${RUNS:-5}
+
+unshare --net -- sleep 3600 & host_pid=$!
+unshare --net -- sleep 3600 & inet_pid=$!
+trap 'kill $host_pid $inet_pid 2>/dev/null; rm -rf "$BENCH_DIR"' EXIT
+sleep 0.3
+nsenter --net=/proc/$host_pid/ns/net -- sh -ec "
+ip link set lo up; ip link add vh type veth peer name vi; ip link set vi netns $inet_pid
+ip addr add 11.22.33.1/24 dev vh; ip link set vh up"
+nsenter --net=/proc/$inet_pid/ns/net -- sh -ec "
+ip link set lo up; ip addr add 11.22.33.2/24 dev vi; ip addr add 11.22.33.3/24 dev vi; ip link set vi up"
+echo "nameserver 11.22.33.2" > "$BENCH_DIR/etc/resolv.conf"
+sed -i 's/^hosts:.*/hosts: files dns/' "$BENCH_DIR/etc/nsswitch.conf"
+truncate -s 1G "$BENCH_DIR/big"
+# DNS: big.test -> 11.22.33.3; HTTP: / is a few bytes, /big the 1 GiB file (sendfile);
+# any connection that sends nothing stays open (for the memory figure).
+nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("11.22.33.2", 53))
+while True:
+    d, p = s.recvfrom(512); end = d.index(b"\0", 12) + 5
+    a = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton("11.22.33.3") if d[end-4:end-2] == b"\0\1" else b""
+    s.sendto(d[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if a else 0, 0, 0) + d[12:end] + a, p)
+' &
+nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
+import os, socket, sys, threading
+big = sys.argv[1]
+def serve(c):
+    req = c.recv(4096)
+    if not req: return
+    if b"/big" in req.split(b"\r\n")[0]:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % os.path.getsize(big))
+        with open(big, "rb") as f: c.sendfile(f)
+    else:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    c.close()
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("11.22.33.3", 80)); l.listen(1024)
+while True:
+    c, _ = l.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+' "$BENCH_DIR/big" &
+sleep 0.5
+
+cat > "$BENCH_DIR/latency.py" <<'PY'
+import subprocess, statistics, sys
+t = []
+for _ in range(300):
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "--noproxy", "*", "-w", "%{time_total}",
+                        "http://big.test/"], capture_output=True, text=True)
+    t.append(float(r.stdout) * 1000)
+t.sort()
+print("%.2f %.2f" % (statistics.median(t), t[int(len(t) * 0.9)]))
+PY
+cat > "$BENCH_DIR/hold.py" <<'PY'
+import socket, sys, time
+cs = [socket.create_connection(("big.test", 80)) for _ in range(100)]
+print("held", flush=True)
+time.sleep(20)
+PY
+chmod 644 "$BENCH_DIR"/*.py
+cat > "$BENCH_DIR/run.sh" <<RUN
+set -e
+getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+$BIN create bench >/dev/null
+$BIN net bench allow big.test
+hyperfine -N --style basic --warmup 1 --runs $runs --export-json $BENCH_DIR/tp.json --export-markdown $BENCH_DIR/tp.md \
+  -n direct "$BIN exec bench --network host -- curl -s -o /dev/null http://big.test/big" \
+  -n "policy point, transparent" "$BIN exec bench --network allowlist -- curl -s -o /dev/null --noproxy * http://big.test/big" \
+  -n "policy point, proxy" "$BIN exec bench --network allowlist -- curl -s -o /dev/null http://big.test/big" </dev/null
+$BIN exec bench --network host -- python3 $BENCH_DIR/latency.py > $BENCH_DIR/lat-direct
+$BIN exec bench --network allowlist -- python3 $BENCH_DIR/latency.py > $BENCH_DIR/lat-point
+$BIN exec bench --network allowlist -- python3 $BENCH_DIR/hold.py > $BENCH_DIR/held &
+while ! grep -q held $BENCH_DIR/held 2>/dev/null; do sleep 0.1; done
+uid=\$(id -u agentuser-net)
+for s in /proc/[0-9]*/status; do
+  if grep -q "^Uid:	\$uid	" \$s 2>/dev/null; then grep VmRSS \$s | awk '{print \$2}'; fi
+done | sort -n | tail -1 > $BENCH_DIR/rss
+wait
+RUN
+nsenter --net=/proc/$host_pid/ns/net -- bash -c "$(declare -f in_sandbox); BENCH_DIR=$BENCH_DIR in_sandbox 'bash $BENCH_DIR/run.sh'"
+
+read -r direct_median direct_p90 < "$BENCH_DIR/lat-direct"
+read -r point_median point_p90 < "$BENCH_DIR/lat-point"
+{
+    echo "# network: the policy point vs a direct connection"
+    echo
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r). A fake internet of two network namespaces"
+    echo "joined by a veth pair (python servers: DNS, HTTP with sendfile). Every command runs as"
+    echo "the agent through \`agentuser exec\`: \`--network host\` is the direct connection."
+    echo
+    echo "## Throughput: 1 GiB download (curl), $runs runs each"
+    echo
+    cat "$BENCH_DIR/tp.md"
+    echo
+    echo "**Throughput policy point (transparent) / direct: $(ratio "$BENCH_DIR/tp.json" direct 'policy point, transparent')x**,"
+    echo "proxy: $(ratio "$BENCH_DIR/tp.json" direct 'policy point, proxy')x (target: at least 0.9x; times include exec's start-up)."
+    echo
+    echo "## Latency of a new connection (300 sequential curl GETs in one run, DNS included)"
+    echo
+    echo "| | median [ms] | p90 [ms] |"
+    echo "|:---|---:|---:|"
+    echo "| direct | $direct_median | $direct_p90 |"
+    echo "| policy point (transparent) | $point_median | $point_p90 |"
+    echo
+    echo "**Added latency at the median: $(python3 -c "print('%.2f' % ($point_median - $direct_median))") ms** (target: at most 1 ms)."
+    echo
+    echo "## Memory"
+    echo
+    echo "Resident memory of the policy point holding 100 open connections: **$(cat "$BENCH_DIR/rss") KiB**."
+} > "$out"
+cat "$out"

@@ -1,0 +1,186 @@
+//! Network policy (DESIGN.md section 8, THREAT-MODEL rows 6, 7, 27, 28, 30): the allowlist
+//! ([`allowlist`], `agentuser net`), and the policy point, the only way out of an agent's
+//! network namespace in `allowlist` mode.
+//!
+//! - [`point`]: the process (one per run, as agentuser-net), its namespace set-up and
+//!   privilege drop; [`netns`]: routes and the netfilter ruleset of the namespace;
+//! - [`proxy`]: what happens to each connection; [`dns`]: the stub; [`tls`]: SNI;
+//!   [`upstream`]: connections out, directly or through `upstream_proxy`;
+//! - [`log`]: refusals (agent log, syslog, end-of-run summary).
+#![forbid(unsafe_code)]
+
+pub mod allowlist;
+pub mod commands;
+mod dns;
+pub mod log;
+pub mod netns;
+mod point;
+mod proxy;
+mod tls;
+pub mod upstream;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use crate::context::Context;
+use crate::registry::AgentRecord;
+use allowlist::{Allowlist, HostPattern};
+
+/// Inside the view, on 127.0.0.1: the HTTP proxy the agent's environment names.
+pub const PROXY_PORT: u16 = 3128;
+/// Inside the view, on 127.0.0.1 and ::1: where netfilter delivers captured connections.
+pub const CAPTURE_PORT: u16 = 3129;
+/// Inside the view, on 127.0.0.1 and ::1: the DNS stub.
+pub const DNS_PORT: u16 = 53;
+/// The system account the policy point runs as (created by install.sh).
+pub const ACCOUNT: &str = "agentuser-net";
+
+/// Proxy variables for the agent's environment in `allowlist` mode (both spellings: curl
+/// reads only the lowercase http_proxy, Go and others the uppercase).
+pub fn agent_env() -> Vec<(String, Vec<u8>)> {
+    let url = format!("http://127.0.0.1:{PROXY_PORT}");
+    let mut env = Vec::new();
+    for name in ["http_proxy", "https_proxy", "all_proxy"] {
+        env.push((name.to_owned(), url.clone().into_bytes()));
+        env.push((name.to_uppercase(), url.clone().into_bytes()));
+    }
+    for name in ["no_proxy", "NO_PROXY"] {
+        env.push((name.to_owned(), b"localhost,127.0.0.1,::1".to_vec()));
+    }
+    env
+}
+
+/// The policy point account, checked: a system account that is neither root nor an agent.
+pub fn account(ctx: &Context, record: &AgentRecord) -> Result<point::Account> {
+    let user = nix::unistd::User::from_name(ACCOUNT)
+        .with_context(|| format!("looking up {ACCOUNT}"))?
+        .ok_or_else(|| {
+            anyhow!("network allowlist: the system account {ACCOUNT} does not exist (install.sh creates it)")
+        })?;
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    if uid == 0 || gid == 0 || uid == record.uid || ctx.config.uid_in_range(uid) {
+        bail!(
+            "network allowlist: {ACCOUNT} has uid {uid} gid {gid}: must be neither root nor an agent"
+        );
+    }
+    Ok(point::Account { uid, gid })
+}
+
+/// A running policy point, from the runner's side. Dropping it kills it.
+pub struct PolicyPoint {
+    pid: Option<Pid>,
+    agent: String,
+    run: String,
+    log_start: u64,
+}
+
+/// Starts the policy point of one run. Returns it and init's end of the socket over which
+/// the agent's network namespace (or an error message) arrives.
+pub fn start(
+    ctx: &Context,
+    record: &AgentRecord,
+    publish: &[u16],
+) -> Result<(PolicyPoint, OwnedFd)> {
+    let account = account(ctx, record)?;
+    let allowlist = Allowlist::from_record(&record.net_allow)
+        .with_context(|| format!("agent '{}': allowlist", record.name))?;
+    let localhost: Vec<u16> = allowlist
+        .entries()
+        .iter()
+        .filter(|e| e.host == HostPattern::Localhost)
+        .filter_map(|e| e.port)
+        .collect();
+    let upstream = match ctx.config.upstream_proxy.as_str() {
+        "" => None,
+        text => Some(upstream::parse_proxy(text).map_err(|e| anyhow!("upstream_proxy: {e}"))?),
+    };
+    let (log_file, log_start) = log::open_for_run(ctx, &record.name)?;
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let mut syslog_prefix = format!(
+        "caller={} uid={} agent={}",
+        ctx.caller.name, ctx.caller.uid, record.name
+    );
+    if ctx.caller.via_sudo {
+        syslog_prefix.push_str(" via=sudo");
+    }
+    let (to_init, init_end) = UnixStream::pair().context("socketpair")?;
+    let shared = proxy::Shared {
+        run: run.clone(),
+        allowlist,
+        names: dns::Names::default(),
+        upstream,
+        syslog_prefix,
+        log: std::sync::Mutex::new(log_file),
+        logged: AtomicU32::new(0),
+    };
+    let init_end: OwnedFd = init_end.into();
+    let pid = point::spawn(point::Setup {
+        shared,
+        account,
+        localhost,
+        publish: publish.to_vec(),
+        to_init: to_init.into(),
+        init_end: init_end.try_clone().context("dup")?,
+    })?;
+    Ok((
+        PolicyPoint {
+            pid: Some(pid),
+            agent: record.name.clone(),
+            run,
+            log_start,
+        },
+        init_end,
+    ))
+}
+
+impl PolicyPoint {
+    /// Stops the policy point and returns the summary of what it refused.
+    pub fn finish(mut self, ctx: &Context) -> Vec<String> {
+        self.stop();
+        let path = log::path(ctx, &self.agent);
+        match std::fs::File::open(&path) {
+            Ok(mut file) => log::summary(&mut file, self.log_start, &self.run, &self.agent),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+impl Drop for PolicyPoint {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// init's side: receives the namespace from the policy point and joins it.
+pub fn join(channel: &Arc<OwnedFd>) -> Result<()> {
+    use std::os::fd::AsFd;
+    match crate::sys::net::recv_fd(channel.as_fd())? {
+        Ok(ns) => nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("joining the agent's network namespace"),
+        Err(message) if message.is_empty() => {
+            bail!("network policy point: exited before it was ready")
+        }
+        Err(message) => bail!("{}", String::from_utf8_lossy(&message)),
+    }
+}

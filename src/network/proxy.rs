@@ -1,0 +1,494 @@
+//! What the policy point does with each connection (DESIGN.md section 8). Three ways in, one
+//! decision, one way out:
+//!
+//! - the HTTP proxy (`HTTP_PROXY`, 127.0.0.1:3128 in the view): CONNECT tunnels and
+//!   absolute-form plain-HTTP requests, served with hyper;
+//! - transparent capture: every other TCP connection of the agent's namespace, redirected by
+//!   netfilter; its original destination (SO_ORIGINAL_DST) is a synthetic address from the
+//!   DNS stub, mapped back to its name, or a raw address;
+//! - the DNS stub ([`super::dns`]) and `localhost:PORT` forwards.
+//!
+//! [`Shared::open`] decides: the allowlist, then (for names) resolution with the host's
+//! resolver and refusal of non-public answers, then the connection. A tunnel to a name
+//! checks the TLS server name of the client's first message ([`super::tls`]). Issue 13
+//! plugs in here: a bound host's tunnel becomes a TLS-terminating one (`relay` is the
+//! place), and an ssh-agent socket is one more listener.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::allowlist::{Allowlist, DEFAULT_PORTS, Grant, Host, is_public};
+use super::dns::{self, Names};
+use super::log::{self, Refusal};
+use super::tls::{self, Hello};
+use super::upstream::{self, Upstream, UpstreamProxy};
+
+/// Copy buffer per direction: large enough that a bulk transfer is not syscall-bound.
+const COPY_BUFFER: usize = 128 * 1024;
+
+/// Everything the connections of one run share.
+pub struct Shared {
+    pub run: String,
+    pub allowlist: Allowlist,
+    pub names: Names,
+    pub upstream: Option<UpstreamProxy>,
+    /// `caller=... uid=... agent=...`, the prefix of every syslog record (as eventlog's).
+    pub syslog_prefix: String,
+    pub log: std::sync::Mutex<std::fs::File>,
+    pub logged: AtomicU32,
+}
+
+/// Why a connection was not made.
+pub enum OpenError {
+    /// The policy refused it (logged).
+    Refused(Refusal),
+    /// Allowed, but the destination could not be reached.
+    Failed(String),
+}
+
+impl Shared {
+    pub fn log_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_raw_fd()
+    }
+
+    /// Records a refusal: the agent's log and syslog, at most `log::MAX_PER_RUN` per run.
+    pub fn refuse(&self, what: &str, dest: String, reason: String, allow: Option<String>) {
+        let n = self.logged.fetch_add(1, Ordering::Relaxed);
+        if n > log::MAX_PER_RUN {
+            return;
+        }
+        let refusal = Refusal {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            run: self.run.clone(),
+            what: what.into(),
+            dest: log::printable(&dest),
+            reason: if n == log::MAX_PER_RUN {
+                "further refusals of this run are not logged".into()
+            } else {
+                reason
+            },
+            allow,
+        };
+        crate::sys::syslog::notice(&format!(
+            "{} action=net-refused what={} dest={:?} reason={:?}",
+            self.syslog_prefix, refusal.what, refusal.dest, refusal.reason
+        ));
+        let mut file = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log::append(&mut file, &refusal);
+    }
+
+    fn refused(&self, what: &str, host: &Host, port: u16, reason: &str) -> OpenError {
+        let dest = format!("{host}:{port}");
+        let allow = match host {
+            Host::Name(name) if name != "localhost" && DEFAULT_PORTS.contains(&port) => {
+                Some(name.clone())
+            }
+            _ => Some(dest.clone()),
+        };
+        self.refuse(what, dest.clone(), reason.into(), allow.clone());
+        OpenError::Refused(Refusal {
+            time: 0,
+            run: String::new(),
+            what: what.into(),
+            dest,
+            reason: reason.into(),
+            allow,
+        })
+    }
+
+    /// Connects to `host:port` for the agent if the allowlist allows it.
+    pub async fn open(&self, host: &Host, port: u16) -> Result<Upstream, OpenError> {
+        let Some(grant) = self.allowlist.check(host, port) else {
+            return Err(self.refused("connect", host, port, "not in the allowlist"));
+        };
+        let failed = |e: std::io::Error| OpenError::Failed(format!("{host}:{port}: {e}"));
+        match grant {
+            Grant::Localhost => {
+                let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+                match upstream::direct(v4).await {
+                    Ok(s) => Ok(s),
+                    Err(_) => {
+                        upstream::direct(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+                            .await
+                            .map_err(failed)
+                    }
+                }
+            }
+            Grant::Address(addr) => match &self.upstream {
+                Some(proxy) => proxy.connect(&format!("{host}:{port}")).await,
+                None => upstream::direct(SocketAddr::new(addr, port)).await,
+            }
+            .map_err(failed),
+            Grant::PublicName => {
+                let Host::Name(name) = host else {
+                    return Err(OpenError::Failed("not a name".into()));
+                };
+                if let Some(proxy) = &self.upstream {
+                    // The upstream proxy resolves the name (the host's own policy).
+                    return proxy
+                        .connect(&format!("{name}:{port}"))
+                        .await
+                        .map_err(failed);
+                }
+                self.open_public(host, name, port).await
+            }
+        }
+    }
+
+    /// Resolves `name` with the host's resolver and connects to a public address of it.
+    async fn open_public(&self, host: &Host, name: &str, port: u16) -> Result<Upstream, OpenError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|e| OpenError::Failed(format!("{name}: {e}")))?
+            .collect();
+        let (public, private): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.into_iter().partition(|a| is_public(a.ip()));
+        if public.is_empty() {
+            let Some(first) = private.first() else {
+                return Err(OpenError::Failed(format!("{name}: no address")));
+            };
+            let reason = format!(
+                "resolves to the non-public address {} (allowed only when the entry names the address)",
+                first.ip()
+            );
+            let dest = format!("{host}:{port}");
+            let entry = Host::Address(first.ip());
+            self.refuse(
+                "connect",
+                dest.clone(),
+                reason.clone(),
+                Some(format!("{entry}:{port}")),
+            );
+            return Err(OpenError::Refused(Refusal {
+                time: 0,
+                run: String::new(),
+                what: "connect".into(),
+                dest,
+                reason,
+                allow: None,
+            }));
+        }
+        let mut last = None;
+        for addr in public {
+            match upstream::direct(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(OpenError::Failed(format!(
+            "{name}:{port}: {}",
+            last.map_or("no address".into(), |e| e.to_string())
+        )))
+    }
+}
+
+/// Relays both directions until both are closed. When `name` is set (a connection made for
+/// a name), a TLS ClientHello from the client must carry that server name; anything that
+/// does not look like TLS passes (ssh, plain HTTP, other protocols to an allowed port).
+pub async fn relay<C>(shared: &Shared, client: C, upstream: Upstream, name: Option<(&str, u16)>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (upstream_r, mut upstream_w) = tokio::io::split(upstream);
+    let down = async {
+        let mut reader = BufReader::with_capacity(COPY_BUFFER, upstream_r);
+        let _ = tokio::io::copy_buf(&mut reader, &mut client_w).await;
+        let _ = client_w.shutdown().await;
+    };
+    let up = async {
+        if let Some((name, port)) = name {
+            let first = match first_bytes(&mut client_r).await {
+                Ok(first) => first,
+                Err(()) => return Err(()),
+            };
+            if let Err(reason) = check_hello(&first, name) {
+                shared.refuse("connect", format!("{name}:{port}"), reason, None);
+                return Err(());
+            }
+            if upstream_w.write_all(&first).await.is_err() {
+                return Err(());
+            }
+        }
+        let mut reader = BufReader::with_capacity(COPY_BUFFER, &mut client_r);
+        let _ = tokio::io::copy_buf(&mut reader, &mut upstream_w).await;
+        let _ = upstream_w.shutdown().await;
+        Ok(())
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        result = &mut up => {
+            if result.is_ok() {
+                down.await;
+            }
+        }
+        () = &mut down => {
+            let _ = up.await;
+        }
+    }
+}
+
+/// Reads until the first bytes can be classified (a complete ClientHello, or not TLS).
+async fn first_bytes<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, ()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = reader.read(&mut chunk).await.map_err(drop)?;
+        if n == 0 {
+            return if buf.is_empty() { Err(()) } else { Ok(buf) };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if tls::inspect(&buf) != Hello::Incomplete {
+            return Ok(buf);
+        }
+    }
+}
+
+fn check_hello(first: &[u8], name: &str) -> Result<(), String> {
+    match tls::inspect(first) {
+        Hello::NotTls => Ok(()),
+        Hello::Sni(Some(sni)) if sni == name => Ok(()),
+        Hello::Sni(Some(sni)) => Err(format!(
+            "TLS server name {} is not the name connected to",
+            log::printable(&sni)
+        )),
+        Hello::Sni(None) => Err("TLS without a server name".into()),
+        Hello::Malformed | Hello::Incomplete => Err("malformed TLS ClientHello".into()),
+    }
+}
+
+/// Accepts forever; a failing accept (out of descriptors) pauses instead of spinning.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Transparently captured connections.
+pub async fn serve_capture(listener: TcpListener, shared: Arc<Shared>, ipv6: bool) {
+    loop {
+        let stream = accept(&listener).await;
+        let shared = shared.clone();
+        tokio::spawn(async move { captured(stream, &shared, ipv6).await });
+    }
+}
+
+async fn captured(stream: TcpStream, shared: &Shared, ipv6: bool) {
+    use std::os::fd::AsFd;
+    let Ok(original) = crate::sys::net::original_destination(stream.as_fd(), ipv6) else {
+        return;
+    };
+    let port = original.port();
+    let host = if Names::is_synthetic(original.ip()) {
+        match shared.names.name_of(original.ip()) {
+            Some(name) => Host::Name(name),
+            None => {
+                let dest = format!("{}:{port}", original.ip());
+                shared.refuse(
+                    "connect",
+                    dest,
+                    "not an address the DNS stub gave".into(),
+                    None,
+                );
+                return;
+            }
+        }
+    } else {
+        Host::Address(original.ip())
+    };
+    let Ok(upstream) = shared.open(&host, port).await else {
+        return;
+    };
+    let name = match &host {
+        Host::Name(n) => Some((n.as_str(), port)),
+        Host::Address(_) => None,
+    };
+    relay(shared, stream, upstream, name).await;
+}
+
+/// The DNS stub on one socket.
+pub async fn serve_dns(socket: UdpSocket, shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let (reply, outcome) = dns::answer(&buf[..len], &shared.allowlist, &shared.names);
+        if let dns::Outcome::Refused { name, kind } = outcome {
+            shared.refuse(
+                "dns",
+                name.clone(),
+                format!("{kind} query for a name not in the allowlist (never resolved)"),
+                Some(name),
+            );
+        }
+        if let Some(reply) = reply {
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    }
+}
+
+/// A fixed forward: `localhost:PORT` into the view, or `--publish PORT` out of it.
+pub async fn serve_forward(listener: TcpListener, target: SocketAddr) {
+    loop {
+        let stream = accept(&listener).await;
+        tokio::spawn(async move {
+            if let Ok(upstream) = upstream::direct(target).await {
+                let (mut a, mut b) = (stream, upstream);
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            }
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The HTTP proxy.
+pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = accept(&listener).await;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, hyper::Error>(proxy_request(req, shared).await) }
+            });
+            // A malformed request ends this connection only.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(text + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn open_error_response(err: OpenError) -> Response<Body> {
+    match err {
+        OpenError::Refused(r) => text_response(
+            StatusCode::FORBIDDEN,
+            format!("agentuser: refused {}: {}", r.dest, r.reason),
+        ),
+        OpenError::Failed(why) => {
+            text_response(StatusCode::BAD_GATEWAY, format!("agentuser: {why}"))
+        }
+    }
+}
+
+async fn proxy_request(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return connect(req, shared).await;
+    }
+    forward(req, &shared).await
+}
+
+/// CONNECT HOST:PORT: the tunnel opens only once the destination is connected.
+async fn connect(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "agentuser: CONNECT needs HOST:PORT".into(),
+        );
+    };
+    let Some(port) = authority.port_u16() else {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "agentuser: CONNECT needs a port".into(),
+        );
+    };
+    let host = Host::from_request(authority.host());
+    let upstream = match shared.open(&host, port).await {
+        Ok(upstream) => upstream,
+        Err(err) => return open_error_response(err),
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let name = match &host {
+            Host::Name(n) if n != "localhost" => Some((n.as_str(), port)),
+            _ => None,
+        };
+        relay(&shared, TokioIo::new(upgraded), upstream, name).await;
+    });
+    Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// A plain-HTTP request in absolute form (`GET http://host/path`): sent to the host with
+/// its Host header set to the URL's authority (so a request cannot name one host in its URL
+/// and another in its header).
+async fn forward(mut req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    let uri = req.uri().clone();
+    let (Some(authority), Some("http")) = (uri.authority(), uri.scheme_str()) else {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "agentuser: this is a proxy: send http:// URLs or CONNECT".into(),
+        );
+    };
+    let port = authority.port_u16().unwrap_or(80);
+    let host = Host::from_request(authority.host());
+    let upstream = match shared.open(&host, port).await {
+        Ok(upstream) => upstream,
+        Err(err) => return open_error_response(err),
+    };
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await
+    else {
+        return text_response(StatusCode::BAD_GATEWAY, "agentuser: upstream failed".into());
+    };
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = match path.parse() {
+        Ok(p) => p,
+        Err(_) => return text_response(StatusCode::BAD_REQUEST, "agentuser: bad path".into()),
+    };
+    let headers = req.headers_mut();
+    for hop in ["proxy-connection", "proxy-authorization", "keep-alive"] {
+        headers.remove(hop);
+    }
+    if let Ok(value) = authority.as_str().parse() {
+        headers.insert(hyper::header::HOST, value);
+    }
+    match sender.send_request(req).await {
+        Ok(response) => response.map(|b| b.boxed()),
+        Err(e) => text_response(StatusCode::BAD_GATEWAY, format!("agentuser: {e}")),
+    }
+}
