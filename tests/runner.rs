@@ -247,7 +247,10 @@ fn the_terminal_works_like_a_terminal() {
             ("\x1a", "Stopped"),
             // SIGKILL: a stopped job would hold SIGTERM until bash's SIGCONT reaches it, and
             // an `exit` typed meanwhile meets "There are stopped jobs".
-            ("kill -KILL %1; wait; echo shell-ok-$((1+1))\n", "shell-ok-2"),
+            (
+                "kill -KILL %1; wait; echo shell-ok-$((1+1))\n",
+                "shell-ok-2",
+            ),
             ("exit\n", "s-4"),
         ],
     );
