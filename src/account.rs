@@ -7,8 +7,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
-use nix::unistd::{Gid, Group, Uid, User};
+use anyhow::{Context, Result, anyhow, bail};
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+
+use crate::sys::ids::Identity;
 
 /// Fixed PATH for the tools we run; the caller's PATH is never used.
 const TOOL_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -323,4 +325,36 @@ pub fn stale_locks() -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The supplementary groups of a user, from the group database.
+pub fn supplementary_groups(user: &User) -> Result<Vec<u32>> {
+    let name = std::ffi::CString::new(user.name.as_bytes())?;
+    Ok(getgrouplist(&name, user.gid)
+        .with_context(|| format!("groups of {}", user.name))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect())
+}
+
+/// The identity of a user who is not the caller (an agent's owner, whose rights apply when
+/// `sync` reads a credential source without the owner present).
+pub fn identity_of(uid: u32) -> Result<Identity> {
+    let user = User::from_uid(Uid::from_raw(uid))
+        .with_context(|| format!("looking up uid {uid}"))?
+        .ok_or_else(|| anyhow!("uid {uid} has no passwd entry"))?;
+    let groups = supplementary_groups(&user)?;
+    Ok(Identity {
+        uid,
+        gid: user.gid.as_raw(),
+        groups,
+    })
+}
+
+/// The home directory of a user, from the passwd database (never from $HOME).
+pub fn home_of(uid: u32) -> Option<PathBuf> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
 }

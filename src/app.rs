@@ -13,9 +13,10 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, CredCommand, NetAction};
 use crate::config::Config;
+use crate::context::Caller;
 use crate::context::{CallerEnv, Context};
 use crate::error::{exit_code, report};
-use crate::policy::{self, Caller};
+use crate::policy;
 use crate::registry::Registry;
 use crate::share::Access;
 use crate::sys::{process, signals};
@@ -189,8 +190,34 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,
         },
         Command::Net(args) => crate::network::commands::run(ctx, &args)?,
-        Command::Exec(args) => return Ok(runner::exec(ctx, &args)),
-        Command::Shell(args) => return Ok(runner::shell(ctx, &args)),
+        Command::Exec(args) => {
+            return Ok(runner::exec(
+                ctx,
+                &runner::Request {
+                    name: &args.name,
+                    cwd: args.cwd.as_ref(),
+                    env: &args.env,
+                    network: args.network.map(Into::into),
+                    clipboard_write: args.allow_clipboard_write,
+                    publish: &args.publish,
+                    command: Some(&args.command),
+                },
+            ));
+        }
+        Command::Shell(args) => {
+            return Ok(runner::exec(
+                ctx,
+                &runner::Request {
+                    name: &args.name,
+                    cwd: args.cwd.as_ref(),
+                    env: &[],
+                    network: args.network.map(Into::into),
+                    clipboard_write: args.allow_clipboard_write,
+                    publish: &[],
+                    command: None,
+                },
+            ));
+        }
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),
         Command::Doctor { json } => return audit::doctor(ctx, json),
         Command::GitRemoteHelper { address, .. } => {

@@ -362,10 +362,9 @@ credential it changed or could not sync; exits 1 when any could not be synced.")
     },
 }
 
-/// Network view of the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
+/// Network view of the agent (the command line's form of [`crate::record::Network`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
     /// A private network namespace whose only way out is agentuser's policy point, to the
     /// destinations in the agent's allowlist (`agentuser net`)
     Allowlist,
@@ -375,12 +374,12 @@ pub enum Network {
     None,
 }
 
-impl Network {
-    pub fn word(self) -> &'static str {
-        match self {
-            Network::Allowlist => "allowlist",
-            Network::Host => "host",
-            Network::None => "none",
+impl From<NetworkArg> for crate::record::Network {
+    fn from(arg: NetworkArg) -> Self {
+        match arg {
+            NetworkArg::Allowlist => crate::record::Network::Allowlist,
+            NetworkArg::Host => crate::record::Network::Host,
+            NetworkArg::None => crate::record::Network::None,
         }
     }
 }
@@ -539,7 +538,7 @@ pub struct ExecArgs {
     /// Network view: allowlist (only the agent's allowed destinations, through the policy
     /// point), none (loopback only) or host (default: the agent's setting, else the config)
     #[arg(long, value_enum)]
-    pub network: Option<Network>,
+    pub network: Option<NetworkArg>,
     /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)
     #[arg(long)]
     pub allow_clipboard_write: bool,
@@ -561,7 +560,7 @@ pub struct ShellArgs {
     pub cwd: Option<PathBuf>,
     /// Network view: allowlist, none or host (default: the agent's setting, else the config)
     #[arg(long, value_enum)]
-    pub network: Option<Network>,
+    pub network: Option<NetworkArg>,
     /// Let the agent's OSC 52 clipboard writes reach your terminal (reads stay blocked)
     #[arg(long)]
     pub allow_clipboard_write: bool,

@@ -13,8 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Network;
 use crate::names::{AGENT_NAME_MAX, is_valid_user_name};
+use crate::record::Network;
 
 pub const CONFIG_PATH: &str = "/etc/agentuser/config.toml";
 const CONFIG_MAX_BYTES: u64 = 1 << 20;

@@ -8,8 +8,8 @@
 
 use std::sync::Once;
 
+use crate::context::Caller;
 use crate::context::Context;
-use crate::policy::Caller;
 
 /// Where syslog(3) sends records.
 pub const SYSLOG_SOCKET: &str = "/dev/log";

@@ -31,6 +31,7 @@ pub mod names;
 pub mod network;
 pub mod policy;
 pub mod provision;
+pub mod record;
 pub mod recover;
 pub mod registry;
 pub mod report;

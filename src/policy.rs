@@ -9,96 +9,10 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
+use nix::unistd::{Group, User};
 
-use crate::context::{CallerEnv, Context};
+use crate::context::Context;
 use crate::registry::AgentRecord;
-use crate::sys::ids::Identity;
-
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The acting user (the human under sudo).
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    pub name: String,
-    /// The real uid was 0: root authority.
-    pub is_root: bool,
-    /// Root authority came through sudo; `uid` is SUDO_UID.
-    pub via_sudo: bool,
-    /// The real uid of the process, whatever SUDO_UID says.
-    pub real_uid: u32,
-}
-
-impl Caller {
-    /// Identifies the caller. Must run before the process drops the caller's groups.
-    pub fn identify(env: &CallerEnv) -> Result<Caller> {
-        let real_uid = Uid::current().as_raw();
-        if real_uid == 0 {
-            if let Some(sudo_uid) = env.get("SUDO_UID").and_then(|v| v.to_str()) {
-                let uid: u32 = sudo_uid.parse().map_err(|_| {
-                    anyhow!("SUDO_UID '{}' is not a uid", sudo_uid.escape_default())
-                })?;
-                if uid != 0 {
-                    let user = lookup_uid(uid)?;
-                    let groups = supplementary_groups(&user)?;
-                    return Ok(Caller {
-                        uid,
-                        gid: user.gid.as_raw(),
-                        groups,
-                        name: user.name,
-                        is_root: true,
-                        via_sudo: true,
-                        real_uid,
-                    });
-                }
-            }
-        }
-        let user = lookup_uid(real_uid)?;
-        let groups = nix::unistd::getgroups()
-            .context("getgroups")?
-            .into_iter()
-            .map(Gid::as_raw)
-            .collect();
-        Ok(Caller {
-            uid: real_uid,
-            gid: Gid::current().as_raw(),
-            groups,
-            name: user.name,
-            is_root: real_uid == 0,
-            via_sudo: false,
-            real_uid,
-        })
-    }
-
-    /// The identity whose access rights apply to files read on the caller's behalf.
-    pub fn identity(&self) -> Identity {
-        Identity {
-            uid: self.uid,
-            gid: self.gid,
-            groups: self.groups.clone(),
-        }
-    }
-
-    fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
-    }
-}
-
-fn lookup_uid(uid: u32) -> Result<User> {
-    User::from_uid(Uid::from_raw(uid))
-        .with_context(|| format!("looking up uid {uid}"))?
-        .ok_or_else(|| anyhow!("caller uid {uid} has no passwd entry"))
-}
-
-fn supplementary_groups(user: &User) -> Result<Vec<u32>> {
-    let name = std::ffi::CString::new(user.name.as_bytes())?;
-    Ok(getgrouplist(&name, user.gid)
-        .with_context(|| format!("groups of {}", user.name))?
-        .into_iter()
-        .map(Gid::as_raw)
-        .collect())
-}
 
 /// The owner an agent is created for.
 #[derive(Debug, Clone)]
@@ -200,28 +114,6 @@ pub fn may_see(ctx: &Context, record: &AgentRecord) -> bool {
 /// purpose: names of agents are not secret (they are in /etc/passwd).
 pub fn not_yours(name: &str) -> anyhow::Error {
     anyhow!("agent '{name}': permission denied: you are not its owner")
-}
-
-/// The identity of a user who is not the caller (an agent's owner, whose rights apply when
-/// `sync` reads a credential source without the owner present).
-pub fn identity_of(uid: u32) -> Result<Identity> {
-    let user = User::from_uid(Uid::from_raw(uid))
-        .with_context(|| format!("looking up uid {uid}"))?
-        .ok_or_else(|| anyhow!("uid {uid} has no passwd entry"))?;
-    let groups = supplementary_groups(&user)?;
-    Ok(Identity {
-        uid,
-        gid: user.gid.as_raw(),
-        groups,
-    })
-}
-
-/// The home directory of a user, from the passwd database (never from $HOME).
-pub fn home_of(uid: u32) -> Option<std::path::PathBuf> {
-    User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.dir)
 }
 
 /// The record of agent `name`, when it exists and the caller may act on it.

@@ -24,54 +24,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use locks::Held;
-
-use crate::cli::Network;
-use crate::creds::CredentialRecord;
-use crate::share::ShareRecord;
 
 pub const STATE_DIR: &str = "/var/lib/agentuser";
 const RECORD_MAX_BYTES: u64 = 16 << 20;
 
-/// Where an agent is in its life cycle. A record that is not `Ready` marks an operation
-/// that was interrupted; running the same command again completes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentState {
-    Creating,
-    Ready,
-    Deleting,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentRecord {
-    pub name: String,
-    pub state: AgentState,
-    pub owner: String,
-    pub owner_uid: u32,
-    pub user: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: PathBuf,
-    #[serde(default)]
-    pub comment: String,
-    /// Seconds since the epoch.
-    pub created: u64,
-    #[serde(default)]
-    pub shares: Vec<ShareRecord>,
-    #[serde(default)]
-    pub credentials: Vec<CredentialRecord>,
-    /// The agent's own network mode when `exec --network` is not given; None: the
-    /// config's `network`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<Network>,
-    /// Network allowlist entries in canonical form (`crate::network::allowlist`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub net_allow: Vec<String>,
-}
+pub use crate::record::{AgentRecord, AgentState};
 
 /// Proof that the lock of one agent is held: its record, its home and its secrets may be
 /// changed (each agent has a lock of its own, so no user's command waits for another's).

@@ -30,9 +30,9 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::cli::Network;
 use crate::context::Context;
 use crate::creds::CredKind;
+use crate::record::Network;
 use crate::registry::AgentRecord;
 use crate::{eventlog, policy, runner};
 

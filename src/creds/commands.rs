@@ -27,7 +27,7 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
     let record = load_agent(ctx, name)?;
     let homes: Vec<PathBuf> = [ctx.caller.uid, record.owner_uid]
         .into_iter()
-        .filter_map(policy::home_of)
+        .filter_map(crate::account::home_of)
         .collect();
     dest::resolve(to, &given, &homes, &record)?;
     let caller = ctx.caller.identity();

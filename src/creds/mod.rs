@@ -21,52 +21,22 @@ mod source;
 mod state;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::context::Context;
+use crate::eventlog;
 use crate::registry::{AgentRecord, Lock};
 use crate::view::ViewMount;
-use crate::{eventlog, policy};
 use state::Outcome;
 
 pub use agent::stale_temps;
 pub use commands::{add, list, remove, set_env, sync};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CredKind {
-    Copy,
-    Live,
-    Env,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CredentialRecord {
-    pub kind: CredKind,
-    /// Source file (copy, live; absolute) or variable name (env).
-    pub source: PathBuf,
-    /// Destination relative to the agent's home (copy, live).
-    #[serde(default)]
-    pub dest: Option<PathBuf>,
-    /// SHA-256 of the source when it was last copied or checked (copy, live).
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// SHA-256 of what was written into the agent's home (copy).
-    #[serde(default)]
-    pub dest_sha256: Option<String>,
-    /// When the digests were recorded, seconds since the epoch.
-    #[serde(default)]
-    pub recorded: u64,
-    /// Device and inode of a live source when it was added: the only file that may carry
-    /// the agent's ACL entry (records from before this field get it at their next sync).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_inode: Option<(u64, u64)>,
-}
+pub use crate::record::{CredKind, CredentialRecord};
 
 /// A credential as `show`, `list` and `cred list` print it; never an env value.
 #[derive(Debug, Clone, Serialize)]
@@ -149,7 +119,7 @@ fn remove_one(
         }
         CredKind::Copy | CredKind::Live => {
             if cred.kind == CredKind::Live {
-                let revoked = policy::identity_of(record.owner_uid).and_then(|owner| {
+                let revoked = crate::account::identity_of(record.owner_uid).and_then(|owner| {
                     live::revoke(&cred.source, &owner, record.uid, cred.source_inode)
                 });
                 match revoked {

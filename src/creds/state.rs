@@ -10,7 +10,6 @@ use anyhow::Result;
 use super::source::{self, Source, Unreadable};
 use super::{CredKind, CredentialRecord, agent, env, live, now, sha256_hex};
 use crate::context::Context;
-use crate::policy;
 use crate::registry::AgentRecord;
 use crate::sys::agentfs::Found;
 
@@ -113,7 +112,7 @@ fn read_source(
     cred: &CredentialRecord,
 ) -> std::result::Result<Source, (State, String)> {
     let path = cred.source.as_path();
-    let owner = policy::identity_of(record.owner_uid)
+    let owner = crate::account::identity_of(record.owner_uid)
         .map_err(|e| (State::UnreadableSource, format!("{e:#}")))?;
     // Checked at every read: a share made after the credential counts too.
     source::check_out_of_agent_reach(path, &owner, record)
@@ -226,7 +225,7 @@ fn refresh_copy(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source)
 fn refresh_live(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source) -> Result<()> {
     let dest = cred.dest.clone().unwrap_or_default();
     agent::ensure_placeholder(record, &dest)?;
-    let owner = policy::identity_of(record.owner_uid)?;
+    let owner = crate::account::identity_of(record.owner_uid)?;
     live::check_owned(&src.file, &owner, &cred.source)?;
     if !live::granted(&src.file, record.uid) {
         live::grant(&src.file, record.uid, &cred.source)?;

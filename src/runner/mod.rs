@@ -35,56 +35,32 @@ use nix::sys::signal::{SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 
-use crate::cli::{ExecArgs, Network, ShellArgs};
 use crate::context::Context;
 use crate::error::{report, usage};
+use crate::record::Network;
 use crate::registry::AgentRecord;
 use launch::{Agent, Streams};
 
 /// Exit status when agentuser fails before running the command.
 pub const EXIT_SETUP_FAILED: u8 = 125;
 
-/// What to run: a command, or the agent's login shell.
-struct Request<'a> {
-    name: &'a str,
-    cwd: Option<&'a PathBuf>,
-    env: &'a [String],
-    network: Option<Network>,
+/// What to run: a command, or the agent's login shell. `app` builds it from the command
+/// line; nothing here knows clap.
+pub struct Request<'a> {
+    pub name: &'a str,
+    pub cwd: Option<&'a PathBuf>,
+    pub env: &'a [String],
+    pub network: Option<Network>,
     /// Pass OSC 52 clipboard writes to the caller's terminal.
-    clipboard_write: bool,
-    publish: &'a [u16],
+    pub clipboard_write: bool,
+    pub publish: &'a [u16],
     /// None: the login shell.
-    command: Option<&'a [OsString]>,
+    pub command: Option<&'a [OsString]>,
 }
 
-pub fn exec(ctx: &Context, args: &ExecArgs) -> u8 {
-    logged(
-        ctx,
-        &Request {
-            name: &args.name,
-            cwd: args.cwd.as_ref(),
-            env: &args.env,
-            network: args.network,
-            clipboard_write: args.allow_clipboard_write,
-            publish: &args.publish,
-            command: Some(&args.command),
-        },
-    )
-}
-
-pub fn shell(ctx: &Context, args: &ShellArgs) -> u8 {
-    logged(
-        ctx,
-        &Request {
-            name: &args.name,
-            cwd: args.cwd.as_ref(),
-            env: &[],
-            network: args.network,
-            clipboard_write: args.allow_clipboard_write,
-            publish: &[],
-            command: None,
-        },
-    )
+/// `exec` and `shell`: runs the request as the agent and returns the exit status.
+pub fn exec(ctx: &Context, req: &Request) -> u8 {
+    logged(ctx, req)
 }
 
 /// Runs the request and logs how it ended: refused with the reason, or the command's exit

@@ -30,8 +30,8 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, fstat, mkdirat};
 
-use crate::cli::Network;
 use crate::context::Context;
+use crate::record::Network;
 use crate::registry::AgentRecord;
 use crate::sys::mount as fdmount;
 use crate::view::ViewMount;

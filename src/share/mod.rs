@@ -21,10 +21,9 @@ mod progress;
 mod refuse;
 mod walk;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::names::check_agent_name;
@@ -35,45 +34,7 @@ use crate::{eventlog, policy};
 pub use git::{GitEntry, entries as git_entries};
 pub use walk::printable;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    Ro,
-    Rw,
-}
-
-/// Where a share is in its life: anything but `ready` marks a walk that was interrupted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ShareState {
-    #[default]
-    Ready,
-    /// `share` started granting; run it again to finish.
-    Granting,
-    /// `unshare` (or `delete`) started revoking; run it again to finish.
-    Revoking,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShareRecord {
-    /// Canonical path of the shared file or directory.
-    pub path: PathBuf,
-    pub access: Access,
-    /// Owner of the tree's root when shared: only entries it or the agent owns get ACLs.
-    pub tree_uid: u32,
-    /// `--allow-git-writes`: `.git` inside this read-write share is writable by the agent.
-    #[serde(default)]
-    pub allow_git_writes: bool,
-    #[serde(default)]
-    pub state: ShareState,
-}
-
-impl ShareRecord {
-    /// The user named in default ACLs for read-write shares (root needs no entry).
-    fn named_owner(&self) -> Option<u32> {
-        (self.tree_uid != 0).then_some(self.tree_uid)
-    }
-}
+pub use crate::record::{Access, ShareRecord, ShareState};
 
 /// Loads an agent the caller may act on, under its lock.
 fn load(ctx: &Context, name: &str) -> Result<(Lock, AgentRecord)> {
