@@ -15,18 +15,18 @@ use crate::cli::{Cli, Command, CredCommand, NetAction};
 use crate::config::Config;
 use crate::context::Caller;
 use crate::context::{CallerEnv, Context};
-use crate::error::{exit_code, report};
+use crate::error::{exit_code, print_error};
 use crate::policy;
 use crate::registry::Registry;
 use crate::share::Access;
 use crate::sys::{process, signals};
-use crate::{audit, creds, eventlog, provision, report as show, runner, share};
+use crate::{audit, creds, eventlog, provision, runner, share, show};
 
 pub fn main() -> u8 {
     process::ensure_std_fds();
     // Before anything else: a stopped helper would hold its locks (THREAT-MODEL row 18).
     if let Err(err) = signals::ignore_job_control() {
-        report(&err);
+        print_error(&err);
         return 1;
     }
     let caller_env = CallerEnv::new(process::take_environment());
@@ -38,7 +38,7 @@ pub fn main() -> u8 {
     // or interrupt (before any thread exists, so the share walk's threads inherit it).
     if changes_state(&cli.command) {
         if let Err(err) = signals::defer_interrupts() {
-            report(&err);
+            print_error(&err);
             return 1;
         }
     }
@@ -51,7 +51,7 @@ pub fn main() -> u8 {
     let ctx = match setup(caller_env, command_word) {
         Ok(ctx) => ctx,
         Err(err) => {
-            report(&err);
+            print_error(&err);
             return setup_failure;
         }
     };
@@ -61,7 +61,7 @@ pub fn main() -> u8 {
         if exit_code(err) != 2 {
             eventlog::refused(&ctx.caller, command_word, agent.as_deref(), err);
         }
-        report(err);
+        print_error(err);
     };
     if let Err(err) = policy::refuse_agent_callers(&ctx) {
         refused(&err);

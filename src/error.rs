@@ -73,6 +73,6 @@ pub fn one_line(err: &anyhow::Error) -> String {
 }
 
 /// Prints `agentuser: <message>` on stderr.
-pub fn report(err: &anyhow::Error) {
+pub fn print_error(err: &anyhow::Error) {
     eprintln!("agentuser: {}", one_line(err));
 }

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::findings::{Finding, Severity, View};
 use super::network::UnixSocket;
 use super::probes::Observations;
-use super::report::{Finding, Severity, View};
 
 /// What the privileged process knows about the sockets it handed to the probes.
 pub struct SocketOwners {

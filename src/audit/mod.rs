@@ -12,16 +12,16 @@
 //! those are open.
 #![forbid(unsafe_code)]
 
-pub mod account;
+pub mod account_facts;
 pub mod assess;
 pub mod doctor;
+pub mod findings;
 pub mod host;
 pub mod network;
+pub mod probe_walk;
 pub mod probes;
-pub mod report;
 pub mod secrets;
 pub mod sudoers;
-pub mod walk;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -37,8 +37,8 @@ use crate::registry::AgentRecord;
 use crate::{eventlog, policy, runner};
 
 use assess::SocketOwners;
+use findings::{Finding, Severity, Summary, View};
 use probes::{Observations, Plan};
-use report::{Finding, Severity, Summary, View};
 
 pub use doctor::doctor;
 
@@ -132,7 +132,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
                     label,
                     PassStatus {
                         ok: false,
-                        error: Some(report::escape_controls(&message)),
+                        error: Some(findings::escape_controls(&message)),
                     },
                 );
             }
@@ -140,7 +140,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     }
     // The runner may drop supplementary groups, but cron, at, su and ssh logins call
     // initgroups: what the group database gives the account is reached in the host view.
-    for gid in account::database_groups(&record) {
+    for gid in account_facts::database_groups(&record) {
         findings.push(
             assess::group_finding(
                 gid,
@@ -151,9 +151,11 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     }
     let mut findings = assess::merge(findings);
     let view_nnp = view.as_ref().map(|o| o.no_new_privs).unwrap_or(false);
-    let groups = account::database_groups(&record);
-    findings.extend(account::account_findings(ctx, &record, &groups, view_nnp));
-    report::sort(&mut findings);
+    let groups = account_facts::database_groups(&record);
+    findings.extend(account_facts::account_findings(
+        ctx, &record, &groups, view_nnp,
+    ));
+    findings::sort(&mut findings);
 
     print(&record, network, passes, findings, json)
 }
@@ -191,7 +193,7 @@ fn print(
             "REACHED: view = in the view exec builds; host-only = only outside agentuser; \
              - = the account itself\n"
         );
-        print!("{}", report::table(&findings, true));
+        print!("{}", findings::table(&findings, true));
         println!(
             "\n{} high, {} medium, {} info",
             summary.high, summary.medium, summary.info

@@ -20,8 +20,8 @@ use nix::unistd::{AccessFlags, access};
 use serde::{Deserialize, Serialize};
 
 use super::network::{self, Listener, Proto, UnixSocket};
+use super::probe_walk::{self as walk, Flow, Kind};
 use super::secrets::{self, HEAD_BYTES};
-use super::walk::{self, Flow, Kind};
 
 /// Secret-looking files probed by name even when a home cannot be listed (a 0711 home still
 /// lets anyone open `~/.netrc` if the file itself is readable).

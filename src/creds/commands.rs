@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use super::{
-    CredKind, CredentialRecord, agent, describe, dest, env, kind_word, live, now, remove_one,
+    CredKind, CredentialRecord, agent, describe, dest, env_store, kind_word, live, now, remove_one,
     source, sync_all,
 };
 use crate::context::Context;
@@ -145,13 +145,13 @@ fn grant_live(
 
 /// `cred env`: stores the value read from stdin for `var`.
 pub fn set_env(ctx: &Context, name: &str, var: &str) -> Result<()> {
-    env::check_var(var)?;
+    env_store::check_var(var)?;
     // Authorize before prompting, and read before locking (a terminal may take a while).
     load_agent(ctx, name)?;
-    let value = env::read_value(var)?;
+    let value = env_store::read_value(var)?;
     let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
-    env::store(&ctx.registry.secrets_dir(name), var, &value)?;
+    env_store::store(&ctx.registry.secrets_dir(name), var, &value)?;
     drop(value);
     let known = record
         .credentials

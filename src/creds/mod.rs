@@ -14,7 +14,7 @@
 mod agent;
 mod commands;
 mod dest;
-mod env;
+mod env_store;
 mod live;
 mod secure_path;
 mod source;
@@ -115,7 +115,7 @@ fn remove_one(
     match cred.kind {
         CredKind::Env => {
             let var = cred.source.to_str().context("variable name")?;
-            env::remove(&ctx.registry.secrets_dir(&record.name), var)
+            env_store::remove(&ctx.registry.secrets_dir(&record.name), var)
         }
         CredKind::Copy | CredKind::Live => {
             if cred.kind == CredKind::Live {
@@ -250,7 +250,7 @@ pub fn env_vars(ctx: &Context, record: &AgentRecord) -> Result<Vec<(String, Stri
         .filter(|c| c.kind == CredKind::Env)
     {
         let var = cred.source.to_str().context("variable name")?;
-        let value = env::load(&dir, var)?.ok_or_else(|| {
+        let value = env_store::load(&dir, var)?.ok_or_else(|| {
             anyhow!(
                 "environment credential {var}: no stored value (set it with 'agentuser cred env {} {var}')",
                 record.name

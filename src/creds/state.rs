@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::source::{self, Source, Unreadable};
-use super::{CredKind, CredentialRecord, agent, env, live, now, sha256_hex};
+use super::{CredKind, CredentialRecord, agent, env_store, live, now, sha256_hex};
 use crate::context::Context;
 use crate::registry::AgentRecord;
 use crate::sys::agentfs::Found;
@@ -52,7 +52,9 @@ pub struct Check {
 pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Check {
     if cred.kind == CredKind::Env {
         let state = match cred.source.to_str() {
-            Some(var) if env::exists(&ctx.registry.secrets_dir(&record.name), var) => State::Ok,
+            Some(var) if env_store::exists(&ctx.registry.secrets_dir(&record.name), var) => {
+                State::Ok
+            }
             _ => State::MissingSource,
         };
         return Check {

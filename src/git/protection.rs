@@ -1,7 +1,7 @@
 //! How git is protected in each share, for `show`, `audit` and `share` (issue 11 item 5).
 #![forbid(unsafe_code)]
 
-use crate::audit::report::{Finding, Severity};
+use crate::audit::findings::{Finding, Severity};
 use crate::registry::AgentRecord;
 use crate::share::{Access, ShareRecord};
 

@@ -13,7 +13,7 @@
 //! 8. working directory; 9. exec, wait, kill the namespace, close the session.
 #![forbid(unsafe_code)]
 
-mod env;
+mod environment;
 mod jobctl;
 mod launch;
 mod pam;
@@ -36,7 +36,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 
 use crate::context::Context;
-use crate::error::{report, usage};
+use crate::error::{print_error, usage};
 use crate::record::Network;
 use crate::registry::AgentRecord;
 use launch::{Agent, Streams};
@@ -109,7 +109,7 @@ fn finish(result: Result<u8>) -> u8 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            report(&err);
+            print_error(&err);
             if crate::error::exit_code(&err) == 2 {
                 2
             } else {
@@ -300,7 +300,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     }
     let code = status?;
     if let Err(err) = closed {
-        report(&err);
+        print_error(&err);
     }
     Ok(code)
 }
@@ -396,7 +396,7 @@ fn read_report(started: &tree::Started) -> Result<tree::Report> {
 fn explicit_env(assignments: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
     assignments
         .iter()
-        .map(|a| env::parse_assignment(a))
+        .map(|a| environment::parse_assignment(a))
         .collect()
 }
 
@@ -417,8 +417,8 @@ fn build_command(
             .map(|(n, v)| (n, v.into_bytes())),
     );
     extra.extend(explicit.iter().cloned());
-    let environment = env::build(
-        &env::Identity {
+    let environment = environment::build(
+        &environment::Identity {
             home: record.home.as_os_str(),
             user: &record.user,
             shell: shell.as_os_str(),

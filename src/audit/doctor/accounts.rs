@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::audit::findings::{Finding, Severity};
 use crate::audit::host;
-use crate::audit::report::{Finding, Severity};
 use crate::context::Context;
 use crate::registry::STATE_DIR;
 

@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::audit::report::{Finding, Severity};
+use crate::audit::findings::{Finding, Severity};
 use crate::config::CONFIG_PATH;
 use crate::context::Context;
 use crate::registry::STATE_DIR;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use crate::audit::findings::{Finding, Severity};
 use crate::audit::host;
-use crate::audit::report::{Finding, Severity};
 
 const SYSCTL_FILE: &str = "/etc/sysctl.d/90-agentuser.conf";
 

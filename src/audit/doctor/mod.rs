@@ -15,7 +15,7 @@ mod state;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::report::{self, Finding, Summary};
+use super::findings::{self, Finding, Summary};
 use crate::context::Context;
 
 #[derive(Serialize)]
@@ -30,14 +30,14 @@ pub fn doctor(ctx: &Context, json: bool) -> Result<u8> {
     kernel::check(&mut findings);
     accounts::check(ctx, &mut findings);
     state::check(ctx, &mut findings);
-    report::sort(&mut findings);
+    findings::sort(&mut findings);
     let summary = Summary::of(&findings);
     let code = u8::from(summary.high > 0);
     if json {
         let out = DoctorReport { summary, findings };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!("{}", report::table(&findings, false));
+        print!("{}", findings::table(&findings, false));
         println!(
             "\n{} high, {} medium, {} info",
             summary.high, summary.medium, summary.info

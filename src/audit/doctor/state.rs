@@ -2,7 +2,7 @@
 //! uid tombstones, temp files of interrupted writes, and a missing syslog socket.
 #![forbid(unsafe_code)]
 
-use crate::audit::report::{Finding, Severity};
+use crate::audit::findings::{Finding, Severity};
 use crate::context::Context;
 use crate::eventlog;
 

@@ -4,8 +4,8 @@
 #![forbid(unsafe_code)]
 
 use super::assess;
+use super::findings::{Finding, Severity, View};
 use super::host;
-use super::report::{Finding, Severity, View};
 use super::sudoers;
 use crate::context::Context;
 use crate::creds;
