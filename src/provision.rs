@@ -100,16 +100,12 @@ fn new_record(
     for damage in &scan.damaged {
         damage.warn();
     }
-    if !ctx.caller.is_root {
-        let all = &scan.records;
-        let owned = all.iter().filter(|r| r.owner_uid == owner.uid).count();
-        if owned >= ctx.config.max_agents_per_owner as usize {
-            bail!(
-                "agent limit reached: '{}' already owns {owned} agents (max_agents_per_owner)",
-                owner.name
-            );
-        }
-    }
+    let owned = scan
+        .records
+        .iter()
+        .filter(|r| r.owner_uid == owner.uid)
+        .count();
+    policy::check_quota(&ctx.caller, owner, owned, &ctx.config)?;
     let uid = allocate_uid(ctx, &scan)?;
     ctx.registry.mark_uid_used(&registry_lock, uid)?;
     let record = AgentRecord {

@@ -64,8 +64,15 @@ impl Registry {
     /// refusing them when someone other than root could have written them. `holder` says who
     /// this process is (pid, caller, command) to commands that wait for its locks.
     pub fn open(holder: &str) -> Result<Registry> {
+        Registry::open_at(Path::new(STATE_DIR), holder)
+    }
+
+    /// [`Registry::open`] at another root directory (tests and benchmarks point it at a
+    /// scratch directory; the helper itself only ever uses the fixed [`STATE_DIR`]). The
+    /// same checks apply: root-owned directories nobody else can write.
+    pub fn open_at(root: &Path, holder: &str) -> Result<Registry> {
         let registry = Registry {
-            root: PathBuf::from(STATE_DIR),
+            root: root.to_path_buf(),
             holder: holder.replace(['\n', '\r', '\0'], " "),
         };
         ensure_root_dir(&registry.root, 0o711)?;
