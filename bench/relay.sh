@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pty relay's throughput with the terminal-sequence filter (THREAT-MODEL row 2) against
+# The pty relay's throughput with the terminal-sequence filter (docs/threat-model.md row 2) against
 # the same relay without it (the binary of BASELINE, default: the commit before the filter)
 # and against a plain uid switch on the same outer terminal. Each run cats a 32 MiB file of
 # coloured UTF-8 text, with escape sequences every line, to a terminal that `script` provides

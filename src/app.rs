@@ -1,11 +1,11 @@
 //! Start-up discipline of the setuid helper and command dispatch.
 //!
-//! Order matters (DESIGN.md section 2, THREAT-MODEL rows 5 and 18):
+//! Order matters (docs/design.md section 2, docs/threat-model.md rows 5 and 18):
 //! 1. make sure fds 0-2 are open; take the environment out of the process;
 //! 2. parse the command line;
 //! 3. record who the caller is, then become fully root and reset limits;
 //! 4. load the fixed config and the registry; refuse agent callers;
-//! 5. run the command; log it if it was refused (THREAT-MODEL row 26).
+//! 5. run the command; log it if it was refused (docs/threat-model.md row 26).
 #![forbid(unsafe_code)]
 
 use anyhow::Result;
@@ -24,7 +24,7 @@ use crate::{audit, creds, eventlog, provision, runner, share, show};
 
 pub fn main() -> u8 {
     process::ensure_std_fds();
-    // Before anything else: a stopped helper would hold its locks (THREAT-MODEL row 18).
+    // Before anything else: a stopped helper would hold its locks (docs/threat-model.md row 18).
     if let Err(err) = signals::ignore_job_control() {
         print_error(&err);
         return 1;

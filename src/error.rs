@@ -1,4 +1,4 @@
-//! Error kinds that decide the exit status (DESIGN.md section 1).
+//! Error kinds that decide the exit status (docs/design.md section 1).
 //!
 //! Everything else is an `anyhow::Error` whose context chain, printed with `{:#}`, reads
 //! `what failed: why`.

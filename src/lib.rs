@@ -3,7 +3,7 @@
 //! The crate is a library so that integration tests and man-page generation can reach the
 //! CLI definition and the configuration schema; the only binary is `src/main.rs`.
 //!
-//! Module map (see DESIGN.md section 8):
+//! Module map (see docs/design.md section 11):
 //! - [`cli`]: clap definitions, the single source of `--help` and the man pages.
 //! - [`app`]: start-up discipline of the setuid helper and command dispatch.
 //! - [`config`], [`policy`]: admin configuration, caller identity, authorization.

@@ -3,7 +3,7 @@
 
 use crate::error::usage;
 
-/// Longest agent name (DESIGN.md section 1).
+/// Longest agent name (docs/design.md section 1).
 pub const AGENT_NAME_MAX: usize = 24;
 /// Longest Unix user name we create (shadow's limit on Linux).
 pub const USER_NAME_MAX: usize = 32;

@@ -1,4 +1,4 @@
-//! Caller identity and authorization (DESIGN.md section 2).
+//! Caller identity and authorization (docs/design.md section 2).
 //!
 //! - The caller is the real uid; when the real uid is 0 and SUDO_UID is set, the caller is
 //!   that user (so `sudo agentuser create coder` makes the human the owner), still with
@@ -22,7 +22,7 @@ pub struct Owner {
     pub uid: u32,
 }
 
-/// Refuses every request from an agent account (THREAT-MODEL row 20): a uid with an agent
+/// Refuses every request from an agent account (docs/threat-model.md row 20): a uid with an agent
 /// record, a uid ever handed to an agent, or any uid in the configured agent range.
 ///
 /// Damage never lets a uid through (README, "State"): a damaged tombstone line counts every

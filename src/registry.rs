@@ -1,4 +1,4 @@
-//! Agent records, the registry lock, atomic writes and uid tombstones (DESIGN.md section 3).
+//! Agent records, the registry lock, atomic writes and uid tombstones (docs/design.md section 3).
 //!
 //! Layout under the fixed `/var/lib/agentuser` (root-owned, 0711):
 //! - `agents/NAME.toml` (0600): one record per agent;

@@ -1,4 +1,4 @@
-//! `list` and `show`: what exists, as text or JSON (fields named in DESIGN.md section 1).
+//! `list` and `show`: what exists, as text or JSON (fields named in docs/design.md section 1).
 #![forbid(unsafe_code)]
 
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! The audit trail (THREAT-MODEL row 26): refused requests and the end of every run reach
+//! The audit trail (docs/threat-model.md row 26): refused requests and the end of every run reach
 //! authpriv like sudo's records, and a host without a syslog socket is told, not silent.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Credentials (`cred add|env|list|rm|sync`): the attacks of THREAT-MODEL rows 10, 11, 17,
+//! Credentials (`cred add|env|list|rm|sync`): the attacks of docs/threat-model.md rows 10, 11, 17,
 //! 21 and 22 performed for real by the agent uid or a non-root owner; each test fails if the
 //! attack works.
 
@@ -718,7 +718,7 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     .ok();
     assert_eq!(exec(&format!("cat {HOME}/tok")).ok().stdout, "dot-v1");
 
-    // THREAT-MODEL row 21: the agent swaps the mount target for a symlink to a system file.
+    // docs/threat-model.md row 21: the agent swaps the mount target for a symlink to a system file.
     // Neither sync nor the runner follows it: /etc/hostname keeps its content in the view.
     let hostname = read(&sb, "/etc/hostname");
     sb.sh_as(
@@ -841,7 +841,7 @@ fn a_source_the_agent_can_change_is_never_read() {
     );
 }
 
-/// THREAT-MODEL row 25: a source that any uid but the owner and root could change, another
+/// docs/threat-model.md row 25: a source that any uid but the owner and root could change, another
 /// agent through its share above all, is refused at add and never read at sync; a live
 /// source is pinned to its inode, so no ACL entry ever lands on another file.
 #[test]

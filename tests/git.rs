@@ -1,4 +1,4 @@
-//! Git in read-write shares (issue 11; THREAT-MODEL rows 15, 23, 24): the agent commits
+//! Git in read-write shares (issue 11; docs/threat-model.md rows 15, 23, 24): the agent commits
 //! into a git directory of its own, the owner fetches its commits through the remote
 //! helper, and nothing the agent writes runs as the owner. Every attack is made by the
 //! agent's real uid; the owner's git runs as the owner. Each vector has a positive control

@@ -1,8 +1,8 @@
-//! Planted repositories (THREAT-MODEL row 23): the agent makes a repository-shaped entry out
-//! of the owner's own files inside a read-write share, so the owner's git (whose ownership
-//! check passes) would run the agent's config. Every attack runs as the agent's real uid;
-//! the owner's git runs as the owner. A positive control shows each vector working in a
-//! plain `setfacl -R` share. The payload only creates a marker file.
+//! Planted repositories (docs/threat-model.md row 23): the agent makes a repository-shaped entry
+//! out of the owner's own files inside a read-write share, so the owner's git (whose ownership
+//! check passes) would run the agent's config. Every attack runs as the agent's real uid; the
+//! owner's git runs as the owner. A positive control shows each vector working in a plain
+//! `setfacl -R` share. The payload only creates a marker file.
 
 mod common;
 

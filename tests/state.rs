@@ -1,5 +1,5 @@
 //! The helper's state under stress: locks that no user can hold against another
-//! (THREAT-MODEL row 18), interruptions that stop at a safe point, damaged records that
+//! (docs/threat-model.md row 18), interruptions that stop at a safe point, damaged records that
 //! affect only their own agent, and temp files that do not linger.
 
 mod common;

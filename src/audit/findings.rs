@@ -3,7 +3,7 @@
 //! Every string in a finding may come from a name the agent chose (a file it created in a
 //! shared directory, a socket path), so control characters are escaped before anything is
 //! printed: an audit must not become a way to inject escape sequences into the owner's
-//! terminal (THREAT-MODEL row 2).
+//! terminal (docs/threat-model.md row 2).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! `audit` and `doctor` (DESIGN.md section 7).
+//! `audit` and `doctor` (docs/design.md section 7).
 //!
 //! `audit NAME` measures, as the agent, what it reaches: the probe ([`probes`]) runs twice
 //! through the runner (which owns the sandbox; nothing here builds namespaces), once in the

@@ -1,7 +1,7 @@
 //! Everything done in the agent's home is done as the agent (effective uid, gid, no groups)
 //! and through sys::agentfs (no symlink followed, nothing outside the home): the helper can
 //! never write, read or remove there anything the agent could not, and a planted link cannot
-//! redirect it (THREAT-MODEL rows 10, 11, 22).
+//! redirect it (docs/threat-model.md rows 10, 11, 22).
 #![forbid(unsafe_code)]
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Credentials (DESIGN.md section 6): tracked copies, live files, environment values.
+//! Credentials (docs/design.md section 6): tracked copies, live files, environment values.
 //!
 //! - copy: read with the caller's rights ([`source`]), written into the agent's home as the
 //!   agent without following any link ([`agent`]), 0600; source and copy digests recorded.

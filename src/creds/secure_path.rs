@@ -1,5 +1,5 @@
 //! Opening a credential source only through places no one but its owner and root can change
-//! (THREAT-MODEL row 25), the rule sshd's StrictModes applies to key files.
+//! (docs/threat-model.md row 25), the rule sshd's StrictModes applies to key files.
 //!
 //! A source in agent B's read-write share, or behind a directory another user can write,
 //! can be swapped by that uid for a symlink to the owner's SSH key between two syncs of

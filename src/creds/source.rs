@@ -1,4 +1,4 @@
-//! Reading a credential's source with a user's own access rights (THREAT-MODEL row 17):
+//! Reading a credential's source with a user's own access rights (docs/threat-model.md row 17):
 //! the caller's at `cred add`, the owner's at `sync`, never root's. A user can obtain
 //! through the helper only what they could read themselves.
 #![forbid(unsafe_code)]

@@ -1,4 +1,4 @@
-//! Git in read-write shares (DESIGN.md section 10; THREAT-MODEL rows 15, 23, 24).
+//! Git in read-write shares (docs/design.md section 10; docs/threat-model.md rows 15, 23, 24).
 //!
 //! The agent commits without ever holding the owner's git directory. For every repository
 //! of the owner in a read-write share (a `.git` directory, or a gitfile of a linked

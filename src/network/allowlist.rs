@@ -1,4 +1,4 @@
-//! The per-agent network allowlist (DESIGN.md section 8): entries, their canonical text (kept
+//! The per-agent network allowlist (docs/design.md section 8): entries, their canonical text (kept
 //! in the agent's record), matching, and the presets.
 //!
 //! An entry is `HOST[:PORT]`:
@@ -311,7 +311,7 @@ pub fn preset(name: &str) -> Result<&'static [&'static str]> {
 
 /// Whether an address may be reached for a public name: not loopback, link-local, private,
 /// unique-local, unspecified, multicast, broadcast, documentation, shared (CGNAT) or the
-/// synthetic range the DNS stub hands out (DNS rebinding, THREAT-MODEL row 28).
+/// synthetic range the DNS stub hands out (DNS rebinding, docs/threat-model.md row 28).
 pub fn is_public(addr: IpAddr) -> bool {
     match addr.to_canonical() {
         IpAddr::V4(a) => {

@@ -2,7 +2,7 @@
 //! knows with synthetic addresses from 198.18.0.0/15 (RFC 2544's benchmarking range, which
 //! nothing real uses) and remembers which name each stands for, so a connection to that
 //! address is made to the name. It never forwards a query: every other name gets NXDOMAIN
-//! and is logged, so nothing leaves through DNS (THREAT-MODEL row 28). AAAA and other types
+//! and is logged, so nothing leaves through DNS (docs/threat-model.md row 28). AAAA and other types
 //! for known names get an empty answer (clients then use the A record). hickory-proto does
 //! the wire format.
 #![forbid(unsafe_code)]

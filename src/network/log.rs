@@ -1,4 +1,4 @@
-//! Refused connections and DNS queries (DESIGN.md section 8): one JSON line each in the
+//! Refused connections and DNS queries (docs/design.md section 8): one JSON line each in the
 //! agent's log `/var/lib/agentuser/netlog/NAME.log` (root, 0600: read through `net NAME log`
 //! by root and the owner), one syslog record each (authpriv), and a summary on the caller's
 //! terminal when the run ends.

@@ -1,5 +1,5 @@
-//! Network policy (DESIGN.md section 8, THREAT-MODEL rows 6, 7, 27, 28, 30): the allowlist
-//! ([`allowlist`], `agentuser net`), and the policy point, the only way out of an agent's
+//! Network policy (docs/design.md section 8, docs/threat-model.md rows 6, 7, 27, 28, 30): the
+//! allowlist ([`allowlist`], `agentuser net`), and the policy point, the only way out of an agent's
 //! network namespace in `allowlist` mode.
 //!
 //! - [`point`]: the process (one per run, as agentuser-net), its namespace set-up and

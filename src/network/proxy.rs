@@ -1,4 +1,4 @@
-//! What the policy point does with each connection (DESIGN.md section 8). Three ways in, one
+//! What the policy point does with each connection (docs/design.md section 8). Three ways in, one
 //! decision, one way out:
 //!
 //! - the HTTP proxy (`HTTP_PROXY`, 127.0.0.1:3128 in the view): CONNECT tunnels and

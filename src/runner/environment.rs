@@ -1,5 +1,5 @@
-//! The agent's environment (DESIGN.md section 4 step 7, THREAT-MODEL row 4): built from
-//! nothing. The caller's environment contributes only TERM and locale variables that pass
+//! The agent's environment (docs/design.md section 4 step 7, docs/threat-model.md row 4): built
+//! from nothing. The caller's environment contributes only TERM and locale variables that pass
 //! validation and the names the admin allowlisted; everything else is fixed or explicit.
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The agent process, between fork and exec (DESIGN.md section 4 steps 6 to 9): standard
+//! The agent process, between fork and exec (docs/design.md section 4 steps 6 to 9): standard
 //! streams, new session, privilege drop, working directory, descriptors, exec.
 #![forbid(unsafe_code)]
 
@@ -127,7 +127,7 @@ fn join_foreground(tty: BorrowedFd) -> Result<()> {
 
 /// Landlock abstract-unix-socket scoping (ABI 6, Linux 6.12+): the agent can connect only
 /// to abstract sockets created inside its own run, not to the host's (X11, D-Bus shims,
-/// other users' tools; THREAT-MODEL row 7), even with `--network host`. Best effort: on
+/// other users' tools; docs/threat-model.md row 7), even with `--network host`. Best effort: on
 /// older kernels the namespaces are the only layer.
 fn scope_abstract_sockets() -> Result<()> {
     use landlock::{CompatLevel, Compatible, Ruleset, RulesetAttr, Scope};

@@ -1,4 +1,4 @@
-//! The runner: `exec` and `shell` (DESIGN.md section 4), and the probes `audit` runs in the
+//! The runner: `exec` and `shell` (docs/design.md section 4), and the probes `audit` runs in the
 //! same view.
 //!
 //! Steps, each failing closed with status 125 and nothing run:
@@ -64,7 +64,7 @@ pub fn exec(ctx: &Context, req: &Request) -> u8 {
 }
 
 /// Runs the request and logs how it ended: refused with the reason, or the command's exit
-/// status and the run's duration (THREAT-MODEL row 26).
+/// status and the run's duration (docs/threat-model.md row 26).
 fn logged(ctx: &Context, req: &Request) -> u8 {
     let action = if req.command.is_some() {
         "exec"

@@ -1,6 +1,6 @@
-//! Dropping to the agent's identity for good (DESIGN.md section 4 step 6, THREAT-MODEL row
-//! 19): groups first, then gid, then uid, then a check that nothing of root or of the
-//! caller survived, then no-new-privs.
+//! Dropping to the agent's identity for good (docs/design.md section 4 step 6, docs/threat-model.md
+//! row 19): groups first, then gid, then uid, then a check that nothing of root or of the caller
+//! survived, then no-new-privs.
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result, bail};

@@ -1,10 +1,10 @@
-//! The terminal side of a run (DESIGN.md section 4 step 4, THREAT-MODEL row 1), like sudo's
-//! `use_pty`: when any standard stream is a terminal, the agent gets a fresh pseudo-terminal
-//! of its own and the runner relays bytes between it and the caller's terminal, which is in
-//! raw mode meanwhile (so Ctrl-C, Ctrl-Z and friends travel as bytes and the agent's line
-//! discipline turns them into signals for its own foreground job). The agent never holds a
-//! descriptor of the caller's terminal, so TIOCSTI and friends cannot reach it. What the
-//! agent writes passes [`super::term_filter`] on its way to the caller's terminal (row 2).
+//! The terminal side of a run (docs/design.md section 4 step 4, docs/threat-model.md row 1), like
+//! sudo's `use_pty`: when any standard stream is a terminal, the agent gets a fresh pseudo-terminal
+//! of its own and the runner relays bytes between it and the caller's terminal, which is in raw
+//! mode meanwhile (so Ctrl-C, Ctrl-Z and friends travel as bytes and the agent's line discipline
+//! turns them into signals for its own foreground job). The agent never holds a descriptor of the
+//! caller's terminal, so TIOCSTI and friends cannot reach it. What the agent writes passes
+//! [`super::term_filter`] on its way to the caller's terminal (row 2).
 #![forbid(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

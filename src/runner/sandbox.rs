@@ -1,8 +1,8 @@
-//! The agent's view (DESIGN.md section 4 step 5): new mount, IPC and (with `--network
+//! The agent's view (docs/design.md section 4 step 5): new mount, IPC and (with `--network
 //! none`) network namespaces, entered by the pid-1 process of a new pid namespace.
 //!
-//! Mount order, so that nothing the agent can write is ever resolved twice (THREAT-MODEL row
-//! 21):
+//! Mount order, so that nothing the agent can write is ever resolved twice (docs/threat-model.md
+//! row 21):
 //! 1. every source is opened with `openat2(RESOLVE_NO_SYMLINKS)` as an `O_PATH` descriptor,
 //!    before anything is hidden;
 //! 2. mounts whose target lies inside another exposed tree (a live credential in the home, a
@@ -67,7 +67,7 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
     hidden.push(ctx.registry.root().to_path_buf());
     if network == Network::Allowlist {
         // The host's resolver daemons answer any name over a unix socket: a way around the
-        // policy point for DNS (THREAT-MODEL row 28).
+        // policy point for DNS (docs/threat-model.md row 28).
         hidden.extend(["/run/systemd/resolve", "/run/nscd"].map(PathBuf::from));
     }
     for other in ctx.registry.all()? {

@@ -1,4 +1,5 @@
-//! What of the agent's terminal output may reach the caller's terminal (THREAT-MODEL row 2).
+//! What of the agent's terminal output may reach the caller's terminal
+//! (docs/threat-model.md row 2).
 //!
 //! A terminal answers some control sequences by typing a reply into its own input; when the
 //! reply carries text the program chose, the agent can make the owner's shell read a command

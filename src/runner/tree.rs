@@ -7,7 +7,7 @@
 //! ```
 //!
 //! When the agent's command exits, init exits with its status, and the kernel kills every
-//! process left in the pid namespace (THREAT-MODEL row 14). Failures before the command
+//! process left in the pid namespace (docs/threat-model.md row 14). Failures before the command
 //! runs travel back on a close-on-exec pipe as one status byte (125, 126 or 127) and a
 //! message; a successful exec closes the pipe with nothing written.
 #![forbid(unsafe_code)]

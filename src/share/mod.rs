@@ -1,5 +1,5 @@
-//! Sharing trees with an agent through POSIX ACLs (DESIGN.md section 5; THREAT-MODEL rows
-//! 9, 12, 13, 15, 17).
+//! Sharing trees with an agent through POSIX ACLs (docs/design.md section 5; docs/threat-model.md
+//! rows 9, 12, 13, 15, 17).
 //!
 //! - [`refuse`]: which paths may be shared, resolved with the caller's rights.
 //! - [`walk`]: the descriptor-based, multi-threaded walk over the tree.
@@ -245,11 +245,11 @@ pub fn check_complete(record: &AgentRecord) -> Result<()> {
 /// The bind mounts the runner adds to the agent's view for its shares, in mount order:
 /// each share at its own path (`ro` shares read-only), then, for a read-write share without
 /// `--allow-git-writes`, every `.git` directory or file in it that the agent does not own,
-/// read-only (THREAT-MODEL row 15). The `.git` entries are found when this is called, so
+/// read-only (docs/threat-model.md row 15). The `.git` entries are found when this is called, so
 /// repositories made after `share` are covered. A share whose tree cannot be searched is
 /// mounted read-only as a whole (fail closed). Shares being revoked are left out.
 ///
-/// The runner must open every target without following symlinks (THREAT-MODEL row 21): the
+/// The runner must open every target without following symlinks (docs/threat-model.md row 21): the
 /// agent can rename entries inside a read-write share at any time.
 ///
 /// Also returns the (device, inode) of each of those `.git` entries: the owner's

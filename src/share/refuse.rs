@@ -108,7 +108,7 @@ pub fn lexical(given: &Path) -> Result<PathBuf> {
 }
 
 /// Resolves and checks a path to share with `record`'s agent; refuses with a one-line
-/// reason anything DESIGN.md section 5 excludes.
+/// reason anything docs/design.md section 5 excludes.
 pub fn resolve_for_share(ctx: &Context, record: &AgentRecord, given: &Path) -> Result<Resolved> {
     let shown = given.display();
     let path = canonical(ctx, given)?;

@@ -6,7 +6,7 @@
 //! which names the very inode judged. A rename or a symlink swapped in by the agent while we
 //! walk can make us skip an entry, never act on another one.
 //!
-//! Confused deputy (THREAT-MODEL rows 12, 17): the walk runs as root, so it only touches
+//! Confused deputy (docs/threat-model.md rows 12, 17): the walk runs as root, so it only touches
 //! entries owned by the share's owner or by the agent. Anything else found in the tree (a
 //! hard link to a root file, a directory someone else made) is skipped and reported, and
 //! directories are not entered. A file with several hard links gets an ACL only when the

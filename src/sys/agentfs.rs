@@ -1,5 +1,5 @@
 //! Working inside a directory tree someone else controls (an agent's home), without being
-//! redirected (THREAT-MODEL rows 10, 11 and 22).
+//! redirected (docs/threat-model.md rows 10, 11 and 22).
 //!
 //! Every path is resolved from a directory descriptor with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`: a symlink in any component, a `..` that climbs

@@ -1,6 +1,6 @@
 //! fanotify in file-handle mode (`FAN_REPORT_DFID_NAME`, with a pidfd per event), which
 //! nix 0.32 can initialise but not parse, plus `open_by_handle_at(2)` and the pid-namespace
-//! queries the runner's repository watcher needs (THREAT-MODEL row 23).
+//! queries the runner's repository watcher needs (docs/threat-model.md row 23).
 //!
 //! Events are parsed from the byte buffer with bounds checks only (no pointer casts); the
 //! `unsafe` blocks are the system calls and the adoption of the pidfds the kernel installs.

@@ -1,7 +1,7 @@
 //! The descriptor-based mount API (open_tree, mount_setattr, move_mount; Linux 5.12+), which
 //! nix does not wrap. Every mount the runner makes from or onto a path the agent could
 //! write goes through these, so no path is resolved again after it was opened without
-//! following symlinks (THREAT-MODEL row 21).
+//! following symlinks (docs/threat-model.md row 21).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 

@@ -1,4 +1,4 @@
-//! Network plumbing for the policy point (DESIGN.md section 8): default routes through
+//! Network plumbing for the policy point (docs/design.md section 8): default routes through
 //! loopback in the agent's network namespace, the original destination of a connection that
 //! netfilter redirected, and passing a descriptor over a unix socket.
 

@@ -1,4 +1,4 @@
-//! Signals of the privileged process (THREAT-MODEL row 18): terminal job control never
+//! Signals of the privileged process (docs/threat-model.md row 18): terminal job control never
 //! stops it, and a hang-up or interrupt is held back until a safe point of a state change.
 //!
 //! - SIGTSTP, SIGTTIN and SIGTTOU are ignored from start-up on: a stopped helper would keep

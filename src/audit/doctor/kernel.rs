@@ -107,7 +107,7 @@ fn proc_hidepid(out: &mut Vec<Finding>) {
                 Severity::Medium,
                 "proc",
                 "/proc",
-                "mounted without hidepid: outside agentuser's view, any account, an agent outside agentuser's view included, reads every process's command line (THREAT-MODEL row 8)",
+                "mounted without hidepid: outside agentuser's view, any account, an agent outside agentuser's view included, reads every process's command line (docs/threat-model.md row 8)",
             )
             .fix("mount -o remount,hidepid=invisible /proc and add hidepid=invisible to /proc in /etc/fstab"),
         ),

@@ -1,6 +1,6 @@
-//! Planted repositories (THREAT-MODEL row 23): no repository-shaped entry the agent creates,
-//! renames or moves into place inside a read-write share is ever usable by the owner's git,
-//! neither while the agent runs nor afterwards.
+//! Planted repositories (docs/threat-model.md row 23): no repository-shaped entry the agent
+//! creates, renames or moves into place inside a read-write share is ever usable by the owner's
+//! git, neither while the agent runs nor afterwards.
 //!
 //! - While the agent runs, a watcher thread of the runner ([`watch`]) neutralises such
 //!   entries as they appear ([`neutralise`]).
