@@ -143,10 +143,49 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
         None::<&str>,
     )
     .context("making the mount namespace private")?;
+    let sources = open_sources(plan, &mut warnings)?;
+    let is_tree = |m: &ViewMount| m.source == m.target;
+    let inside_tree = |m: &ViewMount| {
+        plan.mounts
+            .iter()
+            .any(|t| is_tree(t) && t.target != m.target && m.target.starts_with(&t.target))
+    };
+    let (inner, top): (Vec<_>, Vec<_>) = sources.into_iter().partition(|(m, _, _)| inside_tree(m));
+    attach_inner(inner, &mut warnings)?;
+    // 3. Detached copies of the exposed trees, with their inner mounts.
+    let mut trees = Vec::new();
+    for (m, src, early) in top {
+        let tree = match early {
+            Some(tree) => tree,
+            None => detached_copy(&src, m.read_only)
+                .with_context(|| format!("mounting {}", m.source.display()))?,
+        };
+        trees.push((m, src, tree));
+    }
+    let covered = hide_and_privatize(plan)?;
+    attach_trees(trees, &covered)?;
+    // 6. A /proc of this pid namespace only.
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context("mounting /proc")?;
+    if plan.network == Network::Allowlist {
+        join_network(plan)?;
+    }
+    Ok(warnings)
+}
 
-    // 1. Sources, before anything is hidden. A source shown elsewhere than at its own path
-    // is copied now, as it is on the host: the inner mounts of step 2 must not show
-    // through it (the owner's .git, covered by the agent's in the share, stays the owner's).
+/// A mount's source descriptor, and its early detached copy when it is shown elsewhere.
+type Source<'a> = (&'a ViewMount, OwnedFd, Option<OwnedFd>);
+
+/// Step 1: sources, before anything is hidden. A source shown elsewhere than at its own path is
+/// copied now, as it is on the host: the inner mounts of step 2 must not show through it
+/// (the owner's .git, covered by the agent's in the share, stays the owner's).
+fn open_sources<'a>(plan: &'a ViewPlan, warnings: &mut Vec<String>) -> Result<Vec<Source<'a>>> {
     let mut sources = Vec::new();
     for (i, m) in plan.mounts.iter().enumerate() {
         match open_beneath_root(&m.source) {
@@ -164,16 +203,11 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
             Err(e) => bail!("opening {}: {}", m.source.display(), describe(e)),
         }
     }
-    let is_tree = |m: &ViewMount| m.source == m.target;
-    let inside_tree = |m: &ViewMount| {
-        plan.mounts
-            .iter()
-            .any(|t| is_tree(t) && t.target != m.target && m.target.starts_with(&t.target))
-    };
+    Ok(sources)
+}
 
-    // 2. Inner mounts onto their targets in the original tree, outermost first.
-    let (mut inner, top): (Vec<_>, Vec<_>) =
-        sources.into_iter().partition(|(m, _, _)| inside_tree(m));
+/// Step 2: inner mounts onto their targets in the original tree, outermost first.
+fn attach_inner(mut inner: Vec<Source>, warnings: &mut Vec<String>) -> Result<()> {
     inner.sort_by_key(|(m, _, _)| m.target.components().count());
     for (m, src, early) in inner {
         let target = match open_beneath_root(&m.target) {
@@ -210,19 +244,12 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
                 format!("mounting {} on {}", m.source.display(), m.target.display())
             })?;
     }
+    Ok(())
+}
 
-    // 3. Detached copies of the exposed trees, with their inner mounts.
-    let mut trees = Vec::new();
-    for (m, src, early) in top {
-        let tree = match early {
-            Some(tree) => tree,
-            None => detached_copy(&src, m.read_only)
-                .with_context(|| format!("mounting {}", m.source.display()))?,
-        };
-        trees.push((m, src, tree));
-    }
-
-    // 4. Hide and privatize: one fresh tmpfs, a subdirectory of it bound over each place.
+/// Step 4: hide and privatize: one fresh tmpfs, a subdirectory of it bound over each place.
+/// Returns the places covered.
+fn hide_and_privatize(plan: &ViewPlan) -> Result<Vec<&Path>> {
     let scratch = fdmount::new_tmpfs(c"0755")
         .map_err(describe)
         .context("creating a tmpfs")?;
@@ -241,8 +268,11 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
             covered.push(path);
         }
     }
+    Ok(covered)
+}
 
-    // 5. Attach the exposed trees at their own paths.
+/// Step 5: attach the exposed trees at their own paths.
+fn attach_trees(trees: Vec<(&ViewMount, OwnedFd, OwnedFd)>, covered: &[&Path]) -> Result<()> {
     for (m, src, tree) in trees {
         let target = if covered.iter().any(|c| m.target.starts_with(c)) {
             // Inside a fresh tmpfs: only root has written there.
@@ -264,20 +294,7 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
             .map_err(describe)
             .with_context(|| format!("mounting {}", m.target.display()))?;
     }
-
-    // 6. A /proc of this pid namespace only.
-    mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .context("mounting /proc")?;
-    if plan.network == Network::Allowlist {
-        join_network(plan)?;
-    }
-    Ok(warnings)
+    Ok(())
 }
 
 /// `allowlist` mode: the namespace the policy point made (it waits meanwhile), or, without

@@ -12,6 +12,15 @@ use crate::registry::STATE_DIR;
 const PAM_FILE: &str = "/etc/pam.d/agentuser";
 
 pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
+    binary(out);
+    pam_service(out);
+    network(out);
+    config_and_state(ctx, out);
+    agent_homes(ctx, out);
+}
+
+/// The helper itself: setuid-root, and only root can replace it or a directory above it.
+fn binary(out: &mut Vec<Finding>) {
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| PathBuf::from("agentuser"));
     let shown = exe.display().to_string();
     match std::fs::metadata("/proc/self/exe") {
@@ -62,6 +71,10 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
             format!("cannot stat: {e}"),
         )),
     }
+}
+
+/// The PAM service: root's, and without pam_systemd (a user manager outside the view).
+fn pam_service(out: &mut Vec<Finding>) {
     match std::fs::symlink_metadata(PAM_FILE) {
         Ok(meta) if meta.is_file() && meta.uid() == 0 && meta.mode() & 0o022 == 0 => {
             let text = std::fs::read_to_string(PAM_FILE).unwrap_or_default();
@@ -104,7 +117,10 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
             )),
         ),
     }
-    network(out);
+}
+
+/// The config (already validated by `Config::load`) and the root-owned state directories.
+fn config_and_state(ctx: &Context, out: &mut Vec<Finding>) {
     // Config::load refused an untrusted or invalid file before we got here.
     let config = if Path::new(CONFIG_PATH).exists() {
         "valid, root-owned, not writable by others"
@@ -127,6 +143,10 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
             )));
         }
     }
+}
+
+/// Every agent's home: a 0700 directory of the agent's own.
+fn agent_homes(ctx: &Context, out: &mut Vec<Finding>) {
     for record in ctx.registry.all().unwrap_or_default() {
         let home = record.home.display().to_string();
         match std::fs::symlink_metadata(&record.home) {
