@@ -31,52 +31,16 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         .collect();
     dest::resolve(to, &given, &homes, &record)?;
     let caller = ctx.caller.identity();
-    // A live file is recorded by its real path (resolved with the caller's rights): the
-    // runner binds it without following symlinks. A copy keeps the path as given, so sync
-    // follows the owner's links as they are then.
-    let source_path = if live {
-        source::canonical(&given, &caller)?
-    } else {
-        given.clone()
-    };
-    dest::check_printable(&source_path)?;
-    source::check_out_of_agent_reach(&given, &caller, &record)?;
     // Read before taking the lock: the caller's file (on a slow or hung file system, say)
     // must not be able to hold up every other command.
-    let links = if live {
-        source::Links::Refuse
-    } else {
-        source::Links::Follow
-    };
-    let src = source::read(
-        &source_path,
-        &caller,
-        record.owner_uid,
-        ctx.config.cred_max_bytes,
-        links,
-    )?;
+    let (source_path, src) = read_given(ctx, &record, &given, live)?;
 
     let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
     agent::remove_stale_temps(&record);
     let dest = dest::resolve(to, &given, &homes, &record)?;
     let kind = if live { CredKind::Live } else { CredKind::Copy };
-    // One credential per destination; adding the same one again refreshes it.
-    let existing = record
-        .credentials
-        .iter()
-        .position(|c| c.kind != CredKind::Env && c.dest.as_deref() == Some(dest.as_path()));
-    if let Some(i) = existing {
-        let other = &record.credentials[i];
-        if other.kind != kind || other.source != source_path {
-            bail!(
-                "{}: already holds the {} credential from {} (remove it first)",
-                record.home.join(&dest).display(),
-                kind_word(other.kind),
-                other.source.display()
-            );
-        }
-    }
+    let existing = slot_for(&record, &dest, kind, &source_path)?;
 
     if live {
         live::check_owned(&src.file, &caller, &source_path)?;
@@ -122,6 +86,61 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         ),
     );
     Ok(())
+}
+
+/// The source of `cred add` as given, read with the caller's rights: its recorded path and
+/// content. A live file is recorded by its real path (resolved with the caller's rights):
+/// the runner binds it without following symlinks. A copy keeps the path as given, so sync
+/// follows the owner's links as they are then.
+fn read_given(
+    ctx: &Context,
+    record: &AgentRecord,
+    given: &Path,
+    live: bool,
+) -> Result<(PathBuf, source::Source)> {
+    let caller = ctx.caller.identity();
+    let source_path = if live {
+        source::canonical(given, &caller)?
+    } else {
+        given.to_path_buf()
+    };
+    dest::check_printable(&source_path)?;
+    source::check_out_of_agent_reach(given, &caller, record)?;
+    let links = if live {
+        source::Links::Refuse
+    } else {
+        source::Links::Follow
+    };
+    let max = ctx.config.cred_max_bytes;
+    let src = source::read(&source_path, &caller, record.owner_uid, max, links)?;
+    Ok((source_path, src))
+}
+
+/// Where a credential for `dest` goes in the record: one credential per destination, and
+/// adding the same one again refreshes it (its index); another at that destination is
+/// refused.
+fn slot_for(
+    record: &AgentRecord,
+    dest: &Path,
+    kind: CredKind,
+    source_path: &Path,
+) -> Result<Option<usize>> {
+    let existing = record
+        .credentials
+        .iter()
+        .position(|c| c.kind != CredKind::Env && c.dest.as_deref() == Some(dest));
+    if let Some(i) = existing {
+        let other = &record.credentials[i];
+        if other.kind != kind || other.source != source_path {
+            bail!(
+                "{}: already holds the {} credential from {} (remove it first)",
+                record.home.join(dest).display(),
+                kind_word(other.kind),
+                other.source.display()
+            );
+        }
+    }
+    Ok(existing)
 }
 
 /// Gives the agent read access to a live source it was not refused: the placeholder in its
