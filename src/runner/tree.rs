@@ -2,9 +2,25 @@
 //!
 //! ```text
 //! runner (root, host namespaces: PAM session, pty relay, signal forwarding)
+//!  ├─ beside the agent (its own system account; see below), e.g. the policy point
 //!  └─ init (root, pid 1 of a new pid namespace; builds the view, reaps, forwards signals)
 //!      └─ agent (the agent's uid: the command, or an audit probe)
 //! ```
+//!
+//! **Processes beside the agent.** Work that must last the whole run next to the agent and
+//! out of its reach (the network policy point, `network::start`/`network::point`; the
+//! credential broker shares that process) has one place in this tree: a child of the
+//! runner, forked by `runner::run` *before* [`start`], while the runner is still root and
+//! single-threaded (`sys::spawn::fork` refuses otherwise). The rules it follows, in order:
+//! do what needs root first (create the agent's network namespace, bind listeners, open its
+//! log), hand init what it must join over a descriptor, then drop for good to its own
+//! system account (never the agent's uid, never root while it reads agent input): no
+//! groups, no capabilities, no-new-privs, not dumpable, Landlock, and `PR_SET_PDEATHSIG`
+//! set after the uid change (which clears it) with a check that the runner still lives. It
+//! stays in the host pid namespace, where the agent (in its own pid namespace, another uid)
+//! can neither see, signal nor trace it; the runner kills and reaps it when the run ends
+//! (a `Drop` guard covers every early return), and its death with the runner's covers a
+//! killed runner. docs/design.md section 12.
 //!
 //! When the agent's command exits, init exits with its status, and the kernel kills every
 //! process left in the pid namespace (docs/threat-model.md row 14). Failures before the command
