@@ -257,6 +257,19 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
             open_beneath_root(&m.target)
                 .map_err(describe)
                 .with_context(|| format!("opening mount point {}", m.target.display()))?
+        } else if m.source != m.target {
+            // A file shown at another path (the broker's CA bundle over the system's).
+            match open_beneath_root(&m.target) {
+                Ok(target) if same_kind(&src, &target)? => target,
+                _ => {
+                    warnings.push(format!(
+                        "{}: not a plain file of the same kind, {} not mounted there",
+                        m.target.display(),
+                        m.source.display()
+                    ));
+                    continue;
+                }
+            }
         } else {
             src
         };
