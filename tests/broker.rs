@@ -244,3 +244,142 @@ fn the_agent_holds_a_placeholder_and_the_value_reaches_bound_hosts_only() {
         "{show}"
     );
 }
+
+/// Looks for argv[2] in the writable memory of process argv[1]: FOUND, ABSENT, or DENIED
+/// (with the error) when the memory cannot be read.
+const SCAN_MEMORY: &str = r#"
+import re, sys
+pid, needle = sys.argv[1], sys.argv[2].encode()
+try:
+    maps = open('/proc/%s/maps' % pid).read().splitlines()
+    mem = open('/proc/%s/mem' % pid, 'rb', 0)
+    for line in maps:
+        m = re.match(r'([0-9a-f]+)-([0-9a-f]+) rw', line)
+        if not m: continue
+        start, end = int(m.group(1), 16), int(m.group(2), 16)
+        try:
+            mem.seek(start); data = mem.read(end - start)
+        except OSError:
+            continue
+        if needle in data:
+            print('FOUND'); sys.exit(0)
+    print('ABSENT')
+except OSError as e:
+    print('DENIED', e)
+"#;
+
+/// The policy point: the only process of the sandbox's agentuser-net uid.
+fn policy_point(sb: &Sandbox) -> i32 {
+    let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
+    for _ in 0..200 {
+        let pids = sb.sh(&format!("pgrep -u {uid} -x agentuser")).stdout;
+        if let Some(pid) = pids.lines().next() {
+            return pid.trim().parse().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no policy point found");
+}
+
+#[test]
+fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
+    let (sb, _internet) = setup("broker-reach");
+    let store = |args: &[&str], value: &str| with_stdin(&sb, args, value).ok();
+    store(
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "api.test",
+        ],
+        REAL,
+    );
+    std::fs::write(sb.dir.join("tmp/scan.py"), SCAN_MEMORY).unwrap();
+    let mut run = sb.spawn(sb.user_command(
+        "alice",
+        &[
+            "exec",
+            "coder",
+            "--",
+            "/bin/sh",
+            "-c",
+            "curl -s -m 10 https://api.test/ -H \"x-api-key: $ANTHROPIC_API_KEY\" >/dev/null; \
+             echo started; sleep 60",
+        ],
+    ));
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let pid = policy_point(&sb);
+    // Control: the value is in the policy point's memory (root reads it there), and the
+    // agent's uid reads the memory of a process of its own holding it.
+    let root = sb.sh(&format!("python3 /tmp/scan.py {pid} {REAL}")).stdout;
+    assert_eq!(root.trim(), "FOUND", "control (root): {root}");
+    let mut own = sb.spawn(sb.command(&[
+        "setpriv", "--reuid", "agent-coder", "--regid", "agent-coder", "--init-groups", "--",
+        "python3", "-c",
+        &format!("import time; s = ''.join(['{REAL}'[:10], '{}']); print('up', flush=True); time.sleep(60)", &REAL[10..]),
+    ]));
+    let mut up = String::new();
+    std::io::BufReader::new(own.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    let control = sb
+        .sh_as(
+            "agent-coder",
+            &format!("python3 /tmp/scan.py {} {REAL}", own.id()),
+        )
+        .stdout;
+    assert_eq!(control.trim(), "FOUND", "control (own process): {control}");
+    let _ = own.kill();
+    let _ = own.wait();
+    // The attacks, as the agent's uid at its most powerful (outside any view).
+    let attack = sb
+        .sh_as(
+            "agent-coder",
+            &format!(
+                "python3 /tmp/scan.py {pid} {REAL}; \
+                 tr '\\0' '\\n' < /proc/{pid}/environ 2>/dev/null | grep -c REALsecret; \
+                 python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.ptrace(16,{pid},0,0)==0 else 1)' && echo TRACED; \
+                 kill -SEGV {pid} 2>/dev/null && echo SIGNALLED; \
+                 grep -rl 'PRIVATE KEY' /var/lib/agentuser /tmp /var/tmp 2>/dev/null; echo end"
+            ),
+        )
+        .stdout;
+    assert!(attack.starts_with("DENIED"), "{attack}");
+    assert!(
+        !attack.contains("TRACED") && !attack.contains("SIGNALLED"),
+        "{attack}"
+    );
+    assert!(attack.ends_with("0\nend\n"), "{attack}");
+    // Not dumpable: no core dump, and its /proc files are root's.
+    let status = sb
+        .sh(&format!(
+            "stat -c %u /proc/{pid}/mem; grep -c . /proc/{pid}/coredump_filter"
+        ))
+        .stdout;
+    assert!(status.starts_with("0\n"), "{status}");
+    // The CA key is in no file, root's included.
+    let keys = sb
+        .sh("grep -rl 'PRIVATE KEY' /var/lib/agentuser; echo end")
+        .stdout;
+    assert_eq!(keys, "end\n");
+    let _ = run.kill();
+    let _ = run.wait();
+
+    // audit: a raw env value is flagged, the brokered one is not.
+    store(&["cred", "env", "coder", "RAW_TOKEN"], RAW);
+    let audit = sb.as_user("alice", &["audit", "coder", "--json"]).json();
+    let findings = audit["findings"].as_array().unwrap();
+    let raw: Vec<_> = findings
+        .iter()
+        .filter(|f| f["category"] == "raw-secret")
+        .map(|f| f["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(raw, ["env RAW_TOKEN"], "{audit:#}");
+}

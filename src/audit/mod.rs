@@ -153,6 +153,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     let view_nnp = view.as_ref().map(|o| o.no_new_privs).unwrap_or(false);
     let groups = account::database_groups(&record);
     findings.extend(account::account_findings(ctx, &record, &groups, view_nnp));
+    findings.extend(crate::broker::audit::findings(&record, network));
     report::sort(&mut findings);
 
     print(&record, network, passes, findings, json)

@@ -9,6 +9,7 @@
 //! logged as a likely exfiltration attempt.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod ca;
 pub mod intercept;
 pub mod placeholder;
