@@ -184,7 +184,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
                 to,
                 live,
             } => creds::add(ctx, &name, &file, to.as_deref(), live)?,
-            CredCommand::Env { name, var } => creds::set_env(ctx, &name, &var)?,
+            CredCommand::Env { name, var, hosts } => creds::set_env(ctx, &name, &var, &hosts)?,
             CredCommand::List { name, json } => creds::list(ctx, &name, json)?,
             CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,

@@ -314,12 +314,25 @@ From a terminal the value is read as one line without echo; otherwise the whole 
 taken, with one trailing newline dropped. The value is stored readable by root only under \
 /var/lib/agentuser/secrets/NAME/ and set in the agent's environment by exec. It never \
 appears in a command line, in `show`, `list` or `cred list`, in logs or in error messages. \
-Storing a variable again replaces its value.")]
+Storing a variable again replaces its value.
+
+With --host the credential is brokered: the agent never holds the value. Its environment \
+gets a placeholder of the same shape (same prefix, length and alphabet, unique to the \
+agent); in the allowlist network mode the policy point terminates TLS to the given hosts \
+only (with a certificate authority made for the run and trusted in the agent's view) and \
+puts the value in place of the placeholder in request headers and URLs sent to them. A \
+request carrying the placeholder anywhere else (another host, plain HTTP, a plain TCP \
+stream) is refused and logged as a likely exfiltration attempt. The value needs at least \
+16 letters or digits after its prefix.")]
     Env {
         /// Agent name
         name: String,
         /// Environment variable name: letters, digits and '_', not starting with a digit
         var: String,
+        /// Bind the value to HOST: the agent gets a placeholder, the value is only sent to
+        /// these hosts over TLS (repeatable)
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
     },
     /// List the agent's credentials and their state
     #[command(long_about = "\

@@ -18,6 +18,7 @@
 pub mod account;
 pub mod app;
 pub mod audit;
+pub mod broker;
 pub mod cleanup;
 pub mod cli;
 pub mod config;

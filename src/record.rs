@@ -117,6 +117,10 @@ pub struct CredentialRecord {
     /// the agent's ACL entry (records from before this field get it at their next sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_inode: Option<(u64, u64)>,
+    /// env with `--host`: the hosts the value is bound to (brokered: the agent gets a
+    /// placeholder, the policy point swaps the value in toward these hosts only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// Network view of the agent.

@@ -231,9 +231,14 @@ fn the_terminal_works_like_a_terminal() {
             ),
             ("winsize:40:120", "s-2"),
             // Ctrl-C reaches the agent's foreground job.
+            // The command says when it runs (so the ^C is not typed before the relay is
+            // up), then becomes the sleep.
             (
-                &format!("{bin} exec coder -- sleep 100; echo rc-$?-$((1+2))\n"),
-                "",
+                &format!(
+                    "{bin} exec coder -- sh -c 'echo go-$((1+2)); exec sleep 100'; \
+                     echo rc-$?-$((1+2))\n"
+                ),
+                "go-3",
             ),
             ("\x03", "rc-130-3"),
             // Raw mode is restored: the caller's terminal is canonical with echo again.
@@ -243,12 +248,13 @@ fn the_terminal_works_like_a_terminal() {
             ),
             // Job control in the login shell.
             (&format!("{bin} shell coder; echo s-$((2+2))\n"), "$ "),
-            ("sleep 100\n", ""),
+            ("sh -c 'echo sl-$((2+3)); exec sleep 100'\n", "sl-5"),
             ("\x1a", "Stopped"),
-            // SIGKILL: a stopped job would hold SIGTERM until bash's SIGCONT reaches it, and
-            // an `exit` typed meanwhile meets "There are stopped jobs".
+            // SIGKILL (a stopped job would hold SIGTERM), then wait until bash has reaped it:
+            // an `exit` typed before that meets "There are stopped jobs".
             (
-                "kill -KILL %1; wait; echo shell-ok-$((1+1))\n",
+                "kill -KILL %1; while jobs -s | grep -q .; do sleep 0.1; done; \
+                 echo shell-ok-$((1+1))\n",
                 "shell-ok-2",
             ),
             ("exit\n", "s-4"),

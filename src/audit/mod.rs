@@ -155,6 +155,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     findings.extend(account_facts::account_findings(
         ctx, &record, &groups, view_nnp,
     ));
+    findings.extend(crate::broker::audit::findings(&record, network));
     findings::sort(&mut findings);
 
     print(&record, network, passes, findings, json)

