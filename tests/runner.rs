@@ -577,9 +577,9 @@ fn only_root_and_the_owner_may_run_the_agent() {
     );
     assert_ne!(out.code, 0, "{out:#?}");
     sb.as_user("bob", &["exec", "coder", "--", "id"])
-        .fails(125, "not its owner");
+        .fails(125, "no such agent");
     sb.as_user("bob", &["shell", "coder"])
-        .fails(125, "not its owner");
+        .fails(125, "no such agent");
     sb.as_user("agent-coder", &["exec", "coder", "--", "id"])
         .fails(125, "agent accounts may not use agentuser");
 }
