@@ -376,7 +376,10 @@ fn descriptors_environment_and_privileges_do_not_leak() {
         "HOME=/var/lib/agentuser/homes/agent-coder",
         "USER=agent-coder",
         "LOGNAME=agent-coder",
-        "PATH=/usr/local/bin:/usr/bin:/bin",
+        // The agent's own directories for user-level installs, then the config's.
+        "PATH=/var/lib/agentuser/homes/agent-coder/.local/bin:\
+         /var/lib/agentuser/homes/agent-coder/bin:/var/lib/agentuser/homes/agent-coder/.cargo/bin:\
+         /usr/local/bin:/usr/bin:/bin",
         "TERM=xterm-256color",
         "CHOSEN=yes",
     ] {

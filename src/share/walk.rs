@@ -471,6 +471,15 @@ fn hand_back(fd: &OwnedFd, stat: &FileStat, to: HandBack) -> anyhow::Result<()> 
         .map_err(|e| anyhow::anyhow!("cannot give it to uid {}: {e}", to.uid))?;
     if kind(stat) == SFlag::S_IFREG {
         let now = fstat(fd).map_err(|e| anyhow::anyhow!("cannot stat: {}", e.desc()))?;
+        if now.st_nlink > 1 {
+            // A running agent linked it elsewhere between the check and the chown: it
+            // goes back to the agent, like any file with several links.
+            std::os::unix::fs::chown(&path, Some(stat.st_uid), Some(stat.st_gid))
+                .map_err(|e| anyhow::anyhow!("cannot give it back to the agent: {e}"))?;
+            anyhow::bail!(
+                "got a second hard link while being handed back: left owned by the agent"
+            );
+        }
         if now.st_mode & 0o6000 != 0 {
             use std::os::unix::fs::PermissionsExt;
             let mode = now.st_mode & 0o7777 & !0o6000;
