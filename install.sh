@@ -30,6 +30,11 @@ printf '#!/bin/sh\n# git remote helper for agentuser::NAME:PATH URLs: see agentu
 chmod 755 /usr/local/bin/git-remote-agentuser.tmp
 mv /usr/local/bin/git-remote-agentuser.tmp /usr/local/bin/git-remote-agentuser
 install -D -o root -g root -m 0644 pam/agentuser /etc/pam.d/agentuser
+# Bash completion, where bash-completion loads it on demand (agent names: your own agents).
+install -d -m 0755 /usr/share/bash-completion/completions
+/usr/local/bin/agentuser completions bash > /usr/share/bash-completion/completions/agentuser.tmp
+chmod 644 /usr/share/bash-completion/completions/agentuser.tmp
+mv /usr/share/bash-completion/completions/agentuser.tmp /usr/share/bash-completion/completions/agentuser
 install -d -m 0755 /usr/local/share/man/man1 /usr/local/share/man/man5
 install -o root -g root -m 0644 man/*.1 /usr/local/share/man/man1/
 install -o root -g root -m 0644 man/*.5 /usr/local/share/man/man5/

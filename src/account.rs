@@ -358,3 +358,22 @@ pub fn home_of(uid: u32) -> Option<PathBuf> {
         .flatten()
         .map(|u| u.dir)
 }
+
+/// The name of a user for messages: the passwd name, else "uid N".
+pub fn name_of(uid: u32) -> String {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name)
+}
+
+/// The primary group of a user, from the passwd database (0 for root).
+pub fn primary_gid_of(uid: u32) -> Option<u32> {
+    if uid == 0 {
+        return Some(0);
+    }
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw())
+}

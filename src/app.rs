@@ -34,6 +34,10 @@ pub fn main() -> u8 {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    // Needs nothing of the host: printed before any privileged step.
+    if let Command::Completions { shell } = cli.command {
+        return crate::completions::print(shell);
+    }
     // Commands that change state finish their step, or stop at a safe point, on a hang-up
     // or interrupt (before any thread exists, so the share walk's threads inherit it).
     if changes_state(&cli.command) {
@@ -67,6 +71,15 @@ pub fn main() -> u8 {
         refused(&err);
         return setup_failure;
     }
+    // Before the command locks or reads the agent: other owners' agents do not exist for
+    // non-root callers.
+    if let Some(name) = agent.as_deref() {
+        let creating = matches!(cli.command, Command::Create { .. });
+        if let Err(err) = policy::refuse_hidden(&ctx, name, creating) {
+            refused(&err);
+            return setup_failure;
+        }
+    }
     match dispatch(&ctx, cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -82,6 +95,9 @@ fn changes_state(command: &Command) -> bool {
         command,
         Command::List { .. }
             | Command::Show { .. }
+            | Command::Completions { .. }
+            | Command::Delete { dry_run: true, .. }
+            | Command::Unshare { dry_run: true, .. }
             | Command::Audit { .. }
             | Command::Doctor { .. }
             | Command::Cred(CredCommand::List { .. })
@@ -101,6 +117,9 @@ fn command_word(command: &Command) -> &'static str {
         Command::Show { .. } => "show",
         Command::Share(_) => "share",
         Command::Unshare { .. } => "unshare",
+        Command::Set { .. } => "set",
+        Command::Unset { .. } => "unset",
+        Command::Completions { .. } => "completions",
         Command::Cred(CredCommand::Add { .. }) => "cred add",
         Command::Cred(CredCommand::Env { .. }) => "cred env",
         Command::Cred(CredCommand::List { .. }) => "cred list",
@@ -129,7 +148,10 @@ fn setup(caller_env: CallerEnv, command_word: &str) -> Result<Context> {
         "user={} uid={} command={command_word}",
         caller.name, caller.uid
     );
-    let registry = Registry::open(&holder)?;
+    let mut registry = Registry::open(&holder)?;
+    if !caller.is_root {
+        registry.warn_only_owner(caller.uid);
+    }
     Ok(Context {
         caller,
         config,
@@ -145,6 +167,8 @@ fn agent_of(command: &Command) -> Option<&str> {
         | Command::Delete { name, .. }
         | Command::Show { name, .. }
         | Command::Unshare { name, .. }
+        | Command::Set { name, .. }
+        | Command::Unset { name, .. }
         | Command::Audit { name, .. } => Some(name),
         Command::Share(args) => Some(&args.name),
         Command::Cred(
@@ -158,7 +182,7 @@ fn agent_of(command: &Command) -> Option<&str> {
         Command::Shell(args) => Some(&args.name),
         Command::Net(args) => Some(&args.name),
         Command::GitRemoteHelper { address, .. } => address.split_once(':').map(|(name, _)| name),
-        Command::List { .. } | Command::Doctor { .. } => None,
+        Command::List { .. } | Command::Doctor { .. } | Command::Completions { .. } => None,
     }
 }
 
@@ -169,14 +193,42 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
             owner,
             comment,
         } => provision::create(ctx, &name, owner.as_deref(), comment.as_deref())?,
-        Command::Delete { name, keep_home } => provision::delete(ctx, &name, keep_home)?,
-        Command::List { json } => show::list(ctx, json)?,
+        Command::Delete {
+            name,
+            keep_home,
+            keep_owner,
+            dry_run,
+        } => {
+            let how = provision::DeleteOptions {
+                keep_home,
+                keep_owner,
+            };
+            if dry_run {
+                provision::delete_dry_run(ctx, &name, how)?
+            } else {
+                provision::delete(ctx, &name, how)?
+            }
+        }
+        Command::List { json, names } => show::list(ctx, json, names)?,
         Command::Show { name, json } => show::show(ctx, &name, json)?,
         Command::Share(args) => {
             let access = if args.rw { Access::Rw } else { Access::Ro };
-            share::share(ctx, &args.name, &args.path, access, args.allow_git_writes)?
+            let git_writes = match (args.allow_git_writes, args.no_allow_git_writes) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            share::share(ctx, &args.name, &args.path, access, git_writes)?
         }
-        Command::Unshare { name, path } => share::unshare(ctx, &name, &path)?,
+        Command::Unshare {
+            name,
+            path,
+            keep_owner,
+            dry_run,
+        } => share::unshare(ctx, &name, &path, keep_owner, dry_run)?,
+        Command::Set { name, settings } => crate::settings::set(ctx, &name, &settings)?,
+        Command::Unset { name, keys } => crate::settings::unset(ctx, &name, &keys)?,
+        Command::Completions { shell } => return Ok(crate::completions::print(shell)),
         Command::Cred(cred) => match cred {
             CredCommand::Add {
                 name,
@@ -189,7 +241,15 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
             CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,
         },
-        Command::Net(args) => crate::network::commands::run(ctx, &args)?,
+        Command::Net(args) => {
+            use crate::network::commands as net;
+            match &args.action {
+                NetAction::Allow { hosts, preset } => net::allow(ctx, &args.name, hosts, preset)?,
+                NetAction::Deny { hosts, preset } => net::deny(ctx, &args.name, hosts, preset)?,
+                NetAction::List { json } => net::list(ctx, &args.name, *json)?,
+                NetAction::Log => net::log(ctx, &args.name)?,
+            }
+        }
         Command::Exec(args) => {
             return Ok(runner::exec(
                 ctx,
@@ -242,14 +302,142 @@ fn clap_error(e: clap::Error) -> u8 {
             }
         }
         _ => {
-            let text = e.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("agentuser: {first} (see 'agentuser --help')");
+            eprintln!(
+                "agentuser: {}",
+                usage_line(&e, &std::env::args_os().collect::<Vec<_>>())
+            );
             2
         }
+    }
+}
+
+/// clap's error in one line, with what it would say on the lines that follow when that is
+/// what the user needs: which arguments are missing (and the usage), the similar option,
+/// or for `exec` the command given without `--`.
+fn usage_line(e: &clap::Error, argv: &[std::ffi::OsString]) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .trim_end_matches(':');
+    let usage = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("see 'agentuser --help'");
+    let strings = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let invalid = strings(ContextKind::InvalidArg);
+    let suggested = strings(ContextKind::SuggestedArg);
+    match (e.kind(), invalid.first()) {
+        (ErrorKind::MissingRequiredArgument, Some(_)) => {
+            format!("missing {}: usage: {usage}", invalid.join(" "))
+        }
+        (ErrorKind::UnknownArgument, Some(bad)) if suggested.is_empty() => {
+            match command_without_dashes(argv, bad) {
+                Some(fixed) => format!(
+                    "unexpected argument '{}': put the command after '--': {fixed}",
+                    bad.escape_default()
+                ),
+                None => format!("{first} (see 'agentuser --help')"),
+            }
+        }
+        (ErrorKind::UnknownArgument, Some(_)) => {
+            format!("{first}: did you mean '{}'?", suggested.join("' or '"))
+        }
+        _ => format!("{first} (see 'agentuser --help')"),
+    }
+}
+
+/// For `agentuser exec NAME CMD ARGS...` without `--`: the command line with `--` put before
+/// CMD, when everything before the unexpected argument `bad` is a complete exec (options and
+/// NAME) on its own.
+fn command_without_dashes(argv: &[std::ffi::OsString], bad: &str) -> Option<String> {
+    if argv.get(1).is_none_or(|a| a != "exec") || argv.iter().any(|a| a == "--") {
+        return None;
+    }
+    let at = (2..argv.len()).find(|&i| {
+        let arg = argv[i].to_string_lossy();
+        arg == bad || arg.starts_with(&format!("{bad}="))
+    })?;
+    let mut probe: Vec<std::ffi::OsString> = argv[..at].to_vec();
+    probe.extend(["--".into(), "true".into()]);
+    Cli::try_parse_from(&probe).ok()?;
+    let words: Vec<String> = argv[2..at]
+        .iter()
+        .chain(std::iter::once(&"--".into()))
+        .chain(&argv[at..])
+        .map(|a| shell_word(&a.to_string_lossy()))
+        .collect();
+    Some(format!("agentuser exec {}", words.join(" ")))
+}
+
+/// A word as a shell would need it typed: plain, or single-quoted with control characters
+/// escaped (so a crafted argument cannot forge the output).
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%~".contains(c));
+    if plain {
+        return word.to_owned();
+    }
+    let inner: String = word
+        .chars()
+        .flat_map(|c| match c {
+            '\'' => "'\\''".chars().collect::<Vec<_>>(),
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect();
+    format!("'{inner}'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn line(args: &[&str]) -> String {
+        let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let e = Cli::try_parse_from(&argv).unwrap_err();
+        usage_line(&e, &argv)
+    }
+
+    #[test]
+    fn usage_errors_say_what_to_do() {
+        let missing = line(&["agentuser", "exec", "coder"]);
+        assert!(
+            missing.starts_with("missing <COMMAND>...: usage: agentuser exec"),
+            "{missing}"
+        );
+        let both = line(&["agentuser", "exec"]);
+        assert!(both.contains("<NAME>"), "{both}");
+        assert_eq!(
+            line(&["agentuser", "exec", "coder", "ls", "-la"]),
+            "unexpected argument 'ls': put the command after '--': agentuser exec coder -- ls -la"
+        );
+        assert_eq!(
+            line(&["agentuser", "exec", "--cwd", "/x y", "coder", "-v", "it's"]),
+            "unexpected argument '-v': put the command after '--': \
+             agentuser exec --cwd '/x y' coder -- -v 'it'\\''s'"
+        );
+        let typo = line(&[
+            "agentuser",
+            "exec",
+            "coder",
+            "--netwrok",
+            "none",
+            "--",
+            "ls",
+        ]);
+        assert!(typo.contains("did you mean '--network'"), "{typo}");
+        let shell = line(&["agentuser", "shell", "coder", "ls"]);
+        assert!(!shell.contains("'--'"), "{shell}");
     }
 }

@@ -74,6 +74,12 @@ group, home (unless --keep-home), stored secrets, record, crontab, and the files
 /tmp, /var/tmp and /dev/shm. Its uid is kept as a tombstone and never reused. An interrupted \
 delete is completed by running it again.
 
+Files the agent created inside its shares are handed back: every entry of a shared tree that \
+the agent owns is given to the tree's owner (and the owner's group when it had the agent's), \
+with the same walk and rules as `unshare` (see there); --keep-owner leaves them owned by the \
+agent's uid, which no account will have. --dry-run prints what would be removed and changes \
+nothing.
+
 Root can delete an agent whose record is damaged: the account and uid come from the passwd \
 entry of the name template, shares and credentials from what of the record still parses; \
 what cannot be found is said on stderr.")]
@@ -83,12 +89,21 @@ what cannot be found is said on stderr.")]
         /// Keep the agent's home directory (its uid is never reused, so it stays inert)
         #[arg(long)]
         keep_home: bool,
+        /// Leave the files the agent owns inside its shares owned by its (dead) uid
+        #[arg(long)]
+        keep_owner: bool,
+        /// Say what would be removed, change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List agents (non-root callers see only their own)
     List {
         /// Print a JSON array instead of a table
-        #[arg(long)]
+        #[arg(long, conflicts_with = "names")]
         json: bool,
+        /// Print only the names, one per line (for shell completion)
+        #[arg(long, hide = true)]
+        names: bool,
     },
     /// Show one agent
     Show {
@@ -109,12 +124,48 @@ Removes the agent's access and default entries from every entry of the tree, fil
 since the share included, and drops the share from the agent's record. An entry left with \
 no named ACL entry gets its plain mode back. A path that no longer exists is simply dropped \
 from the record. An interrupted unshare is completed by running it again; `delete` does the \
-same for every share of the agent.")]
+same for every share of the agent.
+
+Files handed back: every directory and regular file of the tree that the agent owns (what it \
+created there) is given to the tree's owner, and to the owner's primary group when its group \
+was the agent's; setuid and setgid bits are cleared on such files. The walk is the one of \
+`share`: on descriptors, never through a symlink (symlinks and special files the agent made \
+stay its own, the owner can delete them), never into another file system, and never a file \
+with more than one hard link (another link may lie where the owner must not get a file the \
+agent chose: listed on stderr and left as it is). --keep-owner leaves every file owned by the \
+agent. --dry-run says what would be done and changes nothing.")]
     Unshare {
         /// Agent name
         name: String,
         /// Shared path, as given to `share`
         path: PathBuf,
+        /// Leave the files the agent owns in the tree owned by the agent
+        #[arg(long)]
+        keep_owner: bool,
+        /// Say what would be done, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Change the agent's settings: environment variables, network mode, working directory
+    #[command(long_about = SET_LONG_ABOUT)]
+    Set {
+        /// Agent name
+        name: String,
+        /// Settings: env.VAR=VALUE, network=allowlist|none|host, cwd=DIR
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        settings: Vec<String>,
+    },
+    /// Remove settings of the agent (back to the defaults)
+    #[command(long_about = "\
+Remove settings of the agent: env.VAR (the variable is no longer set), network (exec uses \
+the config's `network` again) or cwd (exec starts in the current directory when it lies in a \
+share, else the home). Removing a setting that is not set is an error and changes nothing.")]
+    Unset {
+        /// Agent name
+        name: String,
+        /// Settings to remove: env.VAR, network, cwd
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
     },
     /// Manage the agent's credentials (copied files, live files, environment values)
     #[command(subcommand)]
@@ -143,6 +194,17 @@ same for every share of the agent.")]
         /// Print a JSON report instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script (bash, zsh or fish)
+    #[command(long_about = "\
+Print a completion script for SHELL on standard output. Subcommands and options complete, and \
+agent names complete to your own agents (the script runs `agentuser list --names`). \
+install.sh installs the bash one in /usr/share/bash-completion/completions/agentuser. For zsh \
+write it as _agentuser into a directory of your $fpath; for fish into \
+~/.config/fish/completions/agentuser.fish.")]
+    Completions {
+        /// The shell to write the script for
+        shell: CompletionShell,
     },
     /// Serve an agent's commits to git (run by git as git-remote-agentuser)
     #[command(long_about = GIT_REMOTE_HELPER_LONG_ABOUT)]
@@ -216,8 +278,11 @@ pub struct ShareArgs {
     #[arg(long)]
     pub rw: bool,
     /// Give the agent your real .git in this read-write share (expert escape, risky: see below)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_allow_git_writes")]
     pub allow_git_writes: bool,
+    /// Take --allow-git-writes away from a share that has it
+    #[arg(long)]
+    pub no_allow_git_writes: bool,
 }
 
 const SHARE_LONG_ABOUT: &str = "\
@@ -258,7 +323,8 @@ directory layout made from your files, or moved in) is renamed out of git's way 
 --allow-git-writes are not watched.
 
 Sharing a path that is already shared with the agent changes its access in place (--ro/--rw \
-and --allow-git-writes as given now). Sharing a path inside or above another share of the same \
+as given now). It keeps --allow-git-writes, saying so on stderr, unless --no-allow-git-writes \
+is given (or the share becomes --ro, which never has it). Sharing a path inside or above another share of the same \
 agent is refused: change or unshare that share instead.
 
 Refused, changing nothing: a path that does not exist or is neither a directory nor a regular \
@@ -374,6 +440,34 @@ credential it changed or could not sync; exits 1 when any could not be synced.")
         force: bool,
     },
 }
+
+/// Shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+const SET_LONG_ABOUT: &str = "\
+Change the agent's settings, kept in its record and shown by `show` (and `show --json`, as \
+`env`, `network` and `cwd`). Each argument is one KEY=VALUE:
+
+env.VAR=VALUE sets VAR in the agent's environment at every exec and shell (after the \
+variables agentuser sets itself, before environment credentials and --env). VAR is letters, \
+digits and '_'; the variables agentuser owns (HOME, USER, LOGNAME, SHELL, PATH, the proxy \
+variables, GIT_CONFIG_*) are refused. Values are not secret: they are shown by `show` and \
+visible in the process list while `set` runs. A variable whose name looks like a secret \
+(containing TOKEN, SECRET, PASSWORD, PASSWD or CREDENTIAL, or with a word AUTH, KEY, APIKEY, \
+PASS or PAT between underscores) is refused: store secrets with `agentuser cred env NAME VAR`, which keeps them readable by root \
+only.
+
+network=allowlist|none|host is the network mode exec uses without --network (see exec).
+
+cwd=DIR is the directory exec and shell start in without --cwd, before the current \
+directory; DIR is made absolute like --cwd and must exist in the agent's view at exec time.
+
+All arguments are checked before anything changes; setting a key again replaces its value.";
 
 /// Network view of the agent (the command line's form of [`crate::record::Network`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -521,12 +615,22 @@ unless an admin added some; never the caller's), with no-new-privs set (setuid p
 as sudo gain nothing), after a PAM session (service agentuser: account and session stacks, \
 no password) is opened; every descriptor above 2 is closed.
 
-Environment: built from scratch: HOME, USER, LOGNAME, SHELL, PATH (the config's `path`), \
-TERM, LANG, LC_* and TZ when their values are sane (no paths), the variables named in the \
-config's `env_allowlist`, the agent's environment credentials, and --env values (last wins).
+Environment: built from scratch: HOME, USER, LOGNAME, SHELL, PATH (the agent's own \
+~/.local/bin, ~/bin and ~/.cargo/bin, then the config's `path`), NPM_CONFIG_PREFIX=~/.local \
+(so `npm install -g`, like `pip install --user` and `cargo install`, installs into the \
+agent's home and onto its PATH), TERM, LANG, LC_* and TZ when their values are sane (no \
+paths), the terminal capabilities COLORTERM, TERM_PROGRAM, TERM_PROGRAM_VERSION and NO_COLOR \
+when short and plain, the variables named in the config's `env_allowlist`, the agent's \
+env.VAR settings (`agentuser set`), its environment credentials, and --env values (last \
+wins).
 
-Directory: --cwd, else the current directory when it lies inside a share, else the home. \
-A --cwd that does not exist in the agent's view is an error.
+Directory: --cwd, else the agent's cwd setting (`agentuser set NAME cwd=DIR`), else the \
+current directory when it lies inside a share, else the home. A --cwd or cwd setting that \
+does not exist in the agent's view is an error.
+
+A command that is not found in the agent's view but exists for you in your home (a path \
+such as ~/.opencode/bin/opencode, or a name found on your PATH there) is reported as such, \
+with how to make it available: your home is not in the agent's view.
 
 Exit status: the command's own, 128+N when it died of signal N, 125 when agentuser failed \
 before running it, 126 when it could not be executed, 127 when it was not found. SIGTERM, \

@@ -76,3 +76,11 @@ pub fn one_line(err: &anyhow::Error) -> String {
 pub fn print_error(err: &anyhow::Error) {
     eprintln!("agentuser: {}", one_line(err));
 }
+
+/// Says on stderr, in one line, what a state-changing command changed: only when stderr is
+/// a terminal, so scripts see nothing.
+pub fn changed(message: &str) {
+    if nix::unistd::isatty(std::io::stderr()).unwrap_or(false) {
+        eprintln!("agentuser: {message}");
+    }
+}

@@ -157,19 +157,44 @@ pub fn may_act_on(caller: &Caller, record: &AgentRecord) -> bool {
     caller.is_root || record.owner_uid == caller.uid
 }
 
-/// The error for someone else's agent. It reads the same as "no such agent" would not, on
-/// purpose: names of agents are not secret (they are in /etc/passwd).
+/// The error for someone else's agent: the same as for a name no agent has, so that
+/// non-root callers learn nothing about other owners' agents.
 pub fn not_yours(name: &str) -> anyhow::Error {
-    anyhow!("agent '{name}': permission denied: you are not its owner")
+    no_such_agent(name)
+}
+
+pub fn no_such_agent(name: &str) -> anyhow::Error {
+    anyhow!("agent '{name}': no such agent")
+}
+
+/// Refuses, before any command looks at or locks the agent, a non-root caller naming an
+/// agent it does not own: "no such agent", or for `create` "the name is unavailable",
+/// whatever state the record is in (a damaged one that still names its owner included).
+/// Nothing about the other agent (its owner, its lock holder, its state) reaches the caller.
+pub fn refuse_hidden(ctx: &Context, name: &str, creating: bool) -> Result<()> {
+    if ctx.caller.is_root || crate::names::check_agent_name(name).is_err() {
+        return Ok(());
+    }
+    // A record too damaged to name its owner is not hidden: its errors say only that it is
+    // damaged, and the account name is in /etc/passwd anyway.
+    let owner = ctx.registry.owner_uid(name);
+    if owner.is_none_or(|uid| uid == ctx.caller.uid) {
+        return Ok(());
+    }
+    if creating {
+        bail!("agent '{name}': the name is unavailable: choose another");
+    }
+    Err(no_such_agent(name))
 }
 
 /// The record of agent `name`, when it exists and the caller may act on it.
 pub fn agent(ctx: &Context, name: &str) -> Result<AgentRecord> {
     crate::names::check_agent_name(name)?;
+    refuse_hidden(ctx, name, false)?;
     let record = ctx
         .registry
         .load(name)?
-        .ok_or_else(|| anyhow!("agent '{name}': no such agent"))?;
+        .ok_or_else(|| no_such_agent(name))?;
     authorize_agent(ctx, &record)?;
     Ok(record)
 }
@@ -225,6 +250,8 @@ mod tests {
             credentials: Vec::new(),
             network: Some(Network::None),
             net_allow: Vec::new(),
+            env: Default::default(),
+            cwd: None,
         }
     }
 

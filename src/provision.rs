@@ -69,6 +69,13 @@ pub fn create(ctx: &Context, name: &str, owner: Option<&str>, comment: Option<&s
         name,
         &format!("user={} uid={}", record.user, record.uid),
     );
+    crate::error::changed(&format!(
+        "created agent {name} (user {}, uid {}, home {}) for {}",
+        record.user,
+        record.uid,
+        record.home.display(),
+        record.owner
+    ));
     Ok(())
 }
 
@@ -126,6 +133,8 @@ fn new_record(
         credentials: Vec::new(),
         network: None,
         net_allow: Vec::new(),
+        env: Default::default(),
+        cwd: None,
     };
     ctx.registry.save(lock, &record)?;
     drop(registry_lock);
@@ -382,7 +391,51 @@ fn rollback_create(ctx: &Context, lock: &Lock, record: &AgentRecord) {
     }
 }
 
-pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
+/// What `delete` keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteOptions {
+    /// The agent's home stays (inert: its uid is never reused).
+    pub keep_home: bool,
+    /// Files the agent owns in its shares stay its own instead of going to the tree's owner.
+    pub keep_owner: bool,
+}
+
+/// `delete --dry-run`: what `delete` would do, on stdout; nothing changes.
+pub fn delete_dry_run(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
+    check_agent_name(name)?;
+    let record = match ctx.registry.load(name)? {
+        Some(record) => {
+            policy::authorize_agent(ctx, &record)?;
+            record
+        }
+        None => bail!("agent '{name}': no such agent"),
+    };
+    println!("would delete agent {name}:");
+    println!(
+        "  stop every process of uid {} and remove account {} and its group",
+        record.uid, record.user
+    );
+    if how.keep_home {
+        println!("  keep its home {}", record.home.display());
+    } else {
+        println!("  remove its home {}", record.home.display());
+    }
+    for share in &record.shares {
+        println!("  {}", share::revoke_plan(&record, share, how.keep_owner));
+    }
+    for line in creds::describe(ctx, &record) {
+        println!("  remove credential: {line}");
+    }
+    println!(
+        "  remove its files in /tmp, /var/tmp and /dev/shm, its crontab, its stored secrets, \
+         its git directories and its record (uid {} is never reused)",
+        record.uid
+    );
+    Ok(())
+}
+
+pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
+    let keep_home = how.keep_home;
     check_agent_name(name)?;
     let lock = ctx.registry.lock(name)?;
     let mut record = match ctx.registry.load(name) {
@@ -418,7 +471,10 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
     }
     crate::sys::process::kill_all_of_uid(record.uid, record.gid)
         .with_context(|| format!("stopping the processes of '{}'", record.user))?;
-    share::revoke_all(ctx, &lock, &mut record).context("revoking shares")?;
+    let shares = record.shares.len();
+    let credentials = record.credentials.len();
+    let handed_back =
+        share::revoke_all(ctx, &lock, &mut record, how.keep_owner).context("revoking shares")?;
     creds::remove_all(ctx, &lock, &mut record).context("removing credentials")?;
     remove_account(&record, keep_home)?;
     let secrets = ctx.registry.secrets_dir(name);
@@ -433,6 +489,13 @@ pub fn delete(ctx: &Context, name: &str, keep_home: bool) -> Result<()> {
         name,
         if keep_home { "keep-home" } else { "" },
     );
+    crate::error::changed(&format!(
+        "deleted agent {name} (user {}, uid {}): {shares} share(s) revoked, {handed_back} \
+         file(s) handed back, {credentials} credential(s) removed, home {}",
+        record.user,
+        record.uid,
+        if keep_home { "kept" } else { "removed" }
+    ));
     Ok(())
 }
 

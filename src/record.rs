@@ -46,6 +46,13 @@ pub struct AgentRecord {
     /// Network allowlist entries in canonical form (`crate::network::allowlist`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net_allow: Vec<String>,
+    /// Environment variables set at every run (`agentuser set NAME env.VAR=VALUE`); not
+    /// secrets (those are environment credentials).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The directory exec starts in without --cwd (`agentuser set NAME cwd=DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +144,13 @@ pub enum Network {
 }
 
 impl Network {
+    /// The mode a word names (`allowlist`, `host`, `none`).
+    pub fn parse(word: &str) -> Option<Network> {
+        [Network::Allowlist, Network::Host, Network::None]
+            .into_iter()
+            .find(|mode| mode.word() == word)
+    }
+
     pub fn word(self) -> &'static str {
         match self {
             Network::Allowlist => "allowlist",

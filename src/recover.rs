@@ -65,6 +65,8 @@ pub fn rebuild(
         shares: Vec::new(),
         credentials: Vec::new(),
         net_allow: Vec::new(),
+        env: Default::default(),
+        cwd: None,
         network: None,
     };
     match salvage {

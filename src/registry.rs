@@ -57,6 +57,9 @@ pub struct Registry {
     root: PathBuf,
     /// Written into every lock this process takes, so a waiter can say who holds it.
     holder: String,
+    /// A non-root caller: warnings about damaged records are for their owners only (names
+    /// of other owners' agents are not revealed).
+    viewer: Option<u32>,
 }
 
 impl Registry {
@@ -74,12 +77,20 @@ impl Registry {
         let registry = Registry {
             root: root.to_path_buf(),
             holder: holder.replace(['\n', '\r', '\0'], " "),
+            viewer: None,
         };
         ensure_root_dir(&registry.root, 0o711)?;
         ensure_root_dir(&registry.agents_dir(), 0o700)?;
         ensure_root_dir(&registry.root.join("secrets"), 0o700)?;
         ensure_root_dir(&registry.root.join("locks"), 0o700)?;
         Ok(registry)
+    }
+
+    /// From now on, damage warnings leave out damaged records that name an owner other than
+    /// `uid` (a non-root caller); the records are still read and still refuse what they may
+    /// name.
+    pub fn warn_only_owner(&mut self, uid: u32) {
+        self.viewer = Some(uid);
     }
 
     pub fn root(&self) -> &Path {
@@ -161,6 +172,10 @@ impl Registry {
                     name: name.to_string(),
                     why: crate::error::one_line(&e),
                     uid: damaged_uid(&self.record_path(name)),
+                    quiet: self.viewer.is_some_and(|viewer| {
+                        damaged_number(&self.record_path(name), "owner_uid")
+                            .is_some_and(|owner| owner != viewer)
+                    }),
                 }),
             }
         }
@@ -189,6 +204,16 @@ impl Registry {
         table.retain(|key, _| RECORD_FIELDS.contains(&key));
         let record: AgentRecord = table.try_into().ok()?;
         (record.name == name).then_some(record)
+    }
+
+    /// The owner's uid a record names, for deciding who may hear about it: the parsed
+    /// record's, else an `owner_uid = N` line of a damaged one. Never used to allow an
+    /// action, only to decide between "no such agent" and the record's own error.
+    pub fn owner_uid(&self, name: &str) -> Option<u32> {
+        match self.load(name) {
+            Ok(record) => record.map(|r| r.owner_uid),
+            Err(_) => damaged_number(&self.record_path(name), "owner_uid"),
+        }
     }
 
     /// Writes a record atomically; the lock must be that agent's.
@@ -335,11 +360,16 @@ pub struct Damage {
     /// A uid the damaged text seems to give the agent (a `uid = N` line), if any. Only ever
     /// used to refuse more, never to allow.
     pub uid: Option<u32>,
+    /// Not the caller's to hear about (it names another owner): [`Damage::warn`] is silent.
+    pub quiet: bool,
 }
 
 impl Damage {
     /// One line on stderr, once per process and record.
     pub fn warn(&self) {
+        if self.quiet {
+            return;
+        }
         static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
         let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
         if warned.insert(self.name.clone()) {
@@ -393,9 +423,14 @@ fn digit_runs(text: &str) -> Vec<u32> {
 
 /// A `uid = N` line in a damaged record, read without trusting anything else in it.
 fn damaged_uid(path: &Path) -> Option<u32> {
+    damaged_number(path, "uid")
+}
+
+/// A `KEY = N` line in a damaged record.
+fn damaged_number(path: &Path, key: &str) -> Option<u32> {
     let text = read_raw(path)?;
     text.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("uid")?.trim_start();
+        let rest = line.trim().strip_prefix(key)?.trim_start();
         rest.strip_prefix('=')?.trim().parse().ok()
     })
 }

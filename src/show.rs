@@ -25,8 +25,14 @@ pub struct AgentView {
     pub credentials: Vec<CredentialView>,
     /// The network mode exec uses without --network (the agent's own, else the config's).
     pub network: &'static str,
+    /// Where `network` comes from: `agent` (`set NAME network=...`) or `config`.
+    pub network_from: &'static str,
     /// The network allowlist, canonical entries.
     pub net_allow: Vec<String>,
+    /// Environment variables of `set NAME env.VAR=VALUE`.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The directory exec starts in without --cwd (`set NAME cwd=DIR`), if set.
+    pub cwd: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,11 +73,18 @@ fn view(ctx: &Context, record: &AgentRecord) -> AgentView {
             .collect(),
         credentials: creds::describe(ctx, record),
         network: record.network.unwrap_or(ctx.config.network).word(),
+        network_from: if record.network.is_some() {
+            "agent"
+        } else {
+            "config"
+        },
         net_allow: record.net_allow.clone(),
+        env: record.env.clone(),
+        cwd: record.cwd.as_ref().map(|d| d.display().to_string()),
     }
 }
 
-pub fn list(ctx: &Context, json: bool) -> Result<()> {
+pub fn list(ctx: &Context, json: bool, names: bool) -> Result<()> {
     let views: Vec<AgentView> = ctx
         .registry
         .all()?
@@ -81,6 +94,12 @@ pub fn list(ctx: &Context, json: bool) -> Result<()> {
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if names {
+        for v in &views {
+            println!("{}", v.name);
+        }
         return Ok(());
     }
     println!(
@@ -135,9 +154,18 @@ pub fn show(ctx: &Context, name: &str, json: bool) -> Result<()> {
     for c in &v.credentials {
         println!("  {c}");
     }
-    println!("network: {}", v.network);
+    println!("network: {} (from the {})", v.network, v.network_from);
     for entry in &v.net_allow {
         println!("  allow {entry}");
+    }
+    if let Some(dir) = &record.cwd {
+        println!("cwd:     {}", crate::share::printable(dir));
+    }
+    if !v.env.is_empty() {
+        println!("env:");
+        for (var, value) in &v.env {
+            println!("  {var}={}", value.escape_default());
+        }
     }
     Ok(())
 }

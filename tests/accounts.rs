@@ -278,9 +278,9 @@ fn setuid_callers_are_authorized_by_policy() {
 
     // Others can neither see nor touch alice's agent.
     sb.as_user("carol", &["show", "coder"])
-        .fails(1, "not its owner");
+        .fails(1, "no such agent");
     sb.as_user("carol", &["delete", "coder"])
-        .fails(1, "not its owner");
+        .fails(1, "no such agent");
     let carol_list = sb.as_user("carol", &["list", "--json"]).ok().json();
     assert_eq!(carol_list.as_array().unwrap().len(), 0);
     assert!(sb.user_exists("agent-coder"));

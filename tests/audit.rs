@@ -208,7 +208,7 @@ fn audit_is_for_the_owner_and_root_only() {
     sb.add_user("mallory", &[]);
     sb.root(&["create", "coder", "--owner", "alice"]).ok();
     sb.as_user("mallory", &["audit", "coder"])
-        .fails(1, "not its owner");
+        .fails(1, "no such agent");
     sb.root(&["audit", "nobody-here"]).fails(1, "no such agent");
     sb.root(&["audit", "Bad_Name"]).fails(2, "");
     // The agent itself may not audit (nor use agentuser at all).

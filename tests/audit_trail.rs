@@ -38,7 +38,7 @@ echo STDERR; cat /tmp/err; echo END"
             "agent=coder",
             "action=exec",
             "result=refused",
-            "not its owner"
+            "no such agent"
         ]),
         "no record of bob's refused exec in {log}"
     );

@@ -280,9 +280,9 @@ fn owners_cannot_obtain_files_they_cannot_read() {
         "carol",
         &["cred", "add", "coder", "/home/carol/c", "--to", "c"],
     )
-    .fails(1, "not its owner");
+    .fails(1, "no such agent");
     sb.as_user("carol", &["cred", "list", "coder"])
-        .fails(1, "not its owner");
+        .fails(1, "no such agent");
     assert!(cred_list(&sb).is_empty());
 }
 

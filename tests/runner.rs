@@ -382,7 +382,10 @@ fn descriptors_environment_and_privileges_do_not_leak() {
         "HOME=/var/lib/agentuser/homes/agent-coder",
         "USER=agent-coder",
         "LOGNAME=agent-coder",
-        "PATH=/usr/local/bin:/usr/bin:/bin",
+        // The agent's own directories for user-level installs, then the config's.
+        "PATH=/var/lib/agentuser/homes/agent-coder/.local/bin:\
+         /var/lib/agentuser/homes/agent-coder/bin:/var/lib/agentuser/homes/agent-coder/.cargo/bin:\
+         /usr/local/bin:/usr/bin:/bin",
         "TERM=xterm-256color",
         "CHOSEN=yes",
     ] {
@@ -583,9 +586,9 @@ fn only_root_and_the_owner_may_run_the_agent() {
     );
     assert_ne!(out.code, 0, "{out:#?}");
     sb.as_user("bob", &["exec", "coder", "--", "id"])
-        .fails(125, "not its owner");
+        .fails(125, "no such agent");
     sb.as_user("bob", &["shell", "coder"])
-        .fails(125, "not its owner");
+        .fails(125, "no such agent");
     sb.as_user("agent-coder", &["exec", "coder", "--", "id"])
         .fails(125, "agent accounts may not use agentuser");
 }

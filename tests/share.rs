@@ -569,7 +569,7 @@ fn every_refusal_changes_nothing() {
     ))
     .fails(1, "does not support POSIX ACLs");
     sb.as_user("bob", &["share", "coder", "/home/bob/bobdir"])
-        .fails(1, "not its owner");
+        .fails(1, "no such agent");
     sb.as_user("agent-coder", &["share", "coder", "/home/alice/p"])
         .fails(1, "agent accounts");
     assert_eq!(sb.show("coder")["shares"].as_array().unwrap().len(), 0);

@@ -8,17 +8,22 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::allowlist::{self, Entry};
-use crate::cli::{NetAction, NetArgs};
 use crate::context::Context;
 use crate::{eventlog, policy};
 
-pub fn run(ctx: &Context, args: &NetArgs) -> Result<()> {
-    match &args.action {
-        NetAction::Allow { hosts, preset } => change(ctx, &args.name, hosts, preset, true),
-        NetAction::Deny { hosts, preset } => change(ctx, &args.name, hosts, preset, false),
-        NetAction::List { json } => list(ctx, &args.name, *json),
-        NetAction::Log => super::log::print(ctx, &args.name),
-    }
+/// `net NAME allow`: adds the entries (and those of the presets) to the allowlist.
+pub fn allow(ctx: &Context, name: &str, hosts: &[String], presets: &[String]) -> Result<()> {
+    change(ctx, name, hosts, presets, true)
+}
+
+/// `net NAME deny`: removes the entries; one that is not there changes nothing.
+pub fn deny(ctx: &Context, name: &str, hosts: &[String], presets: &[String]) -> Result<()> {
+    change(ctx, name, hosts, presets, false)
+}
+
+/// `net NAME log`: the agent's log of refused connections and queries.
+pub fn log(ctx: &Context, name: &str) -> Result<()> {
+    super::log::print(ctx, name)
 }
 
 /// Every entry named on the command line, parsed and canonical, before anything changes.
@@ -84,7 +89,7 @@ struct ListView<'a> {
     allow: &'a [String],
 }
 
-fn list(ctx: &Context, name: &str, json: bool) -> Result<()> {
+pub fn list(ctx: &Context, name: &str, json: bool) -> Result<()> {
     let record = policy::agent(ctx, name)?;
     let (mode, from) = match record.network {
         Some(mode) => (mode, "agent"),

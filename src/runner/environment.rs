@@ -57,6 +57,24 @@ pub struct Identity<'a> {
     pub path: &'a str,
 }
 
+/// The agent's PATH: its own directories for user-level installs first (as Debian's
+/// /etc/profile does for ~/bin and ~/.local/bin; ~/.cargo/bin for `cargo install`), then
+/// the configured PATH. They are the agent's own: it can only shadow commands for itself.
+pub fn agent_path(home: &OsStr, configured: &str) -> String {
+    let home = home.to_string_lossy();
+    let home = home.trim_end_matches('/');
+    format!("{home}/.local/bin:{home}/bin:{home}/.cargo/bin:{configured}")
+}
+
+/// Terminal capabilities that are not secrets: passed from the caller so TUIs keep
+/// truecolor and their terminal-specific features.
+const TERMINAL_CAPABILITIES: [&str; 4] = [
+    "COLORTERM",
+    "TERM_PROGRAM",
+    "TERM_PROGRAM_VERSION",
+    "NO_COLOR",
+];
+
 /// Names the fixed part owns; the admin allowlist cannot take them from the caller.
 const FIXED: [&str; 5] = ["HOME", "USER", "LOGNAME", "SHELL", "PATH"];
 
@@ -74,6 +92,10 @@ pub fn build(
     env.set("LOGNAME", id.user);
     env.set("SHELL", id.shell.as_bytes());
     env.set("PATH", id.path);
+    // `npm install -g` into the agent's home, onto its PATH (~/.local/bin).
+    let mut npm_prefix = id.home.as_bytes().to_vec();
+    npm_prefix.extend_from_slice(b"/.local");
+    env.set("NPM_CONFIG_PREFIX", npm_prefix);
     for (name, value) in caller.iter() {
         let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
             continue;
@@ -81,6 +103,7 @@ pub fn build(
         let keep = match name {
             "TERM" => valid_term(value),
             "TZ" => valid_tz(value),
+            _ if TERMINAL_CAPABILITIES.contains(&name) => valid_capability(value),
             _ if name == "LANG" || name.starts_with("LC_") => {
                 valid_name(name) && valid_locale(value)
             }
@@ -149,6 +172,14 @@ fn valid_locale(value: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.@+=,:".contains(c))
 }
 
+/// A terminal capability value (`truecolor`, `iTerm.app`, `3.5.0`, `1`): short and plain.
+fn valid_capability(value: &str) -> bool {
+    value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
+}
+
 /// Time zones such as `UTC`, `Europe/Paris` or `EST5EDT`: a relative zoneinfo name, never an
 /// absolute path (leading '/' or ':') and never '..'.
 fn valid_tz(value: &str) -> bool {
@@ -181,6 +212,10 @@ mod tests {
                 ("EDITOR", "vim"),
                 ("PATH", "/tmp/evil"),
                 ("HOME", "/root"),
+                ("COLORTERM", "truecolor"),
+                ("TERM_PROGRAM", "iTerm.app"),
+                ("TERM_PROGRAM_VERSION", "$(evil)"),
+                ("NO_COLOR", "1"),
             ]
             .into_iter()
             .map(|(n, v)| (OsString::from(n), OsString::from(v)))
@@ -199,12 +234,21 @@ mod tests {
         assert_eq!(env.get("EDITOR"), Some(&b"vim"[..]));
         assert_eq!(env.get("TZ"), Some(&b"Europe/Paris"[..]));
         assert_eq!(env.get("LANG"), Some(&b"en_US.UTF-8"[..]));
+        assert_eq!(env.get("COLORTERM"), Some(&b"truecolor"[..]));
+        assert_eq!(env.get("TERM_PROGRAM"), Some(&b"iTerm.app"[..]));
+        assert_eq!(env.get("NO_COLOR"), Some(&b"1"[..]));
+        assert_eq!(env.get("NPM_CONFIG_PREFIX"), Some(&b"/h/.local"[..]));
+        assert_eq!(
+            agent_path(OsStr::new("/h/"), "/usr/bin"),
+            "/h/.local/bin:/h/bin:/h/.cargo/bin:/usr/bin"
+        );
         for gone in [
             "GITHUB_TOKEN",
             "SSH_AUTH_SOCK",
             "LD_PRELOAD",
             "LC_ALL",
             "LC_CTYPE",
+            "TERM_PROGRAM_VERSION",
         ] {
             assert_eq!(env.get(gone), None, "{gone}");
         }

@@ -34,8 +34,10 @@ pub struct Agent<'a> {
     /// The account's groups from the group database (its own group first).
     pub groups: Vec<u32>,
     pub home: PathBuf,
-    /// An explicit `--cwd`: failing to enter it fails the run.
+    /// An explicit `--cwd` or the agent's cwd setting: failing to enter it fails the run.
     pub cwd: Option<PathBuf>,
+    /// Where `cwd` came from, for the error.
+    pub cwd_source: &'static str,
     /// The caller's directory when it lies in a share: tried before the home.
     pub preferred_cwd: Option<PathBuf>,
     pub streams: Streams<'a>,
@@ -94,7 +96,8 @@ impl Agent<'_> {
         if let Some(dir) = &self.cwd {
             return std::env::set_current_dir(dir).with_context(|| {
                 format!(
-                    "--cwd {}: not accessible in the agent's view",
+                    "{} {}: not accessible in the agent's view",
+                    self.cwd_source,
                     dir.display()
                 )
             });

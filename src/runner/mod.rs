@@ -16,6 +16,7 @@
 mod environment;
 mod jobctl;
 mod launch;
+mod missing;
 mod pam;
 mod planted;
 mod privdrop;
@@ -150,6 +151,10 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let git = crate::git::prepare(ctx, &record)?;
     plan.mounts.extend(git.mounts);
     plan.warnings.extend(git.warnings);
+    // Also before any thread: checked with the caller's rights, printed only on "not found".
+    let not_found_hint = req
+        .command
+        .and_then(|cmd| missing::hint(ctx, &record, &cmd[0]));
     // Started first: it builds the agent's network namespace while the view and the PAM
     // session are made; dropped (killed) on every early return.
     let point = match network {
@@ -215,7 +220,13 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
             .cwd
             .map(std::path::absolute)
             .transpose()
-            .context("--cwd")?,
+            .context("--cwd")?
+            .or_else(|| record.cwd.clone()),
+        cwd_source: if req.cwd.is_some() {
+            "--cwd"
+        } else {
+            "the agent's cwd setting"
+        },
         preferred_cwd,
         scope_sockets: true,
         streams: match &slave {
@@ -272,7 +283,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         // A closed gate (EPIPE) means init gave up before it (building the view, say): its
         // report says why, which is what the caller needs to read.
         if let Err(failure) = started.wait_for_start() {
-            eprintln!("agentuser: {failure}");
+            report_failure(&failure, not_found_hint.as_deref());
             return Ok(failure.code);
         }
         return Err(err);
@@ -298,7 +309,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         eprintln!("{line}");
     }
     if let Err(failure) = start {
-        eprintln!("agentuser: {failure}");
+        report_failure(&failure, not_found_hint.as_deref());
         return Ok(failure.code);
     }
     let code = status?;
@@ -306,6 +317,14 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         print_error(&err);
     }
     Ok(code)
+}
+
+/// The failure before the command ran, and for "not found" why the caller may still have it.
+fn report_failure(failure: &tree::Failure, not_found_hint: Option<&str>) {
+    eprintln!("agentuser: {failure}");
+    if let (127, Some(hint)) = (failure.code, not_found_hint) {
+        eprintln!("agentuser: {hint}");
+    }
 }
 
 /// Relays the terminal and passes signals on until init reports the command's status
@@ -410,22 +429,30 @@ fn build_command(
     shell: &std::path::Path,
     explicit: &[(String, Vec<u8>)],
 ) -> Result<launch::Command> {
-    let mut extra: Vec<(String, Vec<u8>)> = crate::git::agent_env(ctx, record)
-        .into_iter()
-        .map(|(n, v)| (n, v.into_bytes()))
+    // The agent's settings first: what agentuser sets itself comes after them and wins.
+    let mut extra: Vec<(String, Vec<u8>)> = record
+        .env
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
         .collect();
+    extra.extend(
+        crate::git::agent_env(ctx, record)
+            .into_iter()
+            .map(|(n, v)| (n, v.into_bytes())),
+    );
     extra.extend(
         crate::creds::env_vars(ctx, record)?
             .into_iter()
             .map(|(n, v)| (n, v.into_bytes())),
     );
     extra.extend(explicit.iter().cloned());
+    let path = environment::agent_path(record.home.as_os_str(), &ctx.config.path);
     let environment = environment::build(
         &environment::Identity {
             home: record.home.as_os_str(),
             user: &record.user,
             shell: shell.as_os_str(),
-            path: &ctx.config.path,
+            path: &path,
         },
         &ctx.caller_env,
         &ctx.config.env_allowlist,
@@ -451,7 +478,7 @@ fn build_command(
         program,
         argv,
         envp: environment.to_cstrings()?,
-        path: ctx.config.path.clone(),
+        path,
     })
 }
 
@@ -508,6 +535,7 @@ fn run_probe(
         groups: privdrop::groups_of(&record.user, record.gid)?,
         home: record.home.clone(),
         cwd: None,
+        cwd_source: "--cwd",
         preferred_cwd: None,
         scope_sockets: plan.is_some(),
         streams: Streams::Capture {

@@ -44,19 +44,40 @@ fn load(ctx: &Context, name: &str) -> Result<(Lock, AgentRecord)> {
     Ok((lock, record))
 }
 
+/// `git_writes`: `Some` for --allow-git-writes / --no-allow-git-writes, `None` to keep what
+/// an existing share has.
 pub fn share(
     ctx: &Context,
     name: &str,
     path: &Path,
     access: Access,
-    allow_git_writes: bool,
+    git_writes: Option<bool>,
 ) -> Result<()> {
-    if allow_git_writes && access != Access::Rw {
+    if git_writes == Some(true) && access != Access::Rw {
         return Err(crate::error::usage("share: --allow-git-writes needs --rw"));
     }
     let (lock, mut record) = load(ctx, name)?;
     let shown = path.display().to_string();
     let target = refuse::resolve_for_share(ctx, &record, path).context("share")?;
+    let existing = record.shares.iter().find(|s| s.path == target.path);
+    let had_git_writes = existing.is_some_and(|s| s.allow_git_writes);
+    let allow_git_writes = git_writes.unwrap_or(had_git_writes && access == Access::Rw);
+    if had_git_writes && git_writes.is_none() {
+        eprintln!(
+            "agentuser: note: {}: {}",
+            printable(&target.path),
+            if allow_git_writes {
+                "keeps --allow-git-writes (give --no-allow-git-writes to take it away)"
+            } else {
+                "--allow-git-writes goes: a read-only share never has it"
+            }
+        );
+    }
+    let verb = if existing.is_some() {
+        "changed the share of"
+    } else {
+        "shared"
+    };
     let wanted = ShareRecord {
         path: target.path.clone(),
         access,
@@ -106,52 +127,126 @@ pub fn share(
         );
     }
     report_problems("share", &target.path, &outcome);
+    crate::error::changed(&format!(
+        "{verb} {} with {name} ({}{})",
+        printable(&target.path),
+        access_word(access),
+        if allow_git_writes {
+            ", --allow-git-writes"
+        } else {
+            ""
+        }
+    ));
     Ok(())
 }
 
-pub fn unshare(ctx: &Context, name: &str, path: &Path) -> Result<()> {
+pub fn unshare(
+    ctx: &Context,
+    name: &str,
+    path: &Path,
+    keep_owner: bool,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run {
+        let record = policy::ready_agent(ctx, name)?;
+        let index = find_share(ctx, &record, path)?;
+        println!(
+            "{}",
+            revoke_plan(&record, &record.shares[index], keep_owner)
+        );
+        return Ok(());
+    }
     let (lock, mut record) = load(ctx, name)?;
     let shown = path.display().to_string();
-    // The tree may be gone, or unreachable now: then the record is found by the path as
-    // given, made absolute.
-    let wanted = refuse::canonical(ctx, path)
-        .or_else(|_| refuse::lexical(path))
+    let index = find_share(ctx, &record, path)?;
+    let wanted = record.shares[index].path.clone();
+    let tree_owner = crate::account::name_of(record.shares[index].tree_uid);
+    let outcome = revoke(ctx, &lock, &mut record, index, !keep_owner)
         .with_context(|| format!("unshare: {shown}"))?;
-    let Some(index) = record.shares.iter().position(|s| s.path == wanted) else {
-        bail!("unshare: {shown}: not shared with '{name}'");
-    };
-    let outcome =
-        revoke(ctx, &lock, &mut record, index).with_context(|| format!("unshare: {shown}"))?;
     let detail = format!(
-        "path={} entries={} changed={} skipped={}",
+        "path={} entries={} changed={} handed-back={} skipped={}",
         printable(&wanted),
         outcome.entries,
         outcome.changed,
+        outcome.handed_back,
         outcome.problem_count
     );
     eventlog::record(ctx, "unshare", name, &detail);
     report_problems("unshare", &wanted, &outcome);
+    crate::error::changed(&format!(
+        "unshared {} from {name}{}",
+        printable(&wanted),
+        handed_back_note(&outcome, &tree_owner, keep_owner)
+    ));
     Ok(())
 }
 
-/// Removes every share of the agent (called by `delete`, under the agent's lock).
-pub fn revoke_all(ctx: &Context, lock: &Lock, record: &mut AgentRecord) -> Result<()> {
+/// The index of the share `path` names: resolved with the caller's rights, or, when the
+/// tree is gone or unreachable now, the path as given made absolute.
+fn find_share(ctx: &Context, record: &AgentRecord, path: &Path) -> Result<usize> {
+    let shown = path.display().to_string();
+    let wanted = refuse::canonical(ctx, path)
+        .or_else(|_| refuse::lexical(path))
+        .with_context(|| format!("unshare: {shown}"))?;
+    match record.shares.iter().position(|s| s.path == wanted) {
+        Some(index) => Ok(index),
+        None => bail!("unshare: {shown}: not shared with '{}'", record.name),
+    }
+}
+
+/// What unsharing `share` does, for --dry-run (of unshare and delete).
+pub fn revoke_plan(record: &AgentRecord, share: &ShareRecord, keep_owner: bool) -> String {
+    let owner = crate::account::name_of(share.tree_uid);
+    format!(
+        "would unshare {} ({}) from {}: remove its ACL entries from every entry of the tree{}",
+        printable(&share.path),
+        access_word(share.access),
+        record.name,
+        if keep_owner || share.tree_uid == record.uid {
+            String::from("; the files it owns there stay its own (--keep-owner)")
+        } else {
+            format!("; give the files it owns there to {owner}")
+        }
+    )
+}
+
+/// ", N files handed back to OWNER" for the change notes.
+pub fn handed_back_note(outcome: &walk::Outcome, owner: &str, keep_owner: bool) -> String {
+    match (keep_owner, outcome.handed_back) {
+        (true, _) => String::from(" (files it owns there kept as its own)"),
+        (false, 0) => String::new(),
+        (false, n) => format!(" ({n} of its files handed back to {owner})"),
+    }
+}
+
+/// Removes every share of the agent (called by `delete`, under the agent's lock), handing
+/// the agent's files back unless `keep_owner`. Returns the files handed back.
+pub fn revoke_all(
+    ctx: &Context,
+    lock: &Lock,
+    record: &mut AgentRecord,
+    keep_owner: bool,
+) -> Result<u64> {
+    let mut handed_back = 0;
     while !record.shares.is_empty() {
         crate::error::check_interrupt()?;
         let path = record.shares[0].path.clone();
-        let outcome = revoke(ctx, lock, record, 0)
+        let outcome = revoke(ctx, lock, record, 0, !keep_owner)
             .with_context(|| format!("unsharing {}", path.display()))?;
         report_problems("unshare", &path, &outcome);
+        handed_back += outcome.handed_back;
     }
-    Ok(())
+    Ok(handed_back)
 }
 
-/// Revokes share `index` of `record`: journals, walks, then drops it from the record.
+/// Revokes share `index` of `record`: journals, walks (giving the agent's files to the
+/// tree's owner when `hand_back`), then drops it from the record.
 fn revoke(
     ctx: &Context,
     lock: &Lock,
     record: &mut AgentRecord,
     index: usize,
+    hand_back: bool,
 ) -> Result<walk::Outcome> {
     record.shares[index].state = ShareState::Revoking;
     ctx.registry.save(lock, record)?;
@@ -160,9 +255,15 @@ fn revoke(
         // Nothing left to revoke.
         None => walk::Outcome::default(),
         Some(fd) => {
+            let hand_back = (hand_back && share.tree_uid != record.uid).then(|| walk::HandBack {
+                uid: share.tree_uid,
+                gid: crate::account::primary_gid_of(share.tree_uid),
+                agent_gid: record.gid,
+            });
             let op = walk::Op::Revoke {
                 agent: record.uid,
                 owner: share.named_owner(),
+                hand_back,
             };
             run_walk(&fd, &share.path, op, &share, record, "unsharing")?
         }

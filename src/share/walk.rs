@@ -34,8 +34,22 @@ pub enum Op {
     /// Grant; inside `.git` directories the agent gets read-only access unless
     /// `git_writes`.
     Grant { grant: Grant, git_writes: bool },
-    /// Remove the agent's entries; `owner` as in [`acl::revoke`].
-    Revoke { agent: u32, owner: Option<u32> },
+    /// Remove the agent's entries; `owner` as in [`acl::revoke`]. With `hand_back`, the
+    /// agent's own directories and files get the tree's owner.
+    Revoke {
+        agent: u32,
+        owner: Option<u32>,
+        hand_back: Option<HandBack>,
+    },
+}
+
+/// Who gets the files the agent owns when a share is revoked.
+#[derive(Debug, Clone, Copy)]
+pub struct HandBack {
+    pub uid: u32,
+    /// The owner's primary group, for files whose group is the agent's (None: group kept).
+    pub gid: Option<u32>,
+    pub agent_gid: u32,
 }
 
 /// Most problems listed one by one; the rest are counted.
@@ -46,6 +60,8 @@ const PROBLEMS_LISTED: usize = 20;
 pub struct Outcome {
     pub entries: u64,
     pub changed: u64,
+    /// Entries given from the agent to the tree's owner ([`HandBack`]).
+    pub handed_back: u64,
     /// Entries that were skipped or failed, with why (at most [`PROBLEMS_LISTED`]).
     pub problems: Vec<String>,
     pub problem_count: u64,
@@ -71,6 +87,7 @@ struct Shared {
     wake: Condvar,
     entries: AtomicU64,
     changed: AtomicU64,
+    handed_back: AtomicU64,
     problems: Mutex<(Vec<String>, u64)>,
     /// Set on a hang-up or interrupt: workers drain the queue without reading it.
     stop: std::sync::atomic::AtomicBool,
@@ -111,6 +128,7 @@ pub fn walk(
         wake: Condvar::new(),
         entries: AtomicU64::new(0),
         changed: AtomicU64::new(0),
+        handed_back: AtomicU64::new(0),
         problems: Mutex::new((Vec::new(), 0)),
         stop: std::sync::atomic::AtomicBool::new(false),
     };
@@ -155,6 +173,7 @@ pub fn walk(
     Ok(Outcome {
         entries: shared.entries.into_inner(),
         changed: shared.changed.into_inner(),
+        handed_back: shared.handed_back.into_inner(),
         problems,
         problem_count,
     })
@@ -392,6 +411,24 @@ impl Shared {
             );
         }
         self.act(fd, stat, in_git)?;
+        if let Op::Revoke {
+            hand_back: Some(to),
+            ..
+        } = self.op
+        {
+            if stat.st_uid == agent {
+                // A file with several names may have one where the owner must not get a
+                // file the agent chose (its home, /tmp): it stays the agent's.
+                if check_links && !is_dir && stat.st_nlink > 1 {
+                    anyhow::bail!(
+                        "has {} hard links: left owned by the agent (uid {agent})",
+                        stat.st_nlink
+                    );
+                }
+                hand_back(fd, stat, to)?;
+                self.handed_back.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Ok(is_dir)
     }
 
@@ -413,7 +450,7 @@ impl Shared {
                 };
                 acl::grant(&path, entry, grant)
             }
-            Op::Revoke { agent, owner } => acl::revoke(&path, is_dir, agent, owner),
+            Op::Revoke { agent, owner, .. } => acl::revoke(&path, is_dir, agent, owner),
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         if changed {
@@ -421,6 +458,36 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Gives one of the agent's entries to the tree's owner, through the descriptor judged (a
+/// directory or regular file: never a symlink). Setuid and setgid bits are cleared on a
+/// file: the owner must not get a set-id program the agent wrote (the kernel clears them
+/// on chown only in part).
+fn hand_back(fd: &OwnedFd, stat: &FileStat, to: HandBack) -> anyhow::Result<()> {
+    let path = proc_path(fd);
+    let gid = to.gid.filter(|_| stat.st_gid == to.agent_gid);
+    std::os::unix::fs::chown(&path, Some(to.uid), gid)
+        .map_err(|e| anyhow::anyhow!("cannot give it to uid {}: {e}", to.uid))?;
+    if kind(stat) == SFlag::S_IFREG {
+        let now = fstat(fd).map_err(|e| anyhow::anyhow!("cannot stat: {}", e.desc()))?;
+        if now.st_nlink > 1 {
+            // A running agent linked it elsewhere between the check and the chown: it
+            // goes back to the agent, like any file with several links.
+            std::os::unix::fs::chown(&path, Some(stat.st_uid), Some(stat.st_gid))
+                .map_err(|e| anyhow::anyhow!("cannot give it back to the agent: {e}"))?;
+            anyhow::bail!(
+                "got a second hard link while being handed back: left owned by the agent"
+            );
+        }
+        if now.st_mode & 0o6000 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = now.st_mode & 0o7777 & !0o6000;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| anyhow::anyhow!("cannot clear its set-id bits: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// A path made safe to print on one line: control characters and bytes that are not UTF-8
