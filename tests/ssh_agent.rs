@@ -67,8 +67,8 @@ fn setup(name: &str) -> Setup {
         FakeInternet::start(&sb, &[("git.test", &[GIT_V4]), ("other.test", &[OTHER_V4])]);
     sb.sh_as(
         "alice",
-        "mkdir -p -m 700 ~/.ssh && ssh-keygen -q -t ed25519 -N '' -C git -f ~/.ssh/id_git \
-         && ssh-keygen -q -t ed25519 -N '' -C other -f ~/.ssh/id_other",
+        "mkdir -p -m 700 /home/alice/.ssh && ssh-keygen -q -t ed25519 -N '' -C git -f /home/alice/.ssh/id_git \
+         && ssh-keygen -q -t ed25519 -N '' -C other -f /home/alice/.ssh/id_other",
     )
     .ok();
     let home = sb.host_path("/home/alice");
@@ -81,7 +81,7 @@ fn setup(name: &str) -> Setup {
     sb.sh_as(
         "alice",
         &format!(
-            "printf 'git.test %s' '{}' > ~/.ssh/known_hosts",
+            "printf 'git.test %s' '{}' > /home/alice/.ssh/known_hosts",
             host_key.trim()
         ),
     )
@@ -111,6 +111,19 @@ fn setup(name: &str) -> Setup {
     }
 }
 
+/// Sends SIGN_REQUEST for the key in FILE (a .pub) over some data, straight to
+/// $SSH_AUTH_SOCK; prints the reply's message number (14 signed, 5 refused).
+const RAW_SIGN: &str = r#"
+import base64, os, socket, struct, sys
+blob = base64.b64decode(open(sys.argv[1]).read().split()[1])
+s = socket.socket(socket.AF_UNIX); s.connect(os.environ['SSH_AUTH_SOCK'])
+st = lambda b: struct.pack('>I', len(b)) + b
+msg = bytes([13]) + st(blob) + st(b'a commit to sign') + struct.pack('>I', 0)
+s.sendall(struct.pack('>I', len(msg)) + msg)
+n = struct.unpack('>I', s.recv(4))[0]
+print(s.recv(n)[0])
+"#;
+
 const SSH: &str = "ssh -T -o BatchMode=yes -o StrictHostKeyChecking=no \
                    -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 -o IdentitiesOnly=yes";
 
@@ -121,14 +134,16 @@ fn with_owner_agent(s: &Setup, before: &str, agent: &str) -> Out {
     let inner = format!(
         "r() {{ n=$1; shift; printf '%s:%s\\n' \"$n\" \"$(\"$@\" 2>&1 | tr '\\n' '|')\"; }}
          printf '%s' '{git}' > /tmp/git.pub; printf '%s' '{other}' > /tmp/other.pub
+         cat > /tmp/sign.py <<'EOF'\n{RAW_SIGN}\nEOF
          {agent}",
         git = s.git_pub.trim(),
         other = s.other_pub.trim()
     );
     let script = format!(
         "eval $(ssh-agent -s) >/dev/null
-         ssh-add -q ~/.ssh/id_git ~/.ssh/id_other
+         ssh-add -q /home/alice/.ssh/id_git /home/alice/.ssh/id_other
          r() {{ n=$1; shift; printf '%s:%s\\n' \"$n\" \"$(\"$@\" 2>&1 | tr '\\n' '|')\"; }}
+         cat > /tmp/sign.py <<'EOF'\n{RAW_SIGN}\nEOF
          {before}
          {bin} exec coder -- /bin/sh -c \"$1\"
          ssh-agent -k >/dev/null"
@@ -168,13 +183,17 @@ fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
         &s,
         &format!(
             "r owner-lists ssh-add -L
-             r owner-other-host {SSH} -i ~/.ssh/id_git.pub root@other.test"
+             r owner-other-host {SSH} -i /home/alice/.ssh/id_git.pub root@other.test
+             r owner-raw-other python3 /tmp/sign.py /home/alice/.ssh/id_other.pub
+             r owner-raw-git python3 /tmp/sign.py /home/alice/.ssh/id_git.pub"
         ),
         &format!(
             "r lists ssh-add -L
              r git {SSH} -i /tmp/git.pub root@git.test
              r other-host {SSH} -i /tmp/git.pub root@other.test
              r other-key {SSH} -i /tmp/other.pub root@git.test
+             r raw-other python3 /tmp/sign.py /tmp/other.pub
+             r raw-git python3 /tmp/sign.py /tmp/git.pub
              r private cat /home/alice/.ssh/id_git
              r sock sh -c 'echo $SSH_AUTH_SOCK'"
         ),
@@ -205,7 +224,44 @@ fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
         "{out:?}"
     );
     assert!(!line(&out, "other-key").contains("welcome"), "{out:?}");
+    // Raw requests: the owner's agent signs anything with either key; the agent's signs
+    // neither the other key nor, with the chosen key, anything but a bound login.
+    assert_eq!(line(&out, "owner-raw-other"), "14|", "{out:?}");
+    assert_eq!(line(&out, "owner-raw-git"), "14|", "{out:?}");
+    assert_eq!(line(&out, "raw-other"), "5|", "{out:?}");
+    assert_eq!(line(&out, "raw-git"), "5|", "{out:?}");
     assert!(!line(&out, "private").contains("PRIVATE KEY"), "{out:?}");
     let log = s.sb.as_user("alice", &["net", "coder", "log"]).ok();
     assert!(log.stdout.contains("not one of an allowed host"), "{log:?}");
+}
+
+/// Without the owner's ssh-agent, the key comes from the private key file, read with the
+/// owner's rights at run start; the agent still cannot read the file itself.
+#[test]
+fn key_file_read_as_the_owner_serves_the_same_filter() {
+    let s = setup("ssh-agent-file");
+    let out = s.sb.as_user(
+        "alice",
+        &[
+            "exec",
+            "coder",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "printf '%s' '{}' > /tmp/git.pub
+                 {SSH} -i /tmp/git.pub root@git.test; echo git=$?
+                 {SSH} -i /tmp/git.pub root@other.test; echo other=$?
+                 cat /home/alice/.ssh/id_git; echo cat=$?",
+                s.git_pub.trim()
+            ),
+        ],
+    );
+    assert!(out.stdout.contains("welcome-git\ngit=0"), "{out:?}");
+    assert!(out.stdout.contains("other=255"), "{out:?}");
+    assert!(!out.stdout.contains("welcome-other"), "{out:?}");
+    assert!(out.stdout.contains("cat=1"), "{out:?}");
+    // Control: the file is the owner's, and she can read it.
+    s.sb.sh_as("alice", "grep -q 'PRIVATE KEY' /home/alice/.ssh/id_git")
+        .ok();
 }
