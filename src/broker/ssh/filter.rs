@@ -209,3 +209,134 @@ fn verify_rsa(
         .verify(algorithm, message, sig.as_bytes())
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::PrivateKey;
+    use ssh_key::private::Ed25519Keypair;
+
+    struct Stub;
+    impl KeySource for Stub {
+        fn available(&mut self) -> Result<Vec<Vec<u8>>, String> {
+            Ok(vec![b"user-key".to_vec(), b"other-key".to_vec()])
+        }
+        fn sign(&mut self, _: &[u8], _: &[u8], _: u32) -> Result<Vec<u8>, String> {
+            Ok(b"signed".to_vec())
+        }
+    }
+
+    fn host(seed: u8) -> (PrivateKey, Vec<u8>) {
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]));
+        let blob = protocol::encoded(key.public_key().key_data()).unwrap();
+        (key, blob)
+    }
+
+    fn bind(key: &PrivateKey, blob: &[u8], session: &[u8]) -> Vec<u8> {
+        let sig: Signature = signature::Signer::try_sign(key, session).unwrap();
+        let sig = protocol::encoded(&sig).unwrap();
+        let mut m = protocol::message(
+            protocol::EXTENSION,
+            &[
+                Field::Bytes(b"session-bind@openssh.com"),
+                Field::Bytes(blob),
+                Field::Bytes(session),
+                Field::Bytes(&sig),
+            ],
+        );
+        m.push(0);
+        m[4..].to_vec()
+    }
+
+    fn login(session: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut data = protocol::message(0, &[Field::Bytes(session)])[5..].to_vec();
+        data.push(50);
+        let rest = protocol::message(
+            0,
+            &[
+                Field::Bytes(b"git"),
+                Field::Bytes(b"ssh-connection"),
+                Field::Bytes(b"publickey"),
+            ],
+        );
+        data.extend_from_slice(&rest[5..]);
+        data.push(1);
+        let tail = protocol::message(0, &[Field::Bytes(b"ssh-ed25519"), Field::Bytes(key)]);
+        data.extend_from_slice(&tail[5..]);
+        data
+    }
+
+    fn sign(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let m = protocol::message(
+            protocol::SIGN_REQUEST,
+            &[Field::Bytes(key), Field::Bytes(data), Field::U32(0)],
+        );
+        m[4..].to_vec()
+    }
+
+    #[test]
+    fn signs_only_bound_logins_to_allowed_hosts_with_chosen_keys() {
+        let (allowed, allowed_blob) = host(1);
+        let (other, other_blob) = host(2);
+        let keys = vec![Key {
+            blob: b"user-key".to_vec(),
+            comment: "k".into(),
+            host_keys: vec![allowed_blob.clone()],
+        }];
+        let code = |reply: Reply| reply.message[4];
+        let list = code(Connection::default().handle(&[11], &keys, &mut Stub));
+        assert_eq!(list, protocol::IDENTITIES_ANSWER);
+        let listed = Connection::default()
+            .handle(&[11], &keys, &mut Stub)
+            .message;
+        assert_eq!(
+            protocol::parse_identities(&listed[4..]),
+            Ok(vec![b"user-key".to_vec()])
+        );
+
+        // Unbound: nothing is signed.
+        let mut c = Connection::default();
+        assert_eq!(
+            code(c.handle(
+                &sign(b"user-key", &login(b"S1", b"user-key")),
+                &keys,
+                &mut Stub
+            )),
+            FAILURE
+        );
+        // Another host's key, or a signature by another key, does not bind.
+        assert_eq!(
+            code(c.handle(&bind(&other, &other_blob, b"S1"), &keys, &mut Stub)),
+            FAILURE
+        );
+        assert_eq!(
+            code(c.handle(&bind(&other, &allowed_blob, b"S1"), &keys, &mut Stub)),
+            FAILURE
+        );
+        // The allowed host binds once.
+        assert_eq!(
+            code(c.handle(&bind(&allowed, &allowed_blob, b"S1"), &keys, &mut Stub)),
+            SUCCESS
+        );
+        assert_eq!(
+            code(c.handle(&bind(&allowed, &allowed_blob, b"S2"), &keys, &mut Stub)),
+            FAILURE
+        );
+        // Only a login of this session, with the chosen key, is signed.
+        let ok = sign(b"user-key", &login(b"S1", b"user-key"));
+        assert_eq!(
+            code(c.handle(&ok, &keys, &mut Stub)),
+            protocol::SIGN_RESPONSE
+        );
+        for bad in [
+            sign(b"user-key", &login(b"S2", b"user-key")),
+            sign(b"user-key", &login(b"S1", b"other-key")),
+            sign(b"other-key", &login(b"S1", b"other-key")),
+            sign(b"user-key", b"SSHSIG arbitrary data"),
+        ] {
+            assert_eq!(code(c.handle(&bad, &keys, &mut Stub)), FAILURE);
+        }
+        // Adding keys, locking, anything else: refused.
+        assert_eq!(code(c.handle(&[17, 0, 0, 0, 0], &keys, &mut Stub)), FAILURE);
+    }
+}
