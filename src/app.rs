@@ -122,6 +122,7 @@ fn command_word(command: &Command) -> &'static str {
         Command::Completions { .. } => "completions",
         Command::Cred(CredCommand::Add { .. }) => "cred add",
         Command::Cred(CredCommand::Env { .. }) => "cred env",
+        Command::Cred(CredCommand::Ssh { .. }) => "cred ssh",
         Command::Cred(CredCommand::List { .. }) => "cred list",
         Command::Cred(CredCommand::Rm { .. }) => "cred rm",
         Command::Cred(CredCommand::Sync { .. }) => "cred sync",
@@ -174,6 +175,7 @@ fn agent_of(command: &Command) -> Option<&str> {
         Command::Cred(
             CredCommand::Add { name, .. }
             | CredCommand::Env { name, .. }
+            | CredCommand::Ssh { name, .. }
             | CredCommand::List { name, .. }
             | CredCommand::Rm { name, .. }
             | CredCommand::Sync { name, .. },
@@ -237,6 +239,12 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
                 live,
             } => creds::add(ctx, &name, &file, to.as_deref(), live)?,
             CredCommand::Env { name, var, hosts } => creds::set_env(ctx, &name, &var, &hosts)?,
+            CredCommand::Ssh {
+                name,
+                key,
+                hosts,
+                known_hosts,
+            } => crate::broker::ssh::command::add(ctx, &name, &key, &hosts, &known_hosts)?,
             CredCommand::List { name, json } => creds::list(ctx, &name, json)?,
             CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
             CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,

@@ -400,9 +400,41 @@ stream) is refused and logged as a likely exfiltration attempt. The value needs 
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
     },
+    /// Let the agent use one of your ssh keys toward chosen hosts, never holding it
+    #[command(long_about = "\
+Let the agent use one of your ssh keys toward chosen hosts, without ever holding the key.
+
+In the allowlist network mode, SSH_AUTH_SOCK in the agent's view is a socket served by the \
+policy point (as agentuser-net, never as the agent). It lists only the keys given with \
+`cred ssh` and signs only ssh logins to the given hosts: the client must bind the connection \
+to the server's host key (OpenSSH 8.9 or later does, with session-bind@openssh.com), the host \
+key must be one recorded for a --host of that key, and the data to sign must be the login \
+request of that very session. Anything else (other keys, other hosts, agent forwarding, \
+signing commits or arbitrary data, adding or removing keys) is refused and logged in \
+`agentuser net NAME log`.
+
+The host keys are taken now from your ~/.ssh/known_hosts (exact host names, plain or \
+hashed; port 22) and from --known-hosts files; a host without one is refused. The \
+signatures come, at each run, from your own ssh-agent when you start the run yourself and \
+it holds the key (SSH_AUTH_SOCK of your environment, reached with your rights), otherwise \
+from the private key file beside KEY.pub, read with your rights at run start: unencrypted \
+Ed25519 and ECDSA keys only (load other keys into your ssh-agent). The allowlist must \
+still let the connection out (`agentuser net NAME allow HOST:22`).")]
+    Ssh {
+        /// Agent name
+        name: String,
+        /// Your public key file (KEY.pub; the private key is KEY beside it)
+        key: PathBuf,
+        /// A host the key may be used for (repeatable, at least one)
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// More host keys, in known_hosts format (repeatable)
+        #[arg(long = "known-hosts", value_name = "FILE")]
+        known_hosts: Vec<PathBuf>,
+    },
     /// List the agent's credentials and their state
     #[command(long_about = "\
-List the agent's credentials: kind (copy, live, env), source, destination, recorded SHA-256 \
+List the agent's credentials: kind (copy, live, env, ssh), source, destination, recorded SHA-256 \
 and state: ok, source-changed (sync copies it again), agent-modified (the agent changed or \
 replaced its copy; sync keeps it unless --force), missing-source, unreadable-source (you can \
 no longer read it, or others could change it), source-replaced (a live file renamed over: \

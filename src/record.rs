@@ -101,6 +101,8 @@ pub enum CredKind {
     Copy,
     Live,
     Env,
+    /// An ssh key served by the filtered agent (`cred ssh`); the agent never holds it.
+    Ssh,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +130,21 @@ pub struct CredentialRecord {
     /// placeholder, the policy point swaps the value in toward these hosts only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// ssh: the key and the host keys of its hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshKeyRecord>,
+}
+
+/// An ssh credential (`cred ssh`): what the filtered agent lists and whom it signs for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshKeyRecord {
+    /// The public key, in OpenSSH's one-line form.
+    pub public: String,
+    /// The private key file beside it, read as the owner at run start when the owner's
+    /// ssh-agent does not hold the key.
+    pub private: PathBuf,
+    /// The host keys of the allowed hosts (OpenSSH one-line form, without comment).
+    pub host_keys: Vec<String>,
 }
 
 /// Network view of the agent.

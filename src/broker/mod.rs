@@ -13,6 +13,7 @@ pub mod audit;
 pub mod ca;
 pub mod intercept;
 pub mod placeholder;
+pub mod ssh;
 
 use zeroize::Zeroizing;
 

@@ -54,6 +54,7 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
         recorded: now(),
         source_inode: live.then_some(src.inode),
         hosts: Vec::new(),
+        ssh: None,
     };
     let is_new = existing.is_none();
     match existing {
@@ -197,6 +198,7 @@ pub fn set_env(ctx: &Context, name: &str, var: &str, hosts: &[String]) -> Result
         recorded: now(),
         source_inode: None,
         hosts: hosts.clone(),
+        ssh: None,
     });
     ctx.registry.save(&lock, &record)?;
     let detail = match hosts.is_empty() {

@@ -66,6 +66,7 @@ fn kind_word(kind: CredKind) -> &'static str {
         CredKind::Copy => "copy",
         CredKind::Live => "live",
         CredKind::Env => "env",
+        CredKind::Ssh => "ssh",
     }
 }
 
@@ -113,6 +114,8 @@ fn remove_one(
     strict: bool,
 ) -> Result<()> {
     match cred.kind {
+        // Nothing of it is in the agent's reach: the record is all there is.
+        CredKind::Ssh => Ok(()),
         CredKind::Env => {
             let var = cred.source.to_str().context("variable name")?;
             let dir = ctx.registry.secrets_dir(&record.name);
@@ -227,7 +230,11 @@ pub fn view_mounts(record: &AgentRecord) -> Vec<ViewMount> {
 /// record. Quiet when nothing changed; otherwise one line per credential on stderr. A
 /// credential that cannot be synced is reported, not fatal: the agent runs with what it has.
 pub fn sync_before_exec(ctx: &Context, record: &mut AgentRecord) -> Result<()> {
-    if !record.credentials.iter().any(|c| c.kind != CredKind::Env) {
+    if !record
+        .credentials
+        .iter()
+        .any(|c| matches!(c.kind, CredKind::Copy | CredKind::Live))
+    {
         return Ok(());
     }
     let lock = ctx.registry.lock(&record.name)?;

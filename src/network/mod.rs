@@ -82,6 +82,8 @@ pub struct PolicyPoint {
     log_start: u64,
     /// The view's CA bundle (the system's plus the run's CA), with brokered secrets.
     ca_bundle: Option<std::path::PathBuf>,
+    /// The filtered ssh-agent's socket, with ssh credentials (`cred ssh`).
+    ssh_socket: Option<std::path::PathBuf>,
 }
 
 /// Starts the policy point of one run. Returns it and init's end of the socket over which
@@ -138,6 +140,16 @@ pub fn start(
         let (ca_in, ca_out) = UnixStream::pair().context("socketpair")?;
         (Some(ca_in), Some((secrets, OwnedFd::from(ca_out))))
     };
+    // Opened as the owner while this process is still single-threaded.
+    let (ssh, ssh_socket) = match crate::broker::ssh::prepare(ctx, record, &run)? {
+        Some((agent, socket, warnings)) => {
+            for warning in warnings {
+                eprintln!("agentuser: warning: {warning}");
+            }
+            (Some(agent), Some(socket))
+        }
+        None => (None, None),
+    };
     let init_end: OwnedFd = init_end.into();
     let pid = point::spawn(point::Setup {
         shared,
@@ -147,6 +159,7 @@ pub fn start(
         to_init: to_init.into(),
         init_end: init_end.try_clone().context("dup")?,
         broker,
+        ssh,
     })?;
     let mut point = PolicyPoint {
         pid: Some(pid),
@@ -154,6 +167,7 @@ pub fn start(
         run,
         log_start,
         ca_bundle: None,
+        ssh_socket,
     };
     if let Some(ca_in) = ca_in {
         point.ca_bundle = Some(trust::write_bundle(ctx, &point.run, ca_in)?);
@@ -173,11 +187,23 @@ impl PolicyPoint {
     }
 
     /// The bind mount and variables that make the agent trust the run's CA, if it has one.
+    /// With ssh credentials, also the filtered agent's socket (at its own path, under the
+    /// registry that the view covers) and SSH_AUTH_SOCK.
     pub fn trust(&self) -> (Vec<crate::view::ViewMount>, Vec<(String, Vec<u8>)>) {
-        match &self.ca_bundle {
+        let (mut mounts, mut env) = match &self.ca_bundle {
             Some(bundle) => trust::view(bundle),
             None => (Vec::new(), Vec::new()),
+        };
+        if let Some(socket) = &self.ssh_socket {
+            mounts.push(crate::view::ViewMount {
+                source: socket.clone(),
+                target: socket.clone(),
+                read_only: false,
+            });
+            let path = socket.as_os_str().as_encoded_bytes().to_vec();
+            env.push(("SSH_AUTH_SOCK".to_owned(), path));
         }
+        (mounts, env)
     }
 
     fn stop(&mut self) {
@@ -187,6 +213,9 @@ impl PolicyPoint {
         }
         if let Some(bundle) = self.ca_bundle.take() {
             let _ = std::fs::remove_file(bundle);
+        }
+        if let Some(socket) = self.ssh_socket.take() {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Setup {
     pub init_end: OwnedFd,
     /// Brokered secrets, and where the CA certificate goes to the runner.
     pub broker: Option<(crate::broker::Secrets, OwnedFd)>,
+    /// The filtered ssh-agent (`cred ssh`): its socket and the owner's key source.
+    pub ssh: Option<crate::broker::ssh::Agent>,
 }
 
 /// Listeners bound inside the agent's namespace.
@@ -80,12 +82,14 @@ pub fn spawn(setup: Setup) -> Result<Pid> {
                 to_init,
                 init_end,
                 broker,
+                ssh,
             } = setup;
             let mut shared = shared;
             drop(init_end);
             crate::sys::syslog::close();
             let mut keep = vec![to_init.as_raw_fd(), shared.log_fd()];
             keep.extend(broker.as_ref().map(|(_, fd)| fd.as_raw_fd()));
+            keep.extend(ssh.iter().flat_map(|a| a.fds.iter().copied()));
             if crate::sys::net::close_all_except(&keep).is_err() {
                 exit_now(1);
             }
@@ -95,7 +99,7 @@ pub fn spawn(setup: Setup) -> Result<Pid> {
             match prepare(runner, account, &localhost, &publish, &to_init) {
                 Ok(listeners) => {
                     drop(to_init);
-                    serve(listeners, shared)
+                    serve(listeners, shared, ssh)
                 }
                 Err(err) => {
                     // init reports it and the run fails (125); nothing ran yet.
@@ -266,8 +270,17 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-fn serve(listeners: Listeners, shared: Shared) -> ! {
+fn serve(listeners: Listeners, shared: Shared, ssh: Option<crate::broker::ssh::Agent>) -> ! {
     let shared = Arc::new(shared);
+    if let Some(agent) = ssh {
+        let log_to = shared.clone();
+        let log = Arc::new(move |why: String| {
+            log_to.refuse("ssh-agent", "ssh-agent".into(), why, None);
+        });
+        if crate::broker::ssh::serve(agent, log).is_err() {
+            exit_now(1);
+        }
+    }
     runtime().block_on(async move {
         let tcp = |l: std::net::TcpListener| {
             l.set_nonblocking(true)

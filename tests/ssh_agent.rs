@@ -1,0 +1,267 @@
+//! The filtered ssh-agent (issue 13 item 4): `cred ssh` lets the agent log in with one of
+//! its owner's keys to chosen hosts, through a socket the policy point serves, never holding
+//! the key. Two test sshds in the fake internet (tests/common/net.rs) accept the owner's
+//! key: git.test (the key's host) and other.test (allowed in the network allowlist, not
+//! bound to the key). The owner's own ssh-agent holds two keys; the control is the owner
+//! using that agent directly.
+
+mod common;
+
+use common::net::FakeInternet;
+use common::{Out, Sandbox};
+
+const GIT_V4: &str = "11.22.33.6";
+const OTHER_V4: &str = "11.22.33.7";
+
+/// An sshd in the internet namespace on ADDR:22 that lets root in by key only and answers
+/// every session with `welcome-NAME` (its own keys and files, made by the test).
+fn start_sshd(sb: &Sandbox, internet: &mut FakeInternet, name: &str, addr: &str, keys: &str) {
+    let d = sb.dir.display();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let host_key = format!("{d}/hostkey_{name}");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f", &host_key])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(format!("{d}/authorized_{name}"), keys).unwrap();
+    let config = format!(
+        "ListenAddress {addr}:22\nHostKey {host_key}\nAuthorizedKeysFile {d}/authorized_{name}\n\
+         UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         ForceCommand echo welcome-{name}\nPidFile none\n"
+    );
+    std::fs::write(format!("{d}/sshd_{name}.conf"), config).unwrap();
+    let script = format!(
+        "( for i in $(seq 400); do ss -ltn | grep -q ' {addr}:22 ' && break; sleep 0.05; done; \
+           echo ready ) & exec /usr/sbin/sshd -D -e -f {d}/sshd_{name}.conf 2>>{d}/sshd_{name}.log"
+    );
+    std::process::Command::new("nsenter")
+        .args([
+            &format!("--net={}", internet.internet_ns),
+            "ip",
+            "addr",
+            "add",
+        ])
+        .args([&format!("{addr}/24"), "dev", "vi"])
+        .status()
+        .unwrap();
+    internet.serve(&["/bin/sh", "-c", &script]);
+}
+
+struct Setup {
+    sb: Sandbox,
+    _internet: FakeInternet,
+    git_pub: String,
+    other_pub: String,
+}
+
+/// alice with two keys (id_git, id_other), both accepted by both sshds; git.test's host key
+/// in her known_hosts; her agent coder allowed to reach git.test:22 and other.test:22, and
+/// given id_git for git.test.
+fn setup(name: &str) -> Setup {
+    let sb = Sandbox::new(name);
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    let mut internet =
+        FakeInternet::start(&sb, &[("git.test", &[GIT_V4]), ("other.test", &[OTHER_V4])]);
+    sb.sh_as(
+        "alice",
+        "mkdir -p -m 700 /home/alice/.ssh && ssh-keygen -q -t ed25519 -N '' -C git -f /home/alice/.ssh/id_git \
+         && ssh-keygen -q -t ed25519 -N '' -C other -f /home/alice/.ssh/id_other",
+    )
+    .ok();
+    let home = sb.host_path("/home/alice");
+    let read = |f: &str| std::fs::read_to_string(home.join(".ssh").join(f)).unwrap();
+    let (git_pub, other_pub) = (read("id_git.pub"), read("id_other.pub"));
+    let both = format!("{git_pub}{other_pub}");
+    start_sshd(&sb, &mut internet, "git", GIT_V4, &both);
+    start_sshd(&sb, &mut internet, "other", OTHER_V4, &both);
+    let host_key = std::fs::read_to_string(sb.dir.join("hostkey_git.pub")).unwrap();
+    sb.sh_as(
+        "alice",
+        &format!(
+            "printf 'git.test %s' '{}' > /home/alice/.ssh/known_hosts",
+            host_key.trim()
+        ),
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &["net", "coder", "allow", "git.test:22", "other.test:22"],
+    )
+    .ok();
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "ssh",
+            "coder",
+            "/home/alice/.ssh/id_git.pub",
+            "--host",
+            "git.test",
+        ],
+    )
+    .ok();
+    Setup {
+        sb,
+        _internet: internet,
+        git_pub,
+        other_pub,
+    }
+}
+
+/// Sends SIGN_REQUEST for the key in FILE (a .pub) over some data, straight to
+/// $SSH_AUTH_SOCK; prints the reply's message number (14 signed, 5 refused).
+const RAW_SIGN: &str = r#"
+import base64, os, socket, struct, sys
+blob = base64.b64decode(open(sys.argv[1]).read().split()[1])
+s = socket.socket(socket.AF_UNIX); s.connect(os.environ['SSH_AUTH_SOCK'])
+st = lambda b: struct.pack('>I', len(b)) + b
+msg = bytes([13]) + st(blob) + st(b'a commit to sign') + struct.pack('>I', 0)
+s.sendall(struct.pack('>I', len(msg)) + msg)
+n = struct.unpack('>I', s.recv(4))[0]
+print(s.recv(n)[0])
+"#;
+
+const SSH: &str = "ssh -T -o BatchMode=yes -o StrictHostKeyChecking=no \
+                   -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 -o IdentitiesOnly=yes";
+
+/// As alice, with her own ssh-agent holding both keys: `before` as alice, then `agent` as
+/// the agent through exec (one line per result, `NAME:output`).
+fn with_owner_agent(s: &Setup, before: &str, agent: &str) -> Out {
+    let bin = s.sb.bin.display();
+    let inner = format!(
+        "r() {{ n=$1; shift; printf '%s:%s\\n' \"$n\" \"$(\"$@\" 2>&1 | tr '\\n' '|')\"; }}
+         printf '%s' '{git}' > /tmp/git.pub; printf '%s' '{other}' > /tmp/other.pub
+         cat > /tmp/sign.py <<'EOF'\n{RAW_SIGN}\nEOF
+         {agent}",
+        git = s.git_pub.trim(),
+        other = s.other_pub.trim()
+    );
+    let script = format!(
+        "eval $(ssh-agent -s) >/dev/null
+         ssh-add -q /home/alice/.ssh/id_git /home/alice/.ssh/id_other
+         r() {{ n=$1; shift; printf '%s:%s\\n' \"$n\" \"$(\"$@\" 2>&1 | tr '\\n' '|')\"; }}
+         cat > /tmp/sign.py <<'EOF'\n{RAW_SIGN}\nEOF
+         {before}
+         {bin} exec coder -- /bin/sh -c \"$1\"
+         ssh-agent -k >/dev/null"
+    );
+    s.sb.run({
+        let mut cmd = s.sb.command(&[
+            "setpriv",
+            "--reuid",
+            "alice",
+            "--regid",
+            "alice",
+            "--init-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+            "sh",
+            &inner,
+        ]);
+        cmd.env("HOME", "/home/alice");
+        cmd
+    })
+}
+
+fn line<'a>(out: &'a Out, name: &str) -> &'a str {
+    let prefix = format!("{name}:");
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {out:?}"))
+}
+
+#[test]
+fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
+    let s = setup("ssh-agent-filter");
+    let out = with_owner_agent(
+        &s,
+        &format!(
+            "r owner-lists ssh-add -L
+             r owner-other-host {SSH} -i /home/alice/.ssh/id_git.pub root@other.test
+             r owner-raw-other python3 /tmp/sign.py /home/alice/.ssh/id_other.pub
+             r owner-raw-git python3 /tmp/sign.py /home/alice/.ssh/id_git.pub"
+        ),
+        &format!(
+            "r lists ssh-add -L
+             r git {SSH} -i /tmp/git.pub root@git.test
+             r other-host {SSH} -i /tmp/git.pub root@other.test
+             r other-key {SSH} -i /tmp/other.pub root@git.test
+             r raw-other python3 /tmp/sign.py /tmp/other.pub
+             r raw-git python3 /tmp/sign.py /tmp/git.pub
+             r private cat /home/alice/.ssh/id_git
+             r sock sh -c 'echo $SSH_AUTH_SOCK'"
+        ),
+    );
+    // Controls: the owner's agent holds both keys, and other.test accepts the key.
+    assert!(
+        line(&out, "owner-lists").contains(s.other_pub.split(' ').nth(1).unwrap()),
+        "{out:?}"
+    );
+    assert!(
+        line(&out, "owner-other-host").contains("welcome-other"),
+        "{out:?}"
+    );
+    // The agent: only the chosen key listed, git.test accepts it, nothing else works.
+    let listed = line(&out, "lists");
+    assert!(
+        listed.contains(s.git_pub.split(' ').nth(1).unwrap()),
+        "{out:?}"
+    );
+    assert!(
+        !listed.contains(s.other_pub.split(' ').nth(1).unwrap()),
+        "{out:?}"
+    );
+    assert!(line(&out, "git").contains("welcome-git"), "{out:?}");
+    assert!(!line(&out, "other-host").contains("welcome"), "{out:?}");
+    assert!(
+        line(&out, "other-host").contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(!line(&out, "other-key").contains("welcome"), "{out:?}");
+    // Raw requests: the owner's agent signs anything with either key; the agent's signs
+    // neither the other key nor, with the chosen key, anything but a bound login.
+    assert_eq!(line(&out, "owner-raw-other"), "14|", "{out:?}");
+    assert_eq!(line(&out, "owner-raw-git"), "14|", "{out:?}");
+    assert_eq!(line(&out, "raw-other"), "5|", "{out:?}");
+    assert_eq!(line(&out, "raw-git"), "5|", "{out:?}");
+    assert!(!line(&out, "private").contains("PRIVATE KEY"), "{out:?}");
+    let log = s.sb.as_user("alice", &["net", "coder", "log"]).ok();
+    assert!(log.stdout.contains("not one of an allowed host"), "{log:?}");
+}
+
+/// Without the owner's ssh-agent, the key comes from the private key file, read with the
+/// owner's rights at run start; the agent still cannot read the file itself.
+#[test]
+fn key_file_read_as_the_owner_serves_the_same_filter() {
+    let s = setup("ssh-agent-file");
+    let out = s.sb.as_user(
+        "alice",
+        &[
+            "exec",
+            "coder",
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "printf '%s' '{}' > /tmp/git.pub
+                 {SSH} -i /tmp/git.pub root@git.test; echo git=$?
+                 {SSH} -i /tmp/git.pub root@other.test; echo other=$?
+                 cat /home/alice/.ssh/id_git; echo cat=$?",
+                s.git_pub.trim()
+            ),
+        ],
+    );
+    assert!(out.stdout.contains("welcome-git\ngit=0"), "{out:?}");
+    assert!(out.stdout.contains("other=255"), "{out:?}");
+    assert!(!out.stdout.contains("welcome-other"), "{out:?}");
+    assert!(out.stdout.contains("cat=1"), "{out:?}");
+    // Control: the file is the owner's, and she can read it.
+    s.sb.sh_as("alice", "grep -q 'PRIVATE KEY' /home/alice/.ssh/id_git")
+        .ok();
+}
