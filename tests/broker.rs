@@ -272,7 +272,11 @@ except OSError as e:
 fn policy_point(sb: &Sandbox) -> i32 {
     let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
     for _ in 0..200 {
-        let pids = sb.sh(&format!("pgrep -u {uid} -x agentuser")).stdout;
+        // This sandbox's own point: other tests run policy points as the same uid at the
+        // same time; the command line names this sandbox's binary.
+        let pids = sb
+            .sh(&format!("pgrep -u {uid} -f '^{} '", sb.bin.display()))
+            .stdout;
         if let Some(pid) = pids.lines().next() {
             return pid.trim().parse().unwrap();
         }
