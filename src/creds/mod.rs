@@ -155,7 +155,9 @@ fn sync_all(
     let mut failed = 0;
     let mut changed = false;
     agent::remove_stale_temps(record);
-    let mut creds = std::mem::take(&mut record.credentials);
+    // A working copy, not taken out of the record: checking a copy needs every credential
+    // of the record (the brokered secrets it masks).
+    let mut creds = record.credentials.clone();
     for cred in &mut creds {
         let label = match &cred.dest {
             Some(dest) => format!(
@@ -268,6 +270,21 @@ fn load_env(ctx: &Context, record: &AgentRecord, var: &str, file: &str) -> Resul
             "environment credential {var}: no stored value (set it with 'agentuser cred env {} {var}')",
             record.name
         )
+    })
+}
+
+/// What the agent's copy of a source holds: the source with the value of each of the
+/// agent's brokered secrets replaced by its placeholder (issue 13 item 3). Fails closed: a
+/// brokered secret that cannot be loaded stops the copy instead of letting its value through.
+fn agent_content<'a>(
+    ctx: &Context,
+    record: &AgentRecord,
+    data: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let secrets = brokered(ctx, record).context("masking brokered secrets in the copy")?;
+    Ok(match secrets.mask_values(data) {
+        Some(masked) => std::borrow::Cow::Owned(masked),
+        None => std::borrow::Cow::Borrowed(data),
     })
 }
 
