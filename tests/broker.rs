@@ -509,3 +509,101 @@ fn a_copied_file_carries_the_placeholder_and_drift_tracking_follows_the_real_fil
         "changed"
     );
 }
+
+/// The `brokered-value` findings of `audit coder` as (subject, severity, views), and the
+/// whole output (which must never hold the value).
+fn exposure(sb: &Sandbox) -> (Vec<(String, String, String)>, String) {
+    let out = sb.as_user("alice", &["audit", "coder", "--json"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let report = out.json();
+    let hits = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["category"] == "brokered-value" || f["subject"] == "brokered secrets")
+        .map(|f| {
+            (
+                f["subject"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["views"].to_string(),
+            )
+        })
+        .collect();
+    (hits, text)
+}
+
+#[test]
+fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
+    let (sb, _internet) = setup("broker-audit");
+    with_stdin(
+        &sb,
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "api.test",
+        ],
+        REAL,
+    )
+    .ok();
+    // Nothing leaked: no hit. A file holding the value that the agent cannot read (root's,
+    // 0600, in its home) is no hit either: the search has the agent's rights, not root's.
+    let home = "/var/lib/agentuser/homes/agent-coder";
+    sb.sh(&format!(
+        "mkdir -p {home}/notes && printf 'k={REAL}' > {home}/notes/root-only && \
+         chmod 600 {home}/notes/root-only && chmod 755 {home}/notes"
+    ))
+    .ok();
+    let (hits, text) = exposure(&sb);
+    assert_eq!(hits, [], "{text}");
+    assert!(!text.contains("REALsecret"), "{text}");
+
+    // Leaked into a file the agent owns, and into the environment of a process of its uid.
+    sb.sh(&format!(
+        "printf 'token: {REAL}\\n' > {home}/notes/leak.txt && \
+         chown agent-coder: {home}/notes/leak.txt && chmod 600 {home}/notes/leak.txt"
+    ))
+    .ok();
+    let mut process = sb.spawn(sb.command(&[
+        "setpriv",
+        "--reuid",
+        "agent-coder",
+        "--regid",
+        "agent-coder",
+        "--init-groups",
+        "--",
+        "env",
+        &format!("LEAKED={REAL}"),
+        "sh",
+        "-c",
+        "echo up; sleep 60",
+    ]));
+    let mut up = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(process.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    let (hits, text) = exposure(&sb);
+    let _ = process.kill();
+    let _ = process.wait();
+    let leak = format!("{home}/notes/leak.txt");
+    assert!(
+        hits.contains(&(leak.clone(), "high".into(), r#"["view","host"]"#.into())),
+        "{text}"
+    );
+    assert!(
+        hits.iter()
+            .any(|h| h.0.ends_with(": its environment") && h.1 == "high"),
+        "{text}"
+    );
+    // The shell and its sleep: every other hit is a process environment.
+    assert!(
+        hits.iter()
+            .filter(|h| h.0 != leak)
+            .all(|h| h.0.ends_with(": its environment")),
+        "{text}"
+    );
+    assert!(!text.contains("REALsecret"), "{text}");
+}

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod exposure;
 pub mod intercept;
 pub mod placeholder;
 

@@ -288,6 +288,36 @@ fn agent_content<'a>(
     })
 }
 
+/// What the agent reads that root (as the owner) reads for `audit`: the value of each raw
+/// env credential (every run's environment) and each live credential's source (bound into
+/// its view), as (where the agent sees it, content).
+pub fn audit_contents(
+    ctx: &Context,
+    record: &AgentRecord,
+) -> Result<Vec<(String, zeroize::Zeroizing<Vec<u8>>)>> {
+    let mut out = Vec::new();
+    for (var, value) in env_vars(ctx, record)? {
+        let place = format!("env {var} (raw env credential, in every run's environment)");
+        out.push((place, zeroize::Zeroizing::new(value.into_bytes())));
+    }
+    for cred in record
+        .credentials
+        .iter()
+        .filter(|c| c.kind == CredKind::Live)
+    {
+        let (Some(dest), Ok(src)) = (&cred.dest, state::check(ctx, record, cred).source) else {
+            continue;
+        };
+        let place = format!(
+            "{} (live credential from {})",
+            record.home.join(dest).display(),
+            cred.source.display()
+        );
+        out.push((place, zeroize::Zeroizing::new(src.data)));
+    }
+    Ok(out)
+}
+
 /// The agent's brokered secrets, for the policy point (values wiped when dropped).
 pub fn brokered(ctx: &Context, record: &AgentRecord) -> Result<crate::broker::Secrets> {
     let mut secrets = Vec::new();
