@@ -387,3 +387,227 @@ fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
         .collect();
     assert_eq!(raw, ["env RAW_TOKEN"], "{audit:#}");
 }
+
+const AUTH: &str = "/home/alice/.config/opencode/auth.json";
+const AUTH_COPY: &str = "/var/lib/agentuser/homes/agent-coder/.config/opencode/auth.json";
+
+fn auth_json(key: &str, extra: &str) -> String {
+    format!("{{\"anthropic\":{{\"type\":\"api\",\"key\":\"{key}\"}}{extra}}}\n")
+}
+
+/// (state, sha256) of each credential as `cred list` shows them.
+fn cred_states(sb: &Sandbox) -> Vec<(String, String)> {
+    let list = sb
+        .as_user("alice", &["cred", "list", "coder", "--json"])
+        .ok()
+        .json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let sha = c["sha256"].as_str().unwrap_or("-").to_string();
+            (c["state"].as_str().unwrap().to_string(), sha)
+        })
+        .collect()
+}
+
+fn sha256_of(sb: &Sandbox, inside: &str) -> String {
+    let out = sb.sh(&format!("sha256sum {inside}")).ok().stdout;
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// As the agent: every file it can read in its home and /tmp that holds the real value.
+const FIND_VALUE: &str = "grep -rl REALsecret \"$HOME\" /tmp 2>/dev/null; echo end";
+
+#[test]
+fn a_copied_file_carries_the_placeholder_and_drift_tracking_follows_the_real_file() {
+    let (sb, _internet) = setup("broker-copy");
+    sb.sh_as(
+        "alice",
+        &format!(
+            "umask 077; mkdir -p /home/alice/.config/opencode && printf '%s' '{}' > {AUTH}",
+            auth_json(REAL, "")
+        ),
+    )
+    .ok();
+    // The control: a copy made while the secret is not brokered holds the real value.
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    let leaked = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
+    assert!(leaked.contains(REAL), "control: {leaked}");
+
+    // Brokered after the copy: the copy is masked at once.
+    with_stdin(
+        &sb,
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "api.test",
+        ],
+        REAL,
+    )
+    .ok();
+    let placeholder = exec(&sb, "printf %s \"$ANTHROPIC_API_KEY\"").ok().stdout;
+    assert_eq!(placeholder.len(), REAL.len());
+    let copy = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
+    assert_eq!(copy, auth_json(&placeholder, ""));
+    let found = exec(&sb, FIND_VALUE).ok().stdout;
+    assert_eq!(found, "end\n", "the agent reads the value in: {found}");
+    // Drift tracking: the source's digest is the real file's, the state ok.
+    let real_sha = sha256_of(&sb, AUTH);
+    assert_eq!(
+        cred_states(&sb),
+        [("ok".into(), real_sha.clone()), ("ok".into(), "-".into())]
+    );
+
+    // The owner rotates the file: reported, synced with the value masked again.
+    sb.sh_as(
+        "alice",
+        &format!("printf '%s' '{}' > {AUTH}", auth_json(REAL, ",\"v\":2")),
+    )
+    .ok();
+    assert_eq!(cred_states(&sb)[0].0, "source-changed");
+    let synced = sb.as_user("alice", &["cred", "sync", "coder"]).ok().stdout;
+    assert!(synced.contains("source changed, copied again"), "{synced}");
+    let copy = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
+    assert_eq!(copy, auth_json(&placeholder, ",\"v\":2"));
+    assert_eq!(cred_states(&sb)[0], ("ok".into(), sha256_of(&sb, AUTH)));
+
+    // The placeholder read from the copy reaches the bound host as the real value, and
+    // nothing the agent reads holds the value.
+    let script = format!(
+        "K=$(python3 -c 'import json,os; print(json.load(open(os.path.expanduser(\"~/.config/opencode/auth.json\")))[\"anthropic\"][\"key\"])')
+         curl -s -m 10 https://api.test/copy -H \"x-api-key: $K\" | tr '\\n' '|'; echo
+         {FIND_VALUE}"
+    );
+    let out = exec(&sb, &script).ok().stdout;
+    assert!(out.contains(&format!("x-api-key: {REAL}|")), "{out}");
+    assert!(
+        out.ends_with("\nend\n"),
+        "the agent reads the value in: {out}"
+    );
+
+    // Brokered before the copy: the copy is made with the placeholder.
+    sb.sh_as(
+        "alice",
+        &format!("umask 077; printf 'oauth_token: {REAL}\n' > /home/alice/hosts.yml"),
+    )
+    .ok();
+    sb.as_user("alice", &["cred", "add", "coder", "/home/alice/hosts.yml"])
+        .ok();
+    let copy =
+        std::fs::read_to_string(sb.host_path("/var/lib/agentuser/homes/agent-coder/hosts.yml"))
+            .unwrap();
+    assert_eq!(copy, format!("oauth_token: {placeholder}\n"));
+    let states: Vec<String> = cred_states(&sb).into_iter().map(|s| s.0).collect();
+    assert_eq!(states, ["ok", "ok", "ok"]);
+
+    // A copy the agent changes is still detected, and kept.
+    exec(&sb, "printf changed > ~/.config/opencode/auth.json").ok();
+    assert_eq!(cred_states(&sb)[0].0, "agent-modified");
+    sb.as_user("alice", &["cred", "sync", "coder"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap(),
+        "changed"
+    );
+}
+
+/// The `brokered-value` findings of `audit coder` as (subject, severity, views), and the
+/// whole output (which must never hold the value).
+fn exposure(sb: &Sandbox) -> (Vec<(String, String, String)>, String) {
+    let out = sb.as_user("alice", &["audit", "coder", "--json"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let report = out.json();
+    let hits = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["category"] == "brokered-value" || f["subject"] == "brokered secrets")
+        .map(|f| {
+            (
+                f["subject"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["views"].to_string(),
+            )
+        })
+        .collect();
+    (hits, text)
+}
+
+#[test]
+fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
+    let (sb, _internet) = setup("broker-audit");
+    with_stdin(
+        &sb,
+        &[
+            "cred",
+            "env",
+            "coder",
+            "ANTHROPIC_API_KEY",
+            "--host",
+            "api.test",
+        ],
+        REAL,
+    )
+    .ok();
+    // Nothing leaked: no hit. A file holding the value that the agent cannot read (root's,
+    // 0600, in its home) is no hit either: the search has the agent's rights, not root's.
+    let home = "/var/lib/agentuser/homes/agent-coder";
+    sb.sh(&format!(
+        "mkdir -p {home}/notes && printf 'k={REAL}' > {home}/notes/root-only && \
+         chmod 600 {home}/notes/root-only && chmod 755 {home}/notes"
+    ))
+    .ok();
+    let (hits, text) = exposure(&sb);
+    assert_eq!(hits, [], "{text}");
+    assert!(!text.contains("REALsecret"), "{text}");
+
+    // Leaked into a file the agent owns, and into the environment of a process of its uid.
+    sb.sh(&format!(
+        "printf 'token: {REAL}\\n' > {home}/notes/leak.txt && \
+         chown agent-coder: {home}/notes/leak.txt && chmod 600 {home}/notes/leak.txt"
+    ))
+    .ok();
+    let mut process = sb.spawn(sb.command(&[
+        "setpriv",
+        "--reuid",
+        "agent-coder",
+        "--regid",
+        "agent-coder",
+        "--init-groups",
+        "--",
+        "env",
+        &format!("LEAKED={REAL}"),
+        "sh",
+        "-c",
+        "echo up; sleep 60",
+    ]));
+    let mut up = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(process.stdout.take().unwrap())
+        .read_line(&mut up)
+        .unwrap();
+    let (hits, text) = exposure(&sb);
+    let _ = process.kill();
+    let _ = process.wait();
+    let leak = format!("{home}/notes/leak.txt");
+    assert!(
+        hits.contains(&(leak.clone(), "high".into(), r#"["view","host"]"#.into())),
+        "{text}"
+    );
+    assert!(
+        hits.iter()
+            .any(|h| h.0.ends_with(": its environment") && h.1 == "high"),
+        "{text}"
+    );
+    // The shell and its sleep: every other hit is a process environment.
+    assert!(
+        hits.iter()
+            .filter(|h| h.0 != leak)
+            .all(|h| h.0.ends_with(": its environment")),
+        "{text}"
+    );
+    assert!(!text.contains("REALsecret"), "{text}");
+}

@@ -156,9 +156,48 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
         ctx, &record, &groups, view_nnp,
     ));
     findings.extend(crate::broker::audit::findings(&record, network));
+    findings.extend(brokered_exposure(ctx, &record).unwrap_or_else(|e| {
+        vec![Finding::new(
+            Severity::High,
+            "audit-error",
+            "brokered secrets",
+            format!(
+                "could not search for brokered values: {}",
+                crate::error::one_line(&e)
+            ),
+        )]
+    }));
     findings::sort(&mut findings);
 
     print(&record, network, passes, findings, json)
+}
+
+/// Where the agent reads the real value of one of its brokered secrets (root matches, with
+/// the agent's identity: crate::broker::exposure).
+fn brokered_exposure(ctx: &Context, record: &AgentRecord) -> Result<Vec<Finding>> {
+    let secrets = crate::creds::brokered(ctx, record)?;
+    if secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut trees = vec![record.home.clone()];
+    trees.extend(record.shares.iter().map(|s| s.path.clone()));
+    let places = crate::broker::exposure::Places {
+        agent: crate::sys::ids::Identity {
+            uid: record.uid,
+            gid: record.gid,
+            // The groups every login of the account gets (the runner's, and cron's).
+            groups: std::iter::once(record.gid)
+                .chain(account_facts::database_groups(record))
+                .collect(),
+        },
+        trees,
+        given: crate::creds::audit_contents(ctx, record)?,
+    };
+    Ok(crate::broker::exposure::findings(
+        &secrets,
+        &places,
+        &crate::broker::exposure::Limits::default(),
+    ))
 }
 
 /// Prints the report; the exit status is 1 when any finding is high.

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod exposure;
 pub mod intercept;
 pub mod placeholder;
 pub mod ssh;
@@ -84,6 +85,35 @@ impl Secrets {
             .unwrap_or(0)
     }
 
+    /// `data` with every secret's value replaced by its placeholder (of the same length, so
+    /// offsets in a file stay where they were); `None` when it holds no value. What a copied
+    /// credential file becomes in the agent's home (issue 13 item 3).
+    pub fn mask_values(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let mut out: Option<Vec<u8>> = None;
+        for s in &self.secrets {
+            let current: &[u8] = out.as_deref().unwrap_or(data);
+            if !contains(current, s.value.as_bytes()) {
+                continue;
+            }
+            let masked = replace(current, s.value.as_bytes(), s.placeholder.as_bytes());
+            if let Some(old) = out.replace(masked) {
+                // The previous round held no value of this secret, maybe one of another
+                // secret not masked yet: wipe it.
+                drop(Zeroizing::new(old));
+            }
+        }
+        out
+    }
+
+    /// The names of the secrets whose real value occurs in `data`.
+    pub fn values_in(&self, data: &[u8]) -> Vec<&str> {
+        self.secrets
+            .iter()
+            .filter(|s| contains(data, s.value.as_bytes()))
+            .map(|s| s.var.as_str())
+            .collect()
+    }
+
     /// `text` with the placeholder of every secret bound to `host` replaced by its value;
     /// `None` when it holds none. A placeholder of a secret not bound to `host` is a leak.
     pub fn substitute(&self, text: &[u8], host: &str) -> Result<Option<Zeroizing<Vec<u8>>>, Leak> {
@@ -104,21 +134,19 @@ impl Secrets {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn replace(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len() + with.len());
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
+    let mut rest = 0;
+    for at in memchr::memmem::find_iter(haystack, needle) {
+        // find_iter yields non-overlapping matches, left to right.
+        out.extend_from_slice(&haystack[rest..at]);
+        out.extend_from_slice(with);
+        rest = at + needle.len();
     }
+    out.extend_from_slice(&haystack[rest..]);
     out
 }
 
@@ -165,5 +193,19 @@ mod tests {
             s.find(b"..gh-PLACEHOLDERb..").map(|s| &s.var[..]),
             Some("B")
         );
+    }
+
+    #[test]
+    fn values_masked_in_file_content() {
+        let s = secrets();
+        let file = br#"{"a":"sk-REALVALUEaaa","b":"gh-REALVALUEbbb","c":"sk-REALVALUEaaa"}"#;
+        let masked = s.mask_values(file).unwrap();
+        assert_eq!(
+            &masked[..],
+            br#"{"a":"sk-PLACEHOLDERa","b":"gh-PLACEHOLDERb","c":"sk-PLACEHOLDERa"}"#
+        );
+        assert_eq!(s.values_in(file), ["A", "B"]);
+        assert!(s.values_in(&masked).is_empty());
+        assert_eq!(s.mask_values(b"nothing"), None);
     }
 }

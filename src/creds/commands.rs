@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use super::{
-    CredKind, CredentialRecord, agent, describe, dest, env_store, kind_word, live, now, remove_one,
-    source, sync_all,
+    CredKind, CredentialRecord, agent, agent_content, describe, dest, env_store, kind_word, live,
+    now, remove_one, source, sync_all,
 };
 use crate::context::Context;
 use crate::registry::AgentRecord;
@@ -45,12 +45,18 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
     if live {
         live::check_owned(&src.file, &caller, &source_path)?;
     }
+    // What the agent gets: brokered values replaced by their placeholders.
+    let content = if live {
+        None
+    } else {
+        Some(agent_content(ctx, &record, &src.data)?)
+    };
     let cred = CredentialRecord {
         kind,
         source: source_path.clone(),
         dest: Some(dest.clone()),
         sha256: Some(src.sha256.clone()),
-        dest_sha256: (!live).then(|| src.sha256.clone()),
+        dest_sha256: content.as_deref().map(super::sha256_hex),
         recorded: now(),
         source_inode: live.then_some(src.inode),
         hosts: Vec::new(),
@@ -72,8 +78,8 @@ pub fn add(ctx: &Context, name: &str, file: &Path, to: Option<&Path>, live: bool
             }
             return Err(e);
         }
-    } else {
-        agent::write_copy(&record, &dest, &src.data)?;
+    } else if let Some(content) = &content {
+        agent::write_copy(&record, &dest, content)?;
         ctx.registry.save(&lock, &record)?;
     }
     eventlog::record(
@@ -201,6 +207,11 @@ pub fn set_env(ctx: &Context, name: &str, var: &str, hosts: &[String]) -> Result
         ssh: None,
     });
     ctx.registry.save(&lock, &record)?;
+    // Copies made before this secret was brokered (or rotated) hold its old form: mask them
+    // now rather than at the next run.
+    sync_all(ctx, &lock, &mut record, false, true, |line| {
+        eprintln!("agentuser: {name}: {line}")
+    })?;
     let detail = match hosts.is_empty() {
         true => format!("var={var}"),
         false => format!("var={var} hosts={}", hosts.join(",")),

@@ -158,7 +158,9 @@ fn sync_all(
     let mut failed = 0;
     let mut changed = false;
     agent::remove_stale_temps(record);
-    let mut creds = std::mem::take(&mut record.credentials);
+    // A working copy, not taken out of the record: checking a copy needs every credential
+    // of the record (the brokered secrets it masks).
+    let mut creds = record.credentials.clone();
     for cred in &mut creds {
         let label = match &cred.dest {
             Some(dest) => format!(
@@ -276,6 +278,51 @@ fn load_env(ctx: &Context, record: &AgentRecord, var: &str, file: &str) -> Resul
             record.name
         )
     })
+}
+
+/// What the agent's copy of a source holds: the source with the value of each of the
+/// agent's brokered secrets replaced by its placeholder (issue 13 item 3). Fails closed: a
+/// brokered secret that cannot be loaded stops the copy instead of letting its value through.
+fn agent_content<'a>(
+    ctx: &Context,
+    record: &AgentRecord,
+    data: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let secrets = brokered(ctx, record).context("masking brokered secrets in the copy")?;
+    Ok(match secrets.mask_values(data) {
+        Some(masked) => std::borrow::Cow::Owned(masked),
+        None => std::borrow::Cow::Borrowed(data),
+    })
+}
+
+/// What the agent reads that root (as the owner) reads for `audit`: the value of each raw
+/// env credential (every run's environment) and each live credential's source (bound into
+/// its view), as (where the agent sees it, content).
+pub fn audit_contents(
+    ctx: &Context,
+    record: &AgentRecord,
+) -> Result<Vec<(String, zeroize::Zeroizing<Vec<u8>>)>> {
+    let mut out = Vec::new();
+    for (var, value) in env_vars(ctx, record)? {
+        let place = format!("env {var} (raw env credential, in every run's environment)");
+        out.push((place, zeroize::Zeroizing::new(value.into_bytes())));
+    }
+    for cred in record
+        .credentials
+        .iter()
+        .filter(|c| c.kind == CredKind::Live)
+    {
+        let (Some(dest), Ok(src)) = (&cred.dest, state::check(ctx, record, cred).source) else {
+            continue;
+        };
+        let place = format!(
+            "{} (live credential from {})",
+            record.home.join(dest).display(),
+            cred.source.display()
+        );
+        out.push((place, zeroize::Zeroizing::new(src.data)));
+    }
+    Ok(out)
 }
 
 /// The agent's brokered secrets, for the policy point (values wiped when dropped).

@@ -101,6 +101,9 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
             let granted = cred.kind != CredKind::Live || live::granted(&src.file, record.uid);
             if Some(&src.sha256) != cred.sha256.as_ref() || !granted {
                 State::SourceChanged
+            } else if cred.kind == CredKind::Copy && !masked_as_recorded(ctx, record, cred, src) {
+                why = Some("the agent's brokered secrets changed".into());
+                State::SourceChanged
             } else {
                 State::Ok
             }
@@ -111,6 +114,20 @@ pub fn check(ctx: &Context, record: &AgentRecord, cred: &CredentialRecord) -> Ch
         source: source.map_err(|(_, reason)| reason),
         why,
     }
+}
+
+/// Whether the copy was written with the brokered secrets the agent has now: a secret
+/// brokered (or its value rotated, or unbrokered) after the copy was made changes what the
+/// copy must hold although neither file changed. Unknown (secrets unreadable) counts as
+/// changed, so that sync tries again and reports why it cannot.
+fn masked_as_recorded(
+    ctx: &Context,
+    record: &AgentRecord,
+    cred: &CredentialRecord,
+    src: &Source,
+) -> bool {
+    super::agent_content(ctx, record, &src.data)
+        .is_ok_and(|content| Some(sha256_hex(&content)) == cred.dest_sha256)
 }
 
 /// Reads a source with the owner's rights; on failure, the state it means and why. A live
@@ -209,9 +226,10 @@ pub fn sync_one(
     let done = match cred.kind {
         CredKind::Live => refresh_live(record, cred, &src)
             .map(|()| "placeholder and read access checked, digest recorded"),
-        _ => refresh_copy(record, cred, &src).map(|()| match check.state {
+        _ => refresh_copy(ctx, record, cred, &src).map(|()| match check.state {
             State::MissingCopy => "copy was missing, copied again",
             State::AgentModified => "agent's changes overwritten (--force)",
+            _ if check.why.is_some() => "brokered secrets changed, copied again",
             _ => "source changed, copied again",
         }),
     };
@@ -221,12 +239,19 @@ pub fn sync_one(
     }
 }
 
-/// Writes the source into the agent's home again and records both digests.
-fn refresh_copy(record: &AgentRecord, cred: &mut CredentialRecord, src: &Source) -> Result<()> {
+/// Writes the source into the agent's home again, brokered values masked, and records the
+/// digests of both: the real file's and what was written.
+fn refresh_copy(
+    ctx: &Context,
+    record: &AgentRecord,
+    cred: &mut CredentialRecord,
+    src: &Source,
+) -> Result<()> {
     let dest = cred.dest.clone().unwrap_or_default();
-    agent::write_copy(record, &dest, &src.data)?;
+    let content = super::agent_content(ctx, record, &src.data)?;
+    agent::write_copy(record, &dest, &content)?;
     cred.sha256 = Some(src.sha256.clone());
-    cred.dest_sha256 = Some(src.sha256.clone());
+    cred.dest_sha256 = Some(sha256_hex(&content));
     cred.recorded = now();
     Ok(())
 }
