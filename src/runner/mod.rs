@@ -169,9 +169,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     if !req.publish.is_empty() && network != Network::Allowlist {
         return Err(usage("--publish needs the allowlist network mode"));
     }
-    let mut plan = sandbox::plan(ctx, &record, network)?;
+    // The shares' .git entries, once for the whole run, from their indexes.
+    let contents = crate::share::Contents::of(ctx, &record);
+    let mut plan = sandbox::plan(ctx, &record, network, &contents)?;
     // Before any thread starts (gitfiles are read with the owner's rights).
-    let git = crate::git::prepare(ctx, &record)?;
+    let git = crate::git::prepare(ctx, &record, &contents)?;
     plan.mounts.extend(git.mounts);
     plan.warnings.extend(git.warnings);
     // Started first: it builds the agent's network namespace while the view and the PAM
@@ -212,7 +214,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     } else {
         account.shell.clone()
     };
-    let command = build_command(ctx, &record, req, &shell, &extra_env)?;
+    let command = build_command(ctx, &record, req, &shell, &extra_env, &contents)?;
 
     let ttys = pty::terminal_streams();
     let pty = ttys
@@ -430,8 +432,9 @@ fn build_command(
     req: &Request,
     shell: &std::path::Path,
     explicit: &[(String, Vec<u8>)],
+    contents: &crate::share::Contents,
 ) -> Result<launch::Command> {
-    let mut extra: Vec<(String, Vec<u8>)> = crate::git::agent_env(ctx, record)
+    let mut extra: Vec<(String, Vec<u8>)> = crate::git::agent_env(ctx, record, contents)
         .into_iter()
         .map(|(n, v)| (n, v.into_bytes()))
         .collect();
@@ -503,7 +506,8 @@ pub fn run_in_view(
     network: Network,
     probe: impl FnOnce() -> u8,
 ) -> Result<(u8, Vec<u8>)> {
-    let plan = sandbox::plan(ctx, record, network)?;
+    let contents = crate::share::Contents::of(ctx, record);
+    let plan = sandbox::plan(ctx, record, network, &contents)?;
     run_probe(record, Some(&plan), probe)
 }
 
