@@ -140,7 +140,13 @@ impl<'a> Guard<'a> {
             runs_dir(ctx)?.join(format!("{}.{}.json", record.name, std::process::id()));
         let marker = write_marker(&marker_path, &run).context("recording the run")?;
         let roots = open_roots(&shares);
-        let (prepared, unwatched) = match watch::prepare(&roots) {
+        let state = ctx.registry.root();
+        let quiet = [
+            state.join("runs"),
+            state.join("agents"),
+            state.join("index").join(&record.name),
+        ];
+        let (prepared, unwatched) = match watch::prepare(&roots, &quiet) {
             Ok(group) => (Some((group, roots)), None),
             Err(e) => (None, Some(crate::error::one_line(&e))),
         };
