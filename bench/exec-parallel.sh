@@ -40,7 +40,7 @@ kill \$loop; wait \$loop 2>/dev/null || true
 {
     echo "# exec, 50 in parallel, vs runuser"
     echo
-    echo "$(date -u +%F), $(nproc) cores, $(uname -r); hyperfine, $runs runs of each batch of 200"
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; hyperfine, $runs runs of each batch of 200"
     echo "commands run 50 at a time (xargs -P50); the agent has one empty read-write share."
     echo
     echo "## Quiet"

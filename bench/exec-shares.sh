@@ -45,7 +45,7 @@ hyperfine -N --style basic --warmup 20 --runs $runs --export-json $json --export
 {
     echo "# exec start-up against the size of the shares"
     echo
-    echo "$(date -u +%F), $(nproc) cores, $(uname -r); one hyperfine run of $runs iterations each,"
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; one hyperfine run of $runs iterations each,"
     echo "\`exec NAME --network none -- /bin/true\` as root, one read-write share per agent (owned"
     echo "by another user, three git repositories of the owner in the big ones)."
     echo
