@@ -311,3 +311,36 @@ fn the_owners_repositories_keep_working_and_are_never_touched() {
     )
     .ok();
 }
+
+/// Concurrent runs of one agent never take each other for a run whose runner died: each
+/// run's marker is locked before it appears, so no run fails on its marker and no run
+/// sweeps the shares under another (issue 15 item 8).
+#[test]
+fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
+    let sb = Sandbox::new("planted-concurrent");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    // The race is narrow (between a marker's creation and its lock): several rounds.
+    for _ in 0..3 {
+        let children: Vec<_> = (0..40)
+            .map(|_| {
+                let cmd = sb.user_command(
+                    "alice",
+                    &["exec", "coder", "--network", "none", "--", "/bin/true"],
+                );
+                sb.spawn(cmd)
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(!stderr.contains("ended without its runner"), "{stderr}");
+        }
+    }
+    // Nothing is left in the runs directory: no marker, no temporary one.
+    assert_eq!(
+        sb.sh("ls -A /var/lib/agentuser/runs").ok().stdout.trim(),
+        ""
+    );
+}

@@ -387,6 +387,52 @@ fn git_metadata_is_read_only_in_the_view() {
     assert!(owner_config().contains("# ok"));
 }
 
+/// The runner does not walk the share at each run: it checks the index `share` made and the
+/// last run updated (src/share/index.rs). A repository the owner makes between runs, deep
+/// in a tree whose index has settled (no directory changed for a while), must still be found
+/// and covered at the next run.
+#[test]
+fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run() {
+    let sb = Sandbox::new("share-git-index");
+    alice_and_coder(&sb);
+    sb.sh_as(
+        "alice",
+        "chmod 711 /home/alice && mkdir -p /home/alice/proj/a/b/c /home/alice/proj/d && cd /home/alice/proj/d && git init -q",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    let exec =
+        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    exec("true").ok();
+    // Older than the index's racy window (2 s): from now on unchanged directories are
+    // trusted without being listed.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    exec("true").ok();
+    sb.sh_as(
+        "alice",
+        "umask 002 && cd /home/alice/proj/a/b/c && git init -q",
+    )
+    .ok();
+    let config = "/home/alice/proj/a/b/c/.git/config";
+    // Control: outside the view the agent can write it (the new .git inherited the
+    // share's default entry), so only the view stands in the way.
+    sb.sh_as("agent-coder", &format!("test -w {config}")).ok();
+    let before = sb.sh(&format!("cat {config}")).ok().stdout;
+    // In the view the agent's own git directory covers it: what it writes goes there.
+    exec(&format!("echo '[core]fsmonitor=evil' >> {config}"));
+    assert_eq!(
+        sb.sh(&format!("cat {config}")).ok().stdout,
+        before,
+        "a .git made between runs was writable in the view"
+    );
+    // Still covered once the index has learnt it and settled again.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    exec("true").ok();
+    exec(&format!("echo x >> {config}"));
+    assert_eq!(sb.sh(&format!("cat {config}")).ok().stdout, before);
+}
+
 #[test]
 fn unshare_and_delete_leave_no_entry_for_the_agent() {
     let sb = Sandbox::new("share-revoke");

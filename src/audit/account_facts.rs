@@ -56,7 +56,7 @@ pub fn account_findings(
             },
         ));
     }
-    out.extend(crate::git::protection::findings(record));
+    out.extend(crate::git::protection::findings(ctx, record));
     for cred in creds::describe(ctx, record) {
         // States as creds reports them: ok, source-changed, agent-modified, missing-source,
         // missing-copy, unreadable-source ("unknown" before a check exists).

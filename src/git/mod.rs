@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::context::Context;
 use crate::registry::AgentRecord;
-use crate::share::{Access, ShareState};
+use crate::share::{Access, Contents, ShareState};
 use crate::view::ViewMount;
 
 /// What kind of `.git` entry the owner's repository has in the share.
@@ -93,15 +93,16 @@ fn protected_shares(record: &AgentRecord) -> impl Iterator<Item = &crate::share:
     })
 }
 
-/// The owner's repositories in the agent's read-write shares, found now (the agent's own
-/// repositories are left alone: the owner's git refuses them as another user's).
-pub fn repositories(record: &AgentRecord) -> Vec<Repo> {
+/// The owner's repositories in the agent's read-write shares, as `contents` found them (the
+/// agent's own repositories are left alone: the owner's git refuses them as another
+/// user's).
+pub fn repositories(record: &AgentRecord, contents: &Contents) -> Vec<Repo> {
     let mut repos = Vec::new();
     for share in protected_shares(record) {
-        let Ok(entries) = crate::share::git_entries(&share.path) else {
+        let Some(entries) = contents.git_entries(&share.path) else {
             continue;
         };
-        for entry in entries.into_iter().filter(|e| e.uid != record.uid) {
+        for entry in entries.iter().filter(|e| e.uid != record.uid) {
             let kind = match std::fs::symlink_metadata(&entry.path) {
                 Ok(m) if m.is_dir() => EntryKind::Dir,
                 Ok(m) if m.is_file() => EntryKind::File,
@@ -110,7 +111,7 @@ pub fn repositories(record: &AgentRecord) -> Vec<Repo> {
             repos.push(Repo {
                 share: share.path.clone(),
                 id: repo_id(&entry.path),
-                entry: entry.path,
+                entry: entry.path.clone(),
                 kind,
                 tree_uid: share.tree_uid,
             });
@@ -167,9 +168,9 @@ pub struct GitView {
 /// Makes the agent's git directories (empty, agent-owned) for every repository of the
 /// owner in its read-write shares, and says how the view mounts them. Must run while the
 /// runner is single-threaded (gitfiles are read with the owner's rights).
-pub fn prepare(ctx: &Context, record: &AgentRecord) -> Result<GitView> {
+pub fn prepare(ctx: &Context, record: &AgentRecord, contents: &Contents) -> Result<GitView> {
     let mut view = GitView::default();
-    let repos = repositories(record);
+    let repos = repositories(record, contents);
     if repos.is_empty() {
         return Ok(view);
     }
@@ -414,9 +415,13 @@ fn normalize(path: &Path) -> Option<PathBuf> {
 /// The agent's environment for git: the shares' `safe.directory` entries (see
 /// [`crate::share::agent_env`]) plus the owner's repositories in the view, so `git fetch
 /// owner` works in the agent's repository.
-pub fn agent_env(ctx: &Context, record: &AgentRecord) -> Vec<(String, String)> {
-    let mut env = crate::share::agent_env(record);
-    let extra: Vec<PathBuf> = repositories(record)
+pub fn agent_env(
+    ctx: &Context,
+    record: &AgentRecord,
+    contents: &Contents,
+) -> Vec<(String, String)> {
+    let mut env = crate::share::agent_env(record, contents);
+    let extra: Vec<PathBuf> = repositories(record, contents)
         .iter()
         .map(|r| owner_view(ctx, &r.id))
         .collect();

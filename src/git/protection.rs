@@ -33,8 +33,9 @@ pub fn allow_git_writes_warning(path: &str) -> String {
 }
 
 /// `audit` findings: per read-write share, how git is protected.
-pub fn findings(record: &AgentRecord) -> Vec<Finding> {
-    let repos = super::repositories(record);
+pub fn findings(ctx: &crate::context::Context, record: &AgentRecord) -> Vec<Finding> {
+    let contents = crate::share::Contents::of(ctx, record);
+    let repos = super::repositories(record, &contents);
     let mut out = Vec::new();
     for share in record.shares.iter().filter(|s| s.access == Access::Rw) {
         let subject = share.path.display().to_string();

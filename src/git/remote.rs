@@ -29,7 +29,8 @@ const MAX_LINE: usize = 4096;
 pub fn serve(ctx: &Context, address: &str) -> Result<u8> {
     let (name, path) = parse_address(address)?;
     let record = crate::policy::ready_agent(ctx, name)?;
-    let repo = super::repositories(&record)
+    let contents = crate::share::Contents::of(ctx, &record);
+    let repo = super::repositories(&record, &contents)
         .into_iter()
         .find(|r| r.worktree() == Path::new(path))
         .ok_or_else(|| {

@@ -146,9 +146,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     if !req.publish.is_empty() && network != Network::Allowlist {
         return Err(usage("--publish needs the allowlist network mode"));
     }
-    let mut plan = sandbox::plan(ctx, &record, network)?;
+    // The shares' .git entries, once for the whole run, from their indexes.
+    let contents = crate::share::Contents::of(ctx, &record);
+    let mut plan = sandbox::plan(ctx, &record, network, &contents)?;
     // Before any thread starts (gitfiles are read with the owner's rights).
-    let git = crate::git::prepare(ctx, &record)?;
+    let git = crate::git::prepare(ctx, &record, &contents)?;
     plan.mounts.extend(git.mounts);
     plan.warnings.extend(git.warnings);
     // Also before any thread: checked with the caller's rights, printed only on "not found".
@@ -196,7 +198,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     } else {
         account.shell.clone()
     };
-    let command = build_command(ctx, &record, req, &shell, &extra_env)?;
+    let command = build_command(ctx, &record, req, &shell, &extra_env, &contents)?;
 
     let ttys = pty::terminal_streams();
     let pty = ttys
@@ -428,6 +430,7 @@ fn build_command(
     req: &Request,
     shell: &std::path::Path,
     explicit: &[(String, Vec<u8>)],
+    contents: &crate::share::Contents,
 ) -> Result<launch::Command> {
     // The agent's settings first: what agentuser sets itself comes after them and wins.
     let mut extra: Vec<(String, Vec<u8>)> = record
@@ -436,7 +439,7 @@ fn build_command(
         .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
         .collect();
     extra.extend(
-        crate::git::agent_env(ctx, record)
+        crate::git::agent_env(ctx, record, contents)
             .into_iter()
             .map(|(n, v)| (n, v.into_bytes())),
     );
@@ -509,7 +512,8 @@ pub fn run_in_view(
     network: Network,
     probe: impl FnOnce() -> u8,
 ) -> Result<(u8, Vec<u8>)> {
-    let plan = sandbox::plan(ctx, record, network)?;
+    let contents = crate::share::Contents::of(ctx, record);
+    let plan = sandbox::plan(ctx, record, network, &contents)?;
     run_probe(record, Some(&plan), probe)
 }
 

@@ -56,7 +56,12 @@ pub struct ViewPlan {
 }
 
 /// Works out the view of `record`'s agent.
-pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<ViewPlan> {
+pub fn plan(
+    ctx: &Context,
+    record: &AgentRecord,
+    network: Network,
+    contents: &crate::share::Contents,
+) -> Result<ViewPlan> {
     let mut hidden: Vec<PathBuf> = ["/home", "/root", "/run/user"]
         .iter()
         .map(PathBuf::from)
@@ -80,7 +85,7 @@ pub fn plan(ctx: &Context, record: &AgentRecord, network: Network) -> Result<Vie
         target: record.home.clone(),
         read_only: false,
     }];
-    let (share_mounts, known_repositories) = crate::share::view_mounts(record);
+    let (share_mounts, known_repositories) = crate::share::view_mounts(record, contents);
     mounts.extend(share_mounts);
     mounts.extend(crate::creds::view_mounts(record));
     let mut warnings = Vec::new();

@@ -17,11 +17,12 @@
 mod acl;
 pub(crate) use acl::clamp_to_mask;
 mod git;
+mod index;
 mod progress;
 mod refuse;
 mod walk;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -31,7 +32,7 @@ use crate::registry::{AgentRecord, Lock};
 use crate::view::ViewMount;
 use crate::{eventlog, policy};
 
-pub use git::{GitEntry, entries as git_entries};
+pub use git::GitEntry;
 pub use walk::printable;
 
 pub use crate::record::{Access, ShareRecord, ShareState};
@@ -106,6 +107,14 @@ pub fn share(
     };
     let outcome = run_walk(&target.fd, &target.path, op, &wanted, &record, "sharing")
         .with_context(|| format!("share: {shown}"))?;
+    // The walk changed every directory's ctime: the index the runner checks starts afresh.
+    // Not fatal: the first run makes it.
+    if let Err(e) = index::git_entries(ctx.registry.root(), name, &target.path, true) {
+        eprintln!(
+            "agentuser: warning: share: {shown}: indexing its .git entries: {}",
+            crate::error::one_line(&e)
+        );
+    }
     if let Some(s) = record.shares.iter_mut().find(|s| s.path == target.path) {
         s.state = ShareState::Ready;
     }
@@ -236,6 +245,7 @@ pub fn revoke_all(
         report_problems("unshare", &path, &outcome);
         handed_back += outcome.handed_back;
     }
+    index::forget(ctx.registry.root(), &record.name, None);
     Ok(handed_back)
 }
 
@@ -270,6 +280,7 @@ fn revoke(
     };
     record.shares.remove(index);
     ctx.registry.save(lock, record)?;
+    index::forget(ctx.registry.root(), &record.name, Some(&share.path));
     Ok(outcome)
 }
 
@@ -343,19 +354,52 @@ pub fn check_complete(record: &AgentRecord) -> Result<()> {
     Ok(())
 }
 
+/// The `.git` entries in an agent's shares as a run starts, found once per run through each
+/// share's index ([`index`]: checked and brought up to date, not walked), so repositories
+/// made after `share` are covered. Shares being revoked are left out; a share whose tree
+/// cannot be searched has no entry list (the runner mounts it read-only as a whole).
+pub struct Contents {
+    shares: Vec<(PathBuf, Option<Vec<GitEntry>>)>,
+}
+
+impl Contents {
+    pub fn of(ctx: &Context, record: &AgentRecord) -> Contents {
+        let shares = record
+            .shares
+            .iter()
+            .filter(|s| s.state != ShareState::Revoking)
+            .filter(|s| !s.path.components().any(|c| c.as_os_str() == ".git"))
+            .map(|s| {
+                let found =
+                    index::git_entries(ctx.registry.root(), &record.name, &s.path, false).ok();
+                (s.path.clone(), found)
+            })
+            .collect();
+        Contents { shares }
+    }
+
+    /// The `.git` entries of the share at `path`; None when its tree could not be searched.
+    pub fn git_entries(&self, path: &Path) -> Option<&[GitEntry]> {
+        self.shares
+            .iter()
+            .find(|(p, _)| p == path)
+            .and_then(|(_, found)| found.as_deref())
+    }
+}
+
 /// The bind mounts the runner adds to the agent's view for its shares, in mount order:
 /// each share at its own path (`ro` shares read-only), then, for a read-write share without
 /// `--allow-git-writes`, every `.git` directory or file in it that the agent does not own,
-/// read-only (docs/threat-model.md row 15). The `.git` entries are found when this is called, so
-/// repositories made after `share` are covered. A share whose tree cannot be searched is
-/// mounted read-only as a whole (fail closed). Shares being revoked are left out.
+/// read-only (docs/threat-model.md row 15), as `contents` found them. A share whose tree cannot be
+/// searched is mounted read-only as a whole (fail closed). Shares being revoked are left
+/// out.
 ///
 /// The runner must open every target without following symlinks (docs/threat-model.md row 21): the
 /// agent can rename entries inside a read-write share at any time.
 ///
 /// Also returns the (device, inode) of each of those `.git` entries: the owner's
 /// repositories as the run starts, which the planted-repository guard never touches.
-pub fn view_mounts(record: &AgentRecord) -> (Vec<ViewMount>, Vec<(u64, u64)>) {
+pub fn view_mounts(record: &AgentRecord, contents: &Contents) -> (Vec<ViewMount>, Vec<(u64, u64)>) {
     let mut mounts = Vec::new();
     let mut known = Vec::new();
     let mut shares: Vec<&ShareRecord> = record
@@ -372,14 +416,14 @@ pub fn view_mounts(record: &AgentRecord) -> (Vec<ViewMount>, Vec<(u64, u64)>) {
             if share.path.components().any(|c| c.as_os_str() == ".git") {
                 read_only = true;
             } else {
-                match git::entries(&share.path) {
-                    Ok(found) => {
-                        for entry in found.into_iter().filter(|e| e.uid != record.uid) {
+                match contents.git_entries(&share.path) {
+                    Some(found) => {
+                        for entry in found.iter().filter(|e| e.uid != record.uid) {
                             known.push(entry.id);
-                            git_binds.push(entry.path);
+                            git_binds.push(entry.path.clone());
                         }
                     }
-                    Err(_) => read_only = true,
+                    None => read_only = true,
                 }
             }
         }
@@ -403,7 +447,7 @@ pub fn view_mounts(record: &AgentRecord) -> (Vec<ViewMount>, Vec<(u64, u64)>) {
 /// `GIT_CONFIG_VALUE_n`, so git works on the owner's repositories without "dubious
 /// ownership" errors and nothing is written into the agent's home. The runner must merge
 /// these with any other `GIT_CONFIG_*` it sets (renumbering).
-pub fn agent_env(record: &AgentRecord) -> Vec<(String, String)> {
+pub fn agent_env(record: &AgentRecord, contents: &Contents) -> Vec<(String, String)> {
     let mut dirs: Vec<String> = Vec::new();
     for share in record
         .shares
@@ -418,7 +462,7 @@ pub fn agent_env(record: &AgentRecord) -> Vec<(String, String)> {
         }
         dirs.push(path.to_string());
         dirs.push(format!("{}/*", path.trim_end_matches('/')));
-        for entry in git::entries(&share.path).unwrap_or_default() {
+        for entry in contents.git_entries(&share.path).unwrap_or_default() {
             if let Some(repo) = entry.path.parent().and_then(Path::to_str) {
                 dirs.push(repo.to_string());
             }

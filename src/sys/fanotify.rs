@@ -56,6 +56,17 @@ impl Watch {
         )
     }
 
+    /// Ignores `mask` for the directory `dir` and the files in it (entries made, written or
+    /// moved there), whatever marks report them.
+    pub fn ignore_directory(&self, dir: BorrowedFd, mask: MaskFlags) -> Result<(), Errno> {
+        self.group.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORE_SURV,
+            mask | MaskFlags::FAN_ONDIR | MaskFlags::FAN_EVENT_ON_CHILD,
+            dir,
+            None::<&std::path::Path>,
+        )
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.group.as_fd()

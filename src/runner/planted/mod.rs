@@ -8,7 +8,8 @@
 //!   ends ([`sweep`]): repository-shaped entries that are not the owner's known ones (the
 //!   `.git` entries found when the run started) and in which anything changed during the
 //!   run.
-//! - Each run leaves a marker in the state directory, locked for as long as the runner
+//! - Each run leaves a marker in the state directory, locked before it appears under its
+//!   name (so a concurrent run never finds it unlocked) and for as long as the runner
 //!   lives. A marker nobody holds is a run whose runner was killed: the next `exec` or
 //!   `shell` of that agent sweeps its shares first ([`recover`]).
 //!
@@ -139,7 +140,13 @@ impl<'a> Guard<'a> {
             runs_dir(ctx)?.join(format!("{}.{}.json", record.name, std::process::id()));
         let marker = write_marker(&marker_path, &run).context("recording the run")?;
         let roots = open_roots(&shares);
-        let (prepared, unwatched) = match watch::prepare(&roots) {
+        let state = ctx.registry.root();
+        let quiet = [
+            state.join("runs"),
+            state.join("agents"),
+            state.join("index").join(&record.name),
+        ];
+        let (prepared, unwatched) = match watch::prepare(&roots, &quiet) {
             Ok(group) => (Some((group, roots)), None),
             Err(e) => (None, Some(crate::error::one_line(&e))),
         };
@@ -200,7 +207,12 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// Writes and locks the marker under a temporary name (`.NAME.PID.json.tmp`) and only then
+/// renames it into place: a concurrent `exec` of the same agent must never find a live
+/// run's marker unlocked and take that run for one whose runner died (it would sweep the
+/// shares under the running agent and steal the marker's lock).
 fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
+    let tmp = marker_temp(path)?;
     let file = File::options()
         .read(true)
         .write(true)
@@ -208,15 +220,40 @@ fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("{}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("{}", tmp.display()))?;
     let mut locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| e)
-        .with_context(|| format!("locking {}", path.display()))?;
+        .with_context(|| format!("locking {}", tmp.display()))?;
     // Not synced: a crash that loses it ends the agent's processes too, and exec stays
     // cheap.
-    locked.write_all(&serde_json::to_vec(run)?)?;
+    let written = locked
+        .write_all(&serde_json::to_vec(run)?)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}", path.display()));
+    }
     Ok(locked)
+}
+
+fn marker_temp(path: &Path) -> Result<PathBuf> {
+    let name = path.file_name().context("marker path")?.to_string_lossy();
+    Ok(path.with_file_name(format!(".{name}.tmp")))
+}
+
+/// Removes the temporary marker of a runner killed before it renamed it into place (its
+/// agent had not started yet): `.NAME.PID.json.tmp` whose PID is gone.
+fn remove_dead_temp(path: &Path, name: &str) {
+    let pid = name
+        .strip_suffix(".json.tmp")
+        .and_then(|n| n.rsplit_once('.'))
+        .and_then(|(_, pid)| pid.parse::<i32>().ok());
+    if let Some(pid) = pid {
+        if nix::sys::signal::kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn sweep_shares(shares: &[PathBuf], known: &Known, window: Window) -> Findings {
@@ -236,6 +273,10 @@ pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<()> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(&format!(".{prefix}")) {
+            remove_dead_temp(&path, name);
+            continue;
+        }
         if !name.starts_with(&prefix) || !name.ends_with(".json") {
             continue;
         }

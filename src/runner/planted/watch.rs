@@ -55,13 +55,22 @@ const MASK: MaskFlags = MaskFlags::FAN_CREATE
     .union(MaskFlags::FAN_ONDIR);
 
 /// Creates the group and marks every share's file system (before the agent exists, so no
-/// event can be missed).
-pub fn prepare(shares: &[ShareRoot]) -> Result<Watch> {
+/// event can be missed). The directories in `quiet` (agentuser's own state, where every
+/// other run writes its marker and records: never below a share) are ignored, so that
+/// concurrent runs do not each handle all the others' writes.
+pub fn prepare(shares: &[ShareRoot], quiet: &[std::path::PathBuf]) -> Result<Watch> {
     let watch = Watch::new().context("fanotify_init")?;
     for share in shares {
         watch
             .mark_filesystem(share.fd.as_fd(), MASK)
             .with_context(|| format!("watching the file system of {}", share.path.display()))?;
+    }
+    for dir in quiet {
+        // An optimisation only: a directory missing, or a kernel without FAN_MARK_IGNORE
+        // (Linux < 6.0), leaves its events to the filter below.
+        if let Ok(fd) = super::neutralise::open_share_root(dir) {
+            let _ = watch.ignore_directory(fd.as_fd(), MASK);
+        }
     }
     Ok(watch)
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Concurrency: 200 `exec NAME -- /bin/true`, 50 at a time (xargs -P50), side by side with the
+# same for `runuser -u AGENT -- /bin/true`; then again while another agent's share and
+# unshare of a 1,000-file tree loop in the background. The agent has one (empty)
+# read-write share, so every run also records its run marker and watches for planted
+# repositories. Target (issue 15 item 8): at most 1.5x runuser for --network none and host;
+# allowlist (a policy point and nft per run) is reported on its own.
+# Hermetic (bench/lib.sh). Run as root: bench/exec-parallel.sh   Writes bench/results/exec-parallel.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bench_setup
+out=bench/results/exec-parallel.md
+runs=${RUNS:-10}
+batch() { echo "bash -c 'seq 200 | xargs -P50 -I{} $1 >/dev/null 2>&1'"; }
+in_sandbox "
+getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+useradd -m -d /home/benchowner -U benchowner
+mkdir /home/benchowner/work /home/benchowner/busy
+for d in \$(seq 10); do mkdir /home/benchowner/busy/d\$d; for f in \$(seq 100); do echo x > /home/benchowner/busy/d\$d/f\$f; done; done
+chown -R benchowner:benchowner /home/benchowner
+export SUDO_UID=\$(id -u benchowner)
+\$BIN create par --owner benchowner >/dev/null
+\$BIN create other --owner benchowner >/dev/null
+\$BIN share par /home/benchowner/work --rw >/dev/null 2>&1
+unset SUDO_UID
+run() {
+  hyperfine -N --style basic --warmup 1 --runs $runs --export-json \$1.json --export-markdown \$1.md \
+    -n runuser \"$(batch 'runuser -u agent-par -- /bin/true')\" \
+    -n 'agentuser --network none' \"$(batch '$BIN exec par --network none -- /bin/true')\" \
+    -n 'agentuser --network host' \"$(batch '$BIN exec par --network host -- /bin/true')\" \
+    -n 'agentuser --network allowlist' \"$(batch '$BIN exec par --network allowlist -- /bin/true')\" </dev/null
+}
+cd $BENCH_DIR
+run quiet
+( export SUDO_UID=\$(id -u benchowner); while :; do \$BIN share other /home/benchowner/busy --rw; \$BIN unshare other /home/benchowner/busy; done >/dev/null 2>&1 ) &
+loop=\$!
+run busy
+kill \$loop; wait \$loop 2>/dev/null || true
+"
+{
+    echo "# exec, 50 in parallel, vs runuser"
+    echo
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; hyperfine, $runs runs of each batch of 200"
+    echo "commands run 50 at a time (xargs -P50); the agent has one empty read-write share."
+    echo
+    echo "## Quiet"
+    echo
+    cat "$BENCH_DIR/quiet.md"
+    echo
+    for n in none host allowlist; do
+        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/quiet.json" "agentuser --network $n" runuser)x**"
+    done
+    echo
+    echo "## While another agent's share/unshare of 1,000 files loops in the background"
+    echo
+    cat "$BENCH_DIR/busy.md"
+    echo
+    for n in none host allowlist; do
+        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/busy.json" "agentuser --network $n" runuser)x**"
+    done
+    echo
+    echo "Target: at most 1.5x runuser for none and host."
+} > "$out"
+cat "$out"

@@ -1,0 +1,481 @@
+//! What agentuser keeps about a share's contents: its `.git` entries, and every directory
+//! of the tree with its inode and change time (ctime), so that `exec` finds the owner's
+//! repositories without walking the share (issue 15 item 9).
+//!
+//! A directory's ctime changes whenever an entry is created, removed or renamed in it, and
+//! nobody can set it (not the agent, not the owner). So when a directory still has the inode
+//! and ctime recorded, its entries are the ones recorded: its `.git` entry and its
+//! subdirectories are the same. Starting from the share's root, a check therefore stats
+//! each recorded directory (one `statx`, no listing) and lists only the directories that
+//! changed, walking new subdirectories in full. Its cost grows with the number of
+//! directories and with what changed since the last check, not with the number of files.
+//!
+//! `share` builds the index (after its own walk) and every `exec` brings it up to date as
+//! it starts and saves what it learned, so a repository the owner made between runs, in a
+//! directory whose ctime thereby changed, is found by the next run before the agent starts.
+//!
+//! A ctime within [`RACY`] of the moment the listing started is not trusted (file systems
+//! with coarse timestamps give a change in the same tick the same ctime): that directory is
+//! listed again next time, as git does with its "racily clean" index entries.
+//!
+//! The index lives in agentuser's state, root-only: the agent can change the tree, never
+//! what was recorded about it. A missing, damaged or foreign index is rebuilt by a walk.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::io::Write as _;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, SFlag, fstat, fstatat};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::git::GitEntry;
+use super::refuse::open_exact;
+
+/// How close to the listing a ctime must be not to be trusted.
+const RACY: Duration = Duration::from_secs(2);
+
+/// A file name or relative path: text when it is UTF-8, its bytes otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Name {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Name {
+    fn new(bytes: &[u8]) -> Name {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Name::Text(text.to_owned()),
+            Err(_) => Name::Bytes(bytes.to_vec()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Name::Text(text) => text.as_bytes(),
+            Name::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// A directory's `.git` entry (a directory, or a gitfile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct GitState {
+    ino: u64,
+    uid: u32,
+}
+
+/// One directory of the share, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DirState {
+    /// Relative to the share's root ("" for the root itself).
+    path: Name,
+    ino: u64,
+    /// Seconds and nanoseconds.
+    ctime: (i64, i64),
+    subdirs: Vec<Name>,
+    git: Option<GitState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    /// Device and inode of the share's root directory.
+    root: (u64, u64),
+    /// When the listing that made it started (seconds, nanoseconds since the epoch).
+    taken: (i64, i64),
+    dirs: Vec<DirState>,
+}
+
+/// Where the index of `agent`'s share `share` is kept.
+fn index_path(state: &Path, agent: &str, share: &Path) -> PathBuf {
+    let digest = Sha256::digest(share.as_os_str().as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    state.join("index").join(agent).join(format!("{hex}.json"))
+}
+
+/// The `.git` entries of the share at `share` (a directory; a file has none), from its
+/// index brought up to date, which is saved when anything had to be listed. `rebuild`
+/// ignores the index kept (`share` uses it: it has just changed every directory's ctime).
+pub fn git_entries(
+    state: &Path,
+    agent: &str,
+    share: &Path,
+    rebuild: bool,
+) -> Result<Vec<GitEntry>> {
+    let root = open_exact(share)?.ok_or_else(|| anyhow!("{}: missing", share.display()))?;
+    let stat = fstat(root.as_fd())?;
+    if kind(&stat) != SFlag::S_IFDIR {
+        return Ok(Vec::new());
+    }
+    let path = index_path(state, agent, share);
+    let identity = (stat.st_dev, stat.st_ino);
+    let old = (!rebuild)
+        .then(|| load(&path))
+        .flatten()
+        .filter(|old| old.root == identity)
+        .unwrap_or_default();
+    let (index, listed) = refresh(root.as_fd(), &stat, old)?;
+    if listed {
+        // Not fatal: the next run lists again what this one could not record.
+        if let Err(e) = save(&path, &index) {
+            eprintln!("agentuser: warning: {}", crate::error::one_line(&e));
+        }
+    }
+    Ok(entries_of(root.as_fd(), share, stat.st_dev, &index))
+}
+
+/// Removes the index of a share (unshare) or, with `share` None, all of an agent's.
+pub fn forget(state: &Path, agent: &str, share: Option<&Path>) {
+    match share {
+        Some(share) => {
+            let _ = std::fs::remove_file(index_path(state, agent, share));
+        }
+        None => {
+            let _ = std::fs::remove_dir_all(state.join("index").join(agent));
+        }
+    }
+}
+
+fn load(path: &Path) -> Option<Index> {
+    let text = std::fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Brings `old` up to date with the tree under `root`; true when anything was listed.
+fn refresh(root: BorrowedFd, root_stat: &FileStat, old: Index) -> Result<(Index, bool)> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let trusted_before = old.taken.0 - RACY.as_secs() as i64;
+    let mut known: HashMap<Vec<u8>, DirState> = old
+        .dirs
+        .into_iter()
+        .map(|d| (d.path.bytes().to_vec(), d))
+        .collect();
+    let mut fresh = Index {
+        root: (root_stat.st_dev, root_stat.st_ino),
+        taken: (now.as_secs() as i64, now.subsec_nanos() as i64),
+        dirs: Vec::with_capacity(known.len()),
+    };
+    let mut listed = false;
+    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+    while let Some(rel) = stack.pop() {
+        let Some(stat) = stat_dir(root, &rel, root_stat.st_dev)? else {
+            continue;
+        };
+        let state = match known.remove(&rel) {
+            Some(old) if unchanged(&old, &stat, trusted_before) => old,
+            _ => {
+                listed = true;
+                match list(root, &rel, root_stat.st_dev)? {
+                    Some(state) => state,
+                    None => continue,
+                }
+            }
+        };
+        for sub in &state.subdirs {
+            stack.push(join(&rel, sub.bytes()));
+        }
+        fresh.dirs.push(state);
+    }
+    // Directories gone since: listing them again is not needed, but saving is.
+    listed |= !known.is_empty();
+    Ok((fresh, listed))
+}
+
+fn unchanged(old: &DirState, stat: &FileStat, trusted_before: i64) -> bool {
+    old.ino == stat.st_ino
+        && old.ctime == (stat.st_ctime, stat.st_ctime_nsec)
+        && old.ctime.0 < trusted_before
+}
+
+fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    if rel.is_empty() {
+        return name.to_vec();
+    }
+    let mut path = Vec::with_capacity(rel.len() + 1 + name.len());
+    path.extend_from_slice(rel);
+    path.push(b'/');
+    path.extend_from_slice(name);
+    path
+}
+
+fn c_path(rel: &[u8]) -> Result<CString> {
+    CString::new(if rel.is_empty() { b"." } else { rel }).context("a path with a NUL byte")
+}
+
+fn kind(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
+}
+
+/// The directory at `rel` without following a symlink at its end; None when it is gone,
+/// not a directory, or on another file system. A symlink on the way (the agent renamed
+/// things since its parent was checked) leads to a different inode: it is then listed,
+/// and the listing refuses symlinks.
+fn stat_dir(root: BorrowedFd, rel: &[u8], device: u64) -> Result<Option<FileStat>> {
+    match fstatat(root, c_path(rel)?.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if kind(&st) == SFlag::S_IFDIR && st.st_dev == device => Ok(Some(st)),
+        Ok(_) | Err(Errno::ENOENT | Errno::ENOTDIR) => Ok(None),
+        Err(e) => Err(e).with_context(|| printable(rel)),
+    }
+}
+
+fn printable(rel: &[u8]) -> String {
+    super::printable(Path::new(OsStr::from_bytes(rel)))
+}
+
+/// Lists the directory at `rel` (opened beneath the root, no symlink on the way): its
+/// subdirectories on the same file system, except `.git`, and its `.git` entry. The stat
+/// is taken before the listing, so a change during it shows as a ctime change next time.
+/// None when it is gone or no directory any more.
+fn list(root: BorrowedFd, rel: &[u8], device: u64) -> Result<Option<DirState>> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = match openat2(root, c_path(rel)?.as_c_str(), how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| printable(rel)),
+    };
+    let stat = fstat(fd.as_fd())?;
+    if stat.st_dev != device {
+        return Ok(None);
+    }
+    let mut state = DirState {
+        path: Name::new(rel),
+        ino: stat.st_ino,
+        ctime: (stat.st_ctime, stat.st_ctime_nsec),
+        subdirs: Vec::new(),
+        git: None,
+    };
+    read_entries(&fd, device, &mut state).with_context(|| printable(rel))?;
+    Ok(Some(state))
+}
+
+fn read_entries(fd: &OwnedFd, device: u64, state: &mut DirState) -> Result<()> {
+    let mut dir = Dir::from_fd(nix::unistd::dup(fd.as_fd())?)?;
+    for entry in dir.iter() {
+        let entry = entry?;
+        let name: &CStr = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_git = name == c".git";
+        let is_dir = match entry.file_type() {
+            Some(t) if !is_git => t == Type::Directory,
+            _ => {
+                let Ok(st) = fstatat(fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                if is_git {
+                    let k = kind(&st);
+                    if (k == SFlag::S_IFDIR || k == SFlag::S_IFREG) && st.st_dev == device {
+                        state.git = Some(GitState {
+                            ino: st.st_ino,
+                            uid: st.st_uid,
+                        });
+                    }
+                    continue;
+                }
+                kind(&st) == SFlag::S_IFDIR
+            }
+        };
+        if is_dir {
+            state.subdirs.push(Name::new(name.to_bytes()));
+        }
+    }
+    Ok(())
+}
+
+/// The `.git` entries the index records, each checked again (one `statx`: an entry in an
+/// unchanged directory is the same inode, but its owner may have changed), sorted by path.
+fn entries_of(root: BorrowedFd, share: &Path, device: u64, index: &Index) -> Vec<GitEntry> {
+    let mut found = Vec::new();
+    for dir in &index.dirs {
+        let Some(git) = &dir.git else { continue };
+        let rel = join(dir.path.bytes(), b".git");
+        let Ok(path) = c_path(&rel) else { continue };
+        let Ok(st) = fstatat(root, path.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let k = kind(&st);
+        if st.st_ino != git.ino
+            || st.st_dev != device
+            || !matches!(k, SFlag::S_IFDIR | SFlag::S_IFREG)
+        {
+            continue;
+        }
+        found.push(GitEntry {
+            path: share.join(OsStr::from_bytes(&rel)),
+            uid: st.st_uid,
+            id: (st.st_dev, st.st_ino),
+        });
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+/// Writes the index: a temp file of this process, renamed over it. Not synced: a crash
+/// that loses it costs one walk at the next run. Temp files of dead writers are removed.
+fn save(path: &Path, index: &Index) -> Result<()> {
+    let dir = path.parent().context("index path")?;
+    let base = dir.parent().context("index path")?;
+    crate::registry::ensure_root_dir(base, 0o700)?;
+    crate::registry::ensure_root_dir(dir, 0o700)?;
+    remove_dead_temps(dir);
+    let name = path.file_name().context("index path")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(&serde_json::to_vec(index)?)?;
+        std::fs::rename(&tmp, path)?;
+        anyhow::Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("saving {}", path.display()))
+}
+
+/// Removes `.*.tmp.PID` files whose writer is gone.
+fn remove_dead_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempdir::Dir, OwnedFd, FileStat) {
+        let dir = tempdir::Dir::new();
+        for d in ["a/b/c", "a/d", "e"] {
+            std::fs::create_dir_all(dir.0.join(d)).unwrap();
+        }
+        std::fs::create_dir(dir.0.join("a/d/.git")).unwrap();
+        let root = open_exact(&dir.0).unwrap().unwrap();
+        let stat = fstat(root.as_fd()).unwrap();
+        (dir, root, stat)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!(
+                    "agentuser-index-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                let _ = std::fs::remove_dir_all(&path);
+                std::fs::create_dir(&path).unwrap();
+                Dir(path)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn found(root: &OwnedFd, share: &Path, stat: &FileStat, index: &Index) -> Vec<PathBuf> {
+        entries_of(root.as_fd(), share, stat.st_dev, index)
+            .into_iter()
+            .map(|e| e.path.strip_prefix(share).unwrap().to_owned())
+            .collect()
+    }
+
+    /// As if the index had been made long ago: every recorded ctime is trusted.
+    fn settled(mut index: Index) -> Index {
+        index.taken.0 += 3600;
+        index
+    }
+
+    #[test]
+    fn finds_a_repository_made_in_an_unchanged_tree_without_listing_the_rest() {
+        let (dir, root, stat) = tree();
+        let (index, listed) = refresh(root.as_fd(), &stat, Index::default()).unwrap();
+        assert!(listed);
+        assert_eq!(found(&root, &dir.0, &stat, &index), [Path::new("a/d/.git")]);
+        // Nothing changed: nothing is listed.
+        let (index, listed) = refresh(root.as_fd(), &stat, settled(index)).unwrap();
+        assert!(!listed);
+        // The owner makes a repository deep in the tree: only its directory changed.
+        std::fs::create_dir(dir.0.join("a/b/c/.git")).unwrap();
+        let (fresh, listed) = refresh(root.as_fd(), &stat, settled(index)).unwrap();
+        assert!(listed);
+        assert_eq!(
+            found(&root, &dir.0, &stat, &fresh),
+            [Path::new("a/b/c/.git"), Path::new("a/d/.git")]
+        );
+    }
+
+    #[test]
+    fn a_moved_tree_is_walked_again_and_a_racy_ctime_is_not_trusted() {
+        let (dir, root, stat) = tree();
+        let (index, _) = refresh(root.as_fd(), &stat, Index::default()).unwrap();
+        std::fs::create_dir(dir.0.join("a/b/c/.git")).unwrap();
+        // Positive control: a check that trusted the recorded entries whatever their ctime
+        // would miss it (the index, with the ctime it has now, says nothing changed).
+        let mut blind = settled(index);
+        for d in &mut blind.dirs {
+            let st = stat_dir(root.as_fd(), d.path.bytes(), stat.st_dev)
+                .unwrap()
+                .unwrap();
+            d.ctime = (st.st_ctime, st.st_ctime_nsec);
+        }
+        let (missed, _) = refresh(root.as_fd(), &stat, blind).unwrap();
+        assert_eq!(
+            found(&root, &dir.0, &stat, &missed),
+            [Path::new("a/d/.git")]
+        );
+        // Just made (racy): listed again although the ctime is the recorded one.
+        let (index, listed) = refresh(root.as_fd(), &stat, missed).unwrap();
+        assert!(listed);
+        assert_eq!(found(&root, &dir.0, &stat, &index).len(), 2);
+        // A subtree moved elsewhere in the share is found at its new place.
+        std::fs::rename(dir.0.join("a/b"), dir.0.join("e/b")).unwrap();
+        let (index, _) = refresh(root.as_fd(), &stat, settled(index)).unwrap();
+        assert_eq!(
+            found(&root, &dir.0, &stat, &index),
+            [Path::new("a/d/.git"), Path::new("e/b/c/.git")]
+        );
+    }
+}
