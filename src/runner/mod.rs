@@ -121,6 +121,64 @@ fn finish(result: Result<u8>) -> u8 {
 }
 
 fn run(ctx: &Context, req: &Request) -> Result<u8> {
+    let prepared = prepare(ctx, req)?;
+    let ttys = pty::terminal_streams();
+    let pty = ttys
+        .iter()
+        .any(|&t| t)
+        .then(|| pty::open(ttys, prepared.record.uid))
+        .transpose()?;
+    let (master, slave, tty_name) = match pty {
+        Some(p) => (Some(p.master), Some(p.slave), Some(p.name)),
+        None => (None, None, None),
+    };
+    let agent = agent_for(&prepared.record, req, slave.as_ref(), ttys)?;
+    // Signals wait in a signalfd from here on: none can kill the runner half way, and raw
+    // mode is always restored.
+    let signals = tree::runner_signals();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("sigprocmask")?;
+    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
+    let tty = slave.as_ref().map(|slave| slave.as_fd());
+    let mut running = match start(ctx, &prepared, &agent, tty, tty_name.as_deref(), ttys)? {
+        Ok(running) => running,
+        Err(code) => return Ok(code),
+    };
+    // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
+    drop(agent);
+    drop(slave);
+    let filter = term_filter::Options {
+        clipboard_write: req.clipboard_write,
+        eight_bit: term_filter::eight_bit_locale(caller_locale(ctx)),
+    };
+    let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
+    let start = running.tree.wait_for_start();
+    let status = supervise(
+        &running.tree,
+        &sfd,
+        relay.as_mut(),
+        ttys,
+        running.raw.as_ref(),
+    );
+    tear_down(ctx, prepared, running, start, status)
+}
+
+/// What a run needs before anything starts: the agent's record, the view's plan, the git
+/// directories to initialise, the command, the policy point (started), and the hint for a
+/// command that is not found.
+struct Prepared {
+    record: AgentRecord,
+    plan: sandbox::ViewPlan,
+    git_init: Vec<crate::git::init::Job>,
+    command: launch::Command,
+    point: Option<crate::network::PolicyPoint>,
+    not_found_hint: Option<String>,
+}
+
+/// Phase 1: authorize, log, sync credentials, recover an interrupted run, plan the view,
+/// prepare git directories, start the policy point, build the command. All of it while the
+/// runner is single-threaded.
+fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
     let mut record = crate::policy::ready_agent(ctx, req.name)?;
     crate::share::check_complete(&record)?;
     let command_name = match req.command {
@@ -174,7 +232,20 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     for warning in &plan.warnings {
         eprintln!("agentuser: warning: {warning}");
     }
+    let shell = login_shell(ctx, &record)?;
+    let command = build_command(ctx, &record, req, &shell, &extra_env, &contents)?;
+    Ok(Prepared {
+        record,
+        plan,
+        git_init: git.init,
+        command,
+        point,
+        not_found_hint,
+    })
+}
 
+/// The agent's login shell, after checking that its account is still the recorded one.
+fn login_shell(ctx: &Context, record: &AgentRecord) -> Result<PathBuf> {
     let account = crate::account::user_by_name(&record.user)?.ok_or_else(|| {
         anyhow!(
             "agent '{}': account {} does not exist",
@@ -193,26 +264,21 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
             record.gid
         );
     }
-    let shell = if account.shell.as_os_str().is_empty() {
+    Ok(if account.shell.as_os_str().is_empty() {
         ctx.config.shell.clone()
     } else {
         account.shell.clone()
-    };
-    let command = build_command(ctx, &record, req, &shell, &extra_env, &contents)?;
+    })
+}
 
-    let ttys = pty::terminal_streams();
-    let pty = ttys
-        .iter()
-        .any(|&t| t)
-        .then(|| pty::open(ttys, record.uid))
-        .transpose()?;
-    let (master, slave, tty_name) = match pty {
-        Some(p) => (Some(p.master), Some(p.slave), Some(p.name)),
-        None => (None, None, None),
-    };
-
-    let preferred_cwd = caller_dir_in_share(&record);
-    let agent = Agent {
+/// Who the agent process becomes and where it starts.
+fn agent_for<'a>(
+    record: &AgentRecord,
+    req: &Request,
+    slave: Option<&'a std::os::fd::OwnedFd>,
+    ttys: [bool; 3],
+) -> Result<Agent<'a>> {
+    Ok(Agent {
         uid: record.uid,
         gid: record.gid,
         groups: privdrop::groups_of(&record.user, record.gid)?,
@@ -229,36 +295,47 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         } else {
             "the agent's cwd setting"
         },
-        preferred_cwd,
+        preferred_cwd: caller_dir_in_share(record),
         scope_sockets: true,
-        streams: match &slave {
+        streams: match slave {
             Some(slave) => Streams::Pty {
                 slave: slave.as_fd(),
                 ttys,
             },
             None => Streams::Inherit,
         },
-    };
+    })
+}
 
-    // Signals wait in a signalfd from here on: none can kill the runner half way, and raw
-    // mode is always restored.
-    let signals = tree::runner_signals();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("sigprocmask")?;
-    let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .context("signalfd")?;
+/// A started run: the process tree, the PAM session, the caller's terminal in raw mode and
+/// the planted-repository guard.
+struct Running<'a> {
+    tree: tree::Started,
+    pam: pam::PamSession,
+    raw: Option<pty::RawMode>,
+    guard: Option<planted::Guard<'a>>,
+}
 
+/// Phase 2: the repository guard, the process tree (init builds the view while the PAM
+/// session opens), then the gate. `Err(code)` when init reported a failure before the gate.
+fn start<'a>(
+    ctx: &'a Context,
+    prepared: &Prepared,
+    agent: &Agent,
+    tty: Option<std::os::fd::BorrowedFd>,
+    tty_name: Option<&str>,
+    ttys: [bool; 3],
+) -> Result<std::result::Result<Running<'a>, u8>> {
+    let record = &prepared.record;
     // Planted repositories are watched for from before the agent exists to after it is gone.
-    let known = plan.known_repositories.iter().copied().collect();
+    let known = prepared.plan.known_repositories.iter().copied().collect();
     // Dropped, it handles the last events and tells the owner: on every path, after init
     // has been reaped.
-    let mut guard = planted::Guard::begin(ctx, &record, known)?;
-    // The view is built while the PAM session opens; the agent starts only once both are
-    // ready (the gate).
-    let tty = slave.as_ref().map(|slave| slave.as_fd());
-    let mut started = tree::start(Some(&plan), true, tty, || {
+    let mut guard = planted::Guard::begin(ctx, record, known)?;
+    let mut started = tree::start(Some(&prepared.plan), true, tty, || {
         agent.prepare()?;
-        crate::git::init::run(&git.init);
-        launch::exec(&command)
+        crate::git::init::run(&prepared.git_init);
+        launch::exec(&prepared.command)
     })?;
     if let Some(guard) = guard.as_mut() {
         guard.watch(started.child);
@@ -266,7 +343,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let gate = started.gate.take().context("no gate")?;
     // No lock is held from here on: a run in the background stops at the terminal (sudo).
     crate::sys::signals::default_terminal_stops()?;
-    let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name.as_deref())
+    let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name)
         .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
     let (pam, raw) = match opened {
         Ok(opened) => opened,
@@ -285,33 +362,46 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         // A closed gate (EPIPE) means init gave up before it (building the view, say): its
         // report says why, which is what the caller needs to read.
         if let Err(failure) = started.wait_for_start() {
-            report_failure(&failure, not_found_hint.as_deref());
-            return Ok(failure.code);
+            report_failure(&failure, prepared.not_found_hint.as_deref());
+            return Ok(Err(failure.code));
         }
         return Err(err);
     }
-    // The agent's copies of the slave are the only ones left: its hang-up ends the relay.
-    drop(agent);
-    drop(slave);
-    let filter = term_filter::Options {
-        clipboard_write: req.clipboard_write,
-        eight_bit: term_filter::eight_bit_locale(caller_locale(ctx)),
-    };
-    let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
-    let start = started.wait_for_start();
-    let status = supervise(&started, &sfd, relay.as_mut(), ttys, raw.as_ref());
+    Ok(Ok(Running {
+        tree: started,
+        pam,
+        raw,
+        guard,
+    }))
+}
+
+/// Phase 4 (after `supervise`): restore the terminal, close the PAM session, reap init,
+/// let the guard and the policy point report, and return the command's status.
+fn tear_down(
+    ctx: &Context,
+    prepared: Prepared,
+    running: Running<'_>,
+    start: std::result::Result<(), tree::Failure>,
+    status: Result<u8>,
+) -> Result<u8> {
+    let Running {
+        tree,
+        pam,
+        raw,
+        guard,
+    } = running;
     drop(raw);
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
-    let _ = waitpid(started.child, None);
+    let _ = waitpid(tree.child, None);
     // No process of the agent is left: its last events are queued.
     drop(guard);
     // After the terminal is restored: what the policy point refused.
-    for line in point.map(|p| p.finish(ctx)).unwrap_or_default() {
+    for line in prepared.point.map(|p| p.finish(ctx)).unwrap_or_default() {
         eprintln!("{line}");
     }
     if let Err(failure) = start {
-        report_failure(&failure, not_found_hint.as_deref());
+        report_failure(&failure, prepared.not_found_hint.as_deref());
         return Ok(failure.code);
     }
     let code = status?;
