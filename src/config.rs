@@ -159,7 +159,7 @@ impl Config {
             }
         }
         if !self.upstream_proxy.is_empty() {
-            crate::network::upstream::parse_proxy(&self.upstream_proxy)
+            upstream_proxy_authority(&self.upstream_proxy)
                 .map_err(|e| anyhow::anyhow!("upstream_proxy: {e}"))?;
         }
         if self.cred_max_bytes == 0 {
@@ -218,6 +218,25 @@ fn check_trusted(meta: &std::fs::Metadata, want_file: bool) -> Result<()> {
         bail!("writable by group or others");
     }
     Ok(())
+}
+
+/// The HOST:PORT of `upstream_proxy = "http://HOST:PORT"` (an HTTP proxy that supports
+/// CONNECT; no user, no path), or why it is not one.
+pub fn upstream_proxy_authority(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("http://")
+        .ok_or("must be http://HOST:PORT (an HTTP proxy that supports CONNECT)")?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let uri: hyper::Uri = format!("http://{authority}/")
+        .parse()
+        .map_err(|_| format!("'{}': not a valid HOST:PORT", authority.escape_default()))?;
+    match (uri.host(), uri.port_u16()) {
+        (Some(_), Some(_)) if !authority.contains(['@', '/']) => Ok(authority.to_owned()),
+        _ => Err(format!(
+            "'{}': give HOST:PORT (no user, no path)",
+            authority.escape_default()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -23,23 +23,9 @@ pub struct UpstreamProxy {
     pub authority: String,
 }
 
+/// `upstream_proxy` as the config validated it (`config::upstream_proxy_authority`).
 pub fn parse_proxy(text: &str) -> Result<UpstreamProxy, String> {
-    let rest = text
-        .strip_prefix("http://")
-        .ok_or("must be http://HOST:PORT (an HTTP proxy that supports CONNECT)")?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    let uri: hyper::Uri = format!("http://{authority}/")
-        .parse()
-        .map_err(|_| format!("'{}': not a valid HOST:PORT", authority.escape_default()))?;
-    match (uri.host(), uri.port_u16()) {
-        (Some(_), Some(_)) if !authority.contains(['@', '/']) => Ok(UpstreamProxy {
-            authority: authority.to_owned(),
-        }),
-        _ => Err(format!(
-            "'{}': give HOST:PORT (no user, no path)",
-            authority.escape_default()
-        )),
-    }
+    crate::config::upstream_proxy_authority(text).map(|authority| UpstreamProxy { authority })
 }
 
 impl UpstreamProxy {
