@@ -356,7 +356,7 @@ fn net_commands_keep_the_allowlist_in_the_record() {
     assert_eq!(sb.show("coder")["network"], "host");
 }
 
-/// The pid of the policy point: the only process of the sandbox's agentuser-net uid.
+/// The pid of this sandbox's policy point (its agentuser-net process running its binary).
 fn policy_point(sb: &Sandbox) -> (i32, u32) {
     let uid: u32 = sb
         .sh("id -u agentuser-net")
@@ -372,7 +372,14 @@ fn policy_point(sb: &Sandbox) -> (i32, u32) {
             };
             let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
             let line = format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}");
-            if status.contains(&line) && status.contains("Name:\tagentuser") {
+            // This sandbox's own point: other tests run theirs as the same uid at the same
+            // time; its command line starts with this sandbox's binary.
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let ours = cmdline
+                .split(|&b| b == 0)
+                .next()
+                .is_some_and(|argv0| argv0 == sb.bin.as_os_str().as_encoded_bytes());
+            if status.contains(&line) && status.contains("Name:\tagentuser") && ours {
                 return (pid, uid);
             }
         }
@@ -448,6 +455,16 @@ fn the_policy_point_is_out_of_the_agents_reach() {
         )
         .stdout
     };
+    // The control process becomes the agent's uid only once setpriv ran: wait for that.
+    let agent_uid = sb.show("coder")["uid"].as_u64().unwrap();
+    for _ in 0..200 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", own.id())).unwrap_or_default();
+        if status.contains(&format!("Uid:\t{agent_uid}\t")) && status.contains("Name:\tsleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
     let control = attack(own.id());
     for word in ["READ", "TRACED", "SIGNALLED", "KILLED"] {
         assert!(control.contains(word), "control: {word} failed: {control}");

@@ -204,6 +204,9 @@ set +e
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
             .env("LC_ALL", "C")
+            // The checkout may lie below a directory the sandbox replaces (/tmp, /home):
+            // commands start at / so nothing depends on where the tests were run from.
+            .current_dir("/")
             .stdin(Stdio::null());
         cmd
     }
