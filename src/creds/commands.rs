@@ -222,27 +222,7 @@ pub fn set_env(ctx: &Context, name: &str, var: &str, hosts: &[String]) -> Result
 
 /// `--host` names, normalized: exact host names (no wildcard, no port).
 fn bound_hosts(hosts: &[String]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for host in hosts {
-        let name = crate::network::allowlist::normalize_name(host);
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-        if !valid {
-            return Err(crate::error::usage(format!(
-                "--host '{}': give a host name (no wildcard, port or scheme)",
-                host.escape_default()
-            )));
-        }
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    Ok(out)
+    crate::network::allowlist::exact_host_names(hosts)
 }
 
 /// `cred list`.

@@ -154,6 +154,33 @@ pub fn normalize_name(name: &str) -> String {
     lower.strip_suffix('.').unwrap_or(&lower).to_owned()
 }
 
+/// `--host` names of `cred env` and `cred ssh`, normalized and without repeats: exact host
+/// names only (no wildcard, port, user or scheme), or the one-line usage error naming the
+/// first that is not one.
+pub fn exact_host_names(hosts: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for host in hosts {
+        let name = normalize_name(host);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return Err(crate::error::usage(format!(
+                "--host '{}': give a host name (no wildcard, port, user or scheme)",
+                host.escape_default()
+            )));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// What a destination is, as the policy point learned it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Host {

@@ -119,25 +119,5 @@ fn host_names(hosts: &[String]) -> Result<Vec<String>> {
             "cred ssh: give the hosts the key may be used for (--host HOST)",
         ));
     }
-    let mut out = Vec::new();
-    for host in hosts {
-        let name = crate::network::allowlist::normalize_name(host);
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            });
-        if !valid {
-            return Err(usage(format!(
-                "--host '{}': give a host name (no wildcard, port or user)",
-                host.escape_default()
-            )));
-        }
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    Ok(out)
+    crate::network::allowlist::exact_host_names(hosts)
 }
