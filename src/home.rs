@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -94,7 +94,7 @@ fn copy_tree(src: &Path, dst: &OwnedFd, uid: u32, gid: u32, depth: usize) -> Res
             let sub = open_dir(Some(dst), &name)?;
             copy_tree(&entry.path(), &sub, uid, gid, depth + 1)?;
             own(&sub, uid, gid, mode)?;
-        } else if meta.is_file() && meta.len() <= MAX_FILE_BYTES && meta.nlink() >= 1 {
+        } else if meta.is_file() && meta.len() <= MAX_FILE_BYTES {
             copy_file(&entry.path(), dst, &name, uid, gid, mode)?;
         }
     }
