@@ -8,7 +8,8 @@
 //! subdirectories are the same. Starting from the share's root, a check therefore stats
 //! each recorded directory (one `statx`, no listing) and lists only the directories that
 //! changed, walking new subdirectories in full. Its cost grows with the number of
-//! directories and with what changed since the last check, not with the number of files.
+//! directories and with what changed since the last check, not with the number of files;
+//! the stats, most of the cost (the kernel's path walks), are spread over a few threads.
 //!
 //! `share` builds the index (after its own walk) and every `exec` brings it up to date as
 //! it starts and saves what it learned, so a repository the owner made between runs, in a
@@ -42,30 +43,27 @@ use sha2::{Digest, Sha256};
 use super::git::GitEntry;
 use super::refuse::open_exact;
 
+/// The index's layout; stored first, checked on load.
+const FORMAT: u32 = 2;
+
+/// What the index of format 1 (JSON) was called; removed when its successor is saved.
+const OLD_EXTENSION: &str = "json";
+
 /// How close to the listing a ctime must be not to be trusted.
 const RACY: Duration = Duration::from_secs(2);
 
-/// A file name or relative path: text when it is UTF-8, its bytes otherwise.
+/// A file name or relative path, as bytes (file names need not be UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Name {
-    Text(String),
-    Bytes(Vec<u8>),
-}
+#[serde(transparent)]
+struct Name(Vec<u8>);
 
 impl Name {
     fn new(bytes: &[u8]) -> Name {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Name::Text(text.to_owned()),
-            Err(_) => Name::Bytes(bytes.to_vec()),
-        }
+        Name(bytes.to_vec())
     }
 
     fn bytes(&self) -> &[u8] {
-        match self {
-            Name::Text(text) => text.as_bytes(),
-            Name::Bytes(bytes) => bytes,
-        }
+        &self.0
     }
 }
 
@@ -90,6 +88,8 @@ struct DirState {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
+    /// [`FORMAT`]: an index of another layout is not read (it is rebuilt).
+    format: u32,
     /// Device and inode of the share's root directory.
     root: (u64, u64),
     /// When the listing that made it started (seconds, nanoseconds since the epoch).
@@ -101,7 +101,7 @@ struct Index {
 fn index_path(state: &Path, agent: &str, share: &Path) -> PathBuf {
     let digest = Sha256::digest(share.as_os_str().as_bytes());
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    state.join("index").join(agent).join(format!("{hex}.json"))
+    state.join("index").join(agent).join(format!("{hex}.index"))
 }
 
 /// The `.git` entries of the share at `share` (a directory; a file has none), from its
@@ -139,7 +139,9 @@ pub fn git_entries(
 pub fn forget(state: &Path, agent: &str, share: Option<&Path>) {
     match share {
         Some(share) => {
-            let _ = std::fs::remove_file(index_path(state, agent, share));
+            let path = index_path(state, agent, share);
+            let _ = std::fs::remove_file(path.with_extension(OLD_EXTENSION));
+            let _ = std::fs::remove_file(path);
         }
         None => {
             let _ = std::fs::remove_dir_all(state.join("index").join(agent));
@@ -147,38 +149,47 @@ pub fn forget(state: &Path, agent: &str, share: Option<&Path>) {
     }
 }
 
+/// The index at `path` (postcard: compact, and read at every run); None when it is missing,
+/// damaged or of another layout.
 fn load(path: &Path) -> Option<Index> {
-    let text = std::fs::read(path).ok()?;
-    serde_json::from_slice(&text).ok()
+    let bytes = std::fs::read(path).ok()?;
+    postcard::from_bytes::<Index>(&bytes)
+        .ok()
+        .filter(|index| index.format == FORMAT)
 }
 
 /// Brings `old` up to date with the tree under `root`; true when anything was listed.
+///
+/// Every recorded directory is stat'ed first, spread over a few threads ([`stat_recorded`]:
+/// the kernel's path walks are most of the cost), then the tree is walked from the root in
+/// the recorded order, taking a recorded directory's entries when its inode and ctime are
+/// the recorded ones and listing it otherwise. A stat taken a moment before the walk reaches
+/// its directory is as good as one taken then: either is a snapshot taken before the view,
+/// and a change after it moves the ctime for the next run.
 fn refresh(root: BorrowedFd, root_stat: &FileStat, old: Index) -> Result<(Index, bool)> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let trusted_before = old.taken.0 - RACY.as_secs() as i64;
-    let mut known: HashMap<Vec<u8>, DirState> = old
-        .dirs
-        .into_iter()
-        .map(|d| (d.path.bytes().to_vec(), d))
-        .collect();
+    let device = root_stat.st_dev;
+    let stats = stat_recorded(root, &old.dirs, device)?;
+    let mut recorded = Recorded::new(old.dirs, stats);
     let mut fresh = Index {
+        format: FORMAT,
         root: (root_stat.st_dev, root_stat.st_ino),
         taken: (now.as_secs() as i64, now.subsec_nanos() as i64),
-        dirs: Vec::with_capacity(known.len()),
+        dirs: Vec::with_capacity(recorded.len()),
     };
     let mut listed = false;
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
-        let Some(stat) = stat_dir(root, &rel, root_stat.st_dev)? else {
-            continue;
-        };
-        let state = match known.remove(&rel) {
-            Some(old) if unchanged(&old, &stat, trusted_before) => old,
+        let state = match recorded.take(&rel) {
+            Some((old, Some(stat))) if unchanged(&old, &stat, trusted_before) => old,
+            Some((_, None)) => continue,
+            // New since the last check, or changed.
             _ => {
                 listed = true;
-                match list(root, &rel, root_stat.st_dev)? {
+                match list(root, &rel, device)? {
                     Some(state) => state,
                     None => continue,
                 }
@@ -190,8 +201,95 @@ fn refresh(root: BorrowedFd, root_stat: &FileStat, old: Index) -> Result<(Index,
         fresh.dirs.push(state);
     }
     // Directories gone since: listing them again is not needed, but saving is.
-    listed |= !known.is_empty();
+    listed |= recorded.any_left();
     Ok((fresh, listed))
+}
+
+/// The recorded directories with their fresh stats (None: gone, or no directory of this
+/// file system any more), taken in the order the walk visits them. The walk visits an
+/// unchanged tree in the recorded order, so a cursor finds each in turn; a path the cursor
+/// does not hold (the tree changed) is looked up by name.
+struct Recorded {
+    dirs: Vec<Option<(DirState, Option<FileStat>)>>,
+    cursor: usize,
+    by_path: Option<HashMap<Vec<u8>, usize>>,
+    left: usize,
+}
+
+impl Recorded {
+    fn new(dirs: Vec<DirState>, stats: Vec<Option<FileStat>>) -> Recorded {
+        let left = dirs.len();
+        Recorded {
+            dirs: dirs.into_iter().zip(stats).map(Some).collect(),
+            cursor: 0,
+            by_path: None,
+            left,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.dirs.len()
+    }
+
+    fn take(&mut self, rel: &[u8]) -> Option<(DirState, Option<FileStat>)> {
+        let at_cursor = self.dirs.get(self.cursor).and_then(|d| d.as_ref());
+        let position = if at_cursor.is_some_and(|(d, _)| d.path.bytes() == rel) {
+            self.cursor
+        } else {
+            let dirs = &self.dirs;
+            let by_path = self.by_path.get_or_insert_with(|| {
+                dirs.iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| d.as_ref().map(|(d, _)| (d.path.bytes().to_vec(), i)))
+                    .collect()
+            });
+            *by_path.get(rel)?
+        };
+        let taken = self.dirs[position].take()?;
+        self.cursor = position + 1;
+        self.left -= 1;
+        Some(taken)
+    }
+
+    fn any_left(&self) -> bool {
+        self.left > 0
+    }
+}
+
+/// Below this many directories one thread stats them all: starting threads costs more.
+const STAT_ALONE: usize = 2048;
+
+/// A fresh stat of every recorded directory, in order (see [`stat_dir`]). Threads end here:
+/// the runner is single-threaded again when this returns.
+fn stat_recorded(
+    root: BorrowedFd,
+    dirs: &[DirState],
+    device: u64,
+) -> Result<Vec<Option<FileStat>>> {
+    let stat_all = |part: &[DirState]| -> Result<Vec<Option<FileStat>>> {
+        part.iter()
+            .map(|d| stat_dir(root, d.path.bytes(), device))
+            .collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if dirs.len() < STAT_ALONE || threads < 2 {
+        return stat_all(dirs);
+    }
+    let chunk = dirs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = dirs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || stat_all(part)))
+            .collect();
+        let mut stats = Vec::with_capacity(dirs.len());
+        for worker in workers {
+            let part = worker
+                .join()
+                .map_err(|_| anyhow!("a thread checking the share's index failed"))??;
+            stats.extend(part);
+        }
+        Ok(stats)
+    })
 }
 
 fn unchanged(old: &DirState, stat: &FileStat, trusted_before: i64) -> bool {
@@ -338,6 +436,7 @@ fn save(path: &Path, index: &Index) -> Result<()> {
     crate::registry::ensure_root_dir(base, 0o700)?;
     crate::registry::ensure_root_dir(dir, 0o700)?;
     remove_dead_temps(dir);
+    let _ = std::fs::remove_file(path.with_extension(OLD_EXTENSION));
     let name = path.file_name().context("index path")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
@@ -348,7 +447,7 @@ fn save(path: &Path, index: &Index) -> Result<()> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
-        file.write_all(&serde_json::to_vec(index)?)?;
+        file.write_all(&postcard::to_stdvec(index)?)?;
         std::fs::rename(&tmp, path)?;
         anyhow::Ok(())
     })();
@@ -476,6 +575,29 @@ mod tests {
         assert_eq!(
             found(&root, &dir.0, &stat, &index),
             [Path::new("a/d/.git"), Path::new("e/b/c/.git")]
+        );
+    }
+
+    #[test]
+    fn a_tree_checked_by_several_threads_finds_what_one_would() {
+        let dir = tempdir::Dir::new();
+        for d in 0..STAT_ALONE + 100 {
+            std::fs::create_dir_all(dir.0.join(format!("d{}/e{d}", d % 50))).unwrap();
+        }
+        std::fs::create_dir(dir.0.join("d7/e7/.git")).unwrap();
+        let root = open_exact(&dir.0).unwrap().unwrap();
+        let stat = fstat(root.as_fd()).unwrap();
+        let (index, _) = refresh(root.as_fd(), &stat, Index::default()).unwrap();
+        let (index, listed) = refresh(root.as_fd(), &stat, settled(index)).unwrap();
+        assert!(!listed, "an unchanged tree is not listed");
+        std::fs::create_dir(dir.0.join("d49/e2099/.git")).unwrap();
+        std::fs::remove_dir(dir.0.join("d3/e3")).unwrap();
+        let (index, listed) = refresh(root.as_fd(), &stat, settled(index)).unwrap();
+        assert!(listed);
+        assert_eq!(index.dirs.len(), 1 + 50 + STAT_ALONE + 100 - 1);
+        assert_eq!(
+            found(&root, &dir.0, &stat, &index),
+            [Path::new("d49/e2099/.git"), Path::new("d7/e7/.git")]
         );
     }
 }
