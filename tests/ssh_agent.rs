@@ -381,3 +381,54 @@ fn rsa_host_keys_are_checked() {
 fn ecdsa_host_keys_are_checked() {
     host_key_type_checked("ssh-agent-ecdsa", "ecdsa");
 }
+
+/// `cred rm` of an ssh key: the record forgets it, the next run has no filtered agent, and
+/// no socket of it is left in the state directory.
+#[test]
+fn cred_rm_of_an_ssh_key_leaves_no_trace_of_it() {
+    let s = setup("ssh-agent-rm", "ed25519");
+    let script = format!(
+        "printf '%s' '{}' > /tmp/git.pub; echo sock=${{SSH_AUTH_SOCK-unset}}
+         {SSH} -i /tmp/git.pub root@git.test; echo git=$?",
+        s.git_pub.trim()
+    );
+    let exec = || {
+        s.sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script])
+            .ok()
+            .stdout
+    };
+    // Control: given, the key logs in.
+    let before = exec();
+    assert!(before.contains("welcome-git\ngit=0"), "{before}");
+    let given =
+        s.sb.as_user("alice", &["cred", "list", "coder", "--json"])
+            .ok()
+            .json()
+            .to_string();
+    assert!(given.contains("id_git.pub"), "{given}");
+
+    s.sb.as_user(
+        "alice",
+        &["cred", "rm", "coder", "/home/alice/.ssh/id_git.pub"],
+    )
+    .ok();
+    let listed =
+        s.sb.as_user("alice", &["cred", "list", "coder", "--json"])
+            .ok()
+            .stdout;
+    assert!(!listed.contains("id_git"), "{listed}");
+    let record =
+        std::fs::read_to_string(s.sb.host_path("/var/lib/agentuser/agents/coder.toml")).unwrap();
+    assert!(
+        !record.contains(s.git_pub.split(' ').nth(1).unwrap()),
+        "{record}"
+    );
+    let after = exec();
+    assert!(after.contains("sock=unset"), "{after}");
+    assert!(!after.contains("welcome"), "{after}");
+    assert!(after.contains("git=255"), "{after}");
+    let sockets = std::fs::read_dir(s.sb.host_path("/var/lib/agentuser/run-ssh"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(sockets, 0);
+}
