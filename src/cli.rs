@@ -70,9 +70,12 @@ and a 0700 home under `home_base`. The owner is the caller; root may name anothe
 Delete an agent.
 
 Kills every process of the agent, revokes its shares and credentials, removes its account, \
-group, home (unless --keep-home), stored secrets, record, crontab, and the files it owns in \
-/tmp, /var/tmp and /dev/shm. Its uid is kept as a tombstone and never reused. An interrupted \
-delete is completed by running it again.
+group, home (unless --keep-home), crontab, the files it owns in /tmp, /var/tmp and /dev/shm, \
+and everything of it in /var/lib/agentuser: record, lock file, stored secrets, git \
+directories, share index, network log, run markers and run files. A run whose runner was \
+killed is handled first, as the next exec would: its read-write shares are searched for \
+repositories the agent planted. Its uid is kept as a tombstone and never reused. An \
+interrupted delete is completed by running it again.
 
 Files the agent created inside its shares are handed back: every entry of a shared tree that \
 the agent owns is given to the tree's owner (and the owner's group when it had the agent's), \
@@ -82,7 +85,9 @@ nothing.
 
 Root can delete an agent whose record is damaged: the account and uid come from the passwd \
 entry of the name template, shares and credentials from what of the record still parses; \
-what cannot be found is said on stderr.")]
+what cannot be found is said on stderr. Root's delete of a name that only has files left in \
+/var/lib/agentuser (doctor reports them) removes them, after searching the shares its run \
+markers name.")]
     Delete {
         /// Agent name
         name: String,
@@ -260,7 +265,10 @@ present, the config is valid and root-owned, the state directories and agent hom
 right owners and modes. Host: dev.tty.legacy_tiocsti, fs.protected_symlinks, \
 fs.protected_hardlinks, fs.protected_regular, fs.protected_fifos, /proc hidepid, the Landlock \
 ABI, namespaces, a working POSIX ACL round trip, human homes others can enter, and whether \
-agent accounts may use cron or at. Every finding says how to fix it.
+agent accounts may use cron or at. State: damaged records, temp files of interrupted writes, \
+and, for root, files in /var/lib/agentuser of agents that no longer exist (a run marker among \
+them is a run whose shares were never searched for planted repositories). Every finding says \
+how to fix it.
 
 Any user but an agent may run doctor: it reports only what a local user can learn anyway, \
 never a file's content. Exit status: 0 when no finding is high, 1 otherwise.";

@@ -29,6 +29,7 @@ pub mod error;
 pub mod eventlog;
 pub mod git;
 pub mod home;
+pub mod leftovers;
 pub mod names;
 pub mod network;
 pub mod policy;

@@ -428,7 +428,8 @@ pub fn delete_dry_run(ctx: &Context, name: &str, how: DeleteOptions) -> Result<(
     }
     println!(
         "  remove its files in /tmp, /var/tmp and /dev/shm, its crontab, its stored secrets, \
-         its git directories and its record (uid {} is never reused)",
+         its git directories, network log and run files, and its record (uid {} is never \
+         reused)",
         record.uid
     );
     Ok(())
@@ -451,6 +452,9 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
                 None => return Ok(()),
             }
         }
+        Ok(None) if ctx.caller.is_root && !crate::leftovers::of_agent(ctx, name).is_empty() => {
+            return delete_leftovers(ctx, lock, name);
+        }
         Ok(None) => bail!("agent '{name}': no such agent"),
         Err(damage) if ctx.caller.is_root => {
             match crate::recover::rebuild(ctx, &lock, name, &damage)? {
@@ -471,6 +475,10 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
     }
     crate::sys::process::kill_all_of_uid(record.uid, record.gid)
         .with_context(|| format!("stopping the processes of '{}'", record.user))?;
+    // A run whose runner was killed left planted repositories unsearched: search while the
+    // shares are still the agent's (the next exec would have).
+    crate::runner::planted::recover(ctx, &record)
+        .context("searching the shares of runs that ended without their runner")?;
     let shares = record.shares.len();
     let credentials = record.credentials.len();
     let handed_back =
@@ -482,7 +490,9 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
         bail!("could not remove {}", secrets.display());
     }
     crate::git::forget(ctx, name)?;
+    crate::leftovers::remove(ctx, name)?;
     ctx.registry.remove(&lock)?;
+    ctx.registry.remove_lock(lock)?;
     eventlog::record(
         ctx,
         "delete",
@@ -495,6 +505,22 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
         record.user,
         record.uid,
         if keep_home { "kept" } else { "removed" }
+    ));
+    Ok(())
+}
+
+/// Root's `delete` of a name that has neither record, account nor home, only files in the
+/// state directory (`doctor` reports them): the shares its dead runs recorded are searched
+/// for planted repositories, then everything goes.
+fn delete_leftovers(ctx: &Context, lock: Lock, name: &str) -> Result<()> {
+    crate::runner::planted::recover_without_record(ctx, name)
+        .context("searching the shares of runs that ended without their runner")?;
+    let count = crate::leftovers::of_agent(ctx, name).len();
+    crate::leftovers::remove(ctx, name)?;
+    ctx.registry.remove_lock(lock)?;
+    eventlog::record(ctx, "delete", name, "leftovers");
+    crate::error::changed(&format!(
+        "removed {count} file(s) left in the state directory by agent {name}, which no longer exists"
     ));
     Ok(())
 }

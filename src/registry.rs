@@ -36,7 +36,7 @@ pub use crate::record::{AgentRecord, AgentState};
 /// changed (each agent has a lock of its own, so no user's command waits for another's).
 pub struct Lock {
     name: String,
-    _held: Held,
+    held: Held,
 }
 
 impl Lock {
@@ -121,8 +121,15 @@ impl Registry {
         let held = locks::acquire(&path, &self.holder, &format!("agent '{name}'"))?;
         Ok(Lock {
             name: name.to_string(),
-            _held: held,
+            held,
         })
+    }
+
+    /// Removes the lock file of a deleted agent, still held (a waiter starts over on a new
+    /// file, see [`locks::acquire`]), then lets go.
+    pub fn remove_lock(&self, lock: Lock) -> Result<()> {
+        let path = self.root.join("locks").join(&lock.name);
+        lock.held.remove(&path)
     }
 
     /// Takes the registry-wide lock, waiting at most [`LOCK_WAIT`]. Hold it briefly.

@@ -611,3 +611,82 @@ fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
     );
     assert!(!text.contains("REALsecret"), "{text}");
 }
+
+/// The files of the state directory's secrets and records that hold the real value or the
+/// placeholder.
+fn stored(sb: &Sandbox, placeholder: &str) -> String {
+    sb.sh(&format!(
+        "grep -rlF -e '{REAL}' -e '{placeholder}' /var/lib/agentuser/secrets \
+         /var/lib/agentuser/agents; true"
+    ))
+    .ok()
+    .stdout
+}
+
+/// `cred rm` of a brokered secret: no stored value or placeholder is left in the state
+/// directory, the agent's environment loses the variable, the placeholder it may have kept
+/// is no longer swapped, and a copied file that carried the placeholder carries the real
+/// file's content again at the next run (as any copy of an unbrokered value does).
+#[test]
+fn cred_rm_of_a_brokered_secret_leaves_no_trace_of_it() {
+    let (sb, _internet) = setup("broker-rm");
+    sb.sh_as(
+        "alice",
+        &format!(
+            "umask 077; mkdir -p /home/alice/.config/opencode && printf '%s' '{}' > {AUTH}",
+            auth_json(REAL, "")
+        ),
+    )
+    .ok();
+    let store = [
+        "cred",
+        "env",
+        "coder",
+        "ANTHROPIC_API_KEY",
+        "--host",
+        "api.test",
+    ];
+    with_stdin(&sb, &store, REAL).ok();
+    sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
+    let request = "curl -s -m 10 https://api.test/rm -H \"x-api-key: $K\" | tr '\\n' '|'";
+    let before = exec(
+        &sb,
+        &format!("K=$ANTHROPIC_API_KEY; printf '%s\\n' \"$K\"; {request}"),
+    )
+    .ok()
+    .stdout;
+    let (placeholder, answer) = before.split_once('\n').unwrap();
+    // Control: brokered, the placeholder is in the copy and is swapped toward api.test.
+    assert_eq!(placeholder.len(), REAL.len());
+    assert!(answer.contains(&format!("x-api-key: {REAL}|")), "{before}");
+    let copy = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
+    assert_eq!(copy, auth_json(placeholder, ""));
+
+    // Control: the state directory holds both, the agent's record the placeholder.
+    let held = stored(&sb, placeholder);
+    assert!(held.contains("secrets/coder/"), "{held}");
+    sb.as_user("alice", &["cred", "rm", "coder", "ANTHROPIC_API_KEY"])
+        .ok();
+    let listed = sb
+        .as_user("alice", &["cred", "list", "coder", "--json"])
+        .ok()
+        .stdout;
+    assert!(!listed.contains("ANTHROPIC_API_KEY"), "{listed}");
+    assert_eq!(stored(&sb, placeholder), "", "kept after cred rm");
+
+    let after = exec(
+        &sb,
+        &format!("printf '%s\\n' \"${{ANTHROPIC_API_KEY-unset}}\"; K='{placeholder}'; {request}"),
+    )
+    .ok()
+    .stdout;
+    let (env, answer) = after.split_once('\n').unwrap();
+    assert_eq!(env, "unset", "{after}");
+    assert!(!answer.contains(REAL), "{after}");
+    assert!(
+        answer.contains(&format!("x-api-key: {placeholder}|")),
+        "{after}"
+    );
+    let copy = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
+    assert_eq!(copy, auth_json(REAL, ""));
+}

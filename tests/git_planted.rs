@@ -344,3 +344,39 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
         ""
     );
 }
+
+/// Deleting the agent after its runner was killed searches like the next exec would have:
+/// the shares are handed back, never with a plant still in them.
+#[test]
+fn a_run_whose_runner_was_killed_is_swept_by_delete() {
+    let sb = Sandbox::new("planted-killed-delete");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = format!(
+        "touch {PROJ}/ready; while [ ! -e {PROJ}/go ]; do sleep 0.05; done; {} touch {PROJ}/planted; exec sleep 60",
+        attack_script()
+    );
+    let mut run =
+        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let runner = nix::unistd::Pid::from_raw(run.id() as i32);
+    assert!(eventually(
+        || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
+    ));
+    // A stopped runner sees nothing; killed, it can sweep nothing either.
+    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    sb.sh_as("alice", &format!("touch {PROJ}/go")).ok();
+    assert!(eventually(|| sb
+        .sh(&format!("test -e {PROJ}/planted"))
+        .code
+        == 0));
+    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGKILL).unwrap();
+    run.wait().unwrap();
+    assert!(
+        !planted_entries_left(&sb).is_empty(),
+        "nothing was left to recover: the test proves nothing"
+    );
+    let out = sb.as_user("alice", &["delete", "coder"]).ok();
+    assert!(out.stderr.contains("ended without its runner"), "{out:#?}");
+    assert_eq!(planted_entries_left(&sb), Vec::<String>::new());
+    assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+}

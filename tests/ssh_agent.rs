@@ -7,29 +7,50 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+
 use common::net::FakeInternet;
 use common::{Out, Sandbox};
 
 const GIT_V4: &str = "11.22.33.6";
 const OTHER_V4: &str = "11.22.33.7";
 
-/// An sshd in the internet namespace on ADDR:22 that lets root in by key only and answers
-/// every session with `welcome-NAME` (its own keys and files, made by the test).
-fn start_sshd(sb: &Sandbox, internet: &mut FakeInternet, name: &str, addr: &str, keys: &str) {
+/// An sshd in the internet namespace on ADDR:22 with one host key of type KEY_TYPE
+/// (`ssh-keygen -t`), that lets root in by key only and answers a session without a command
+/// with `welcome-NAME`, and runs the command of one that has one (git's upload-pack and
+/// receive-pack). Its own keys and files, made by the test.
+fn start_sshd(
+    sb: &Sandbox,
+    internet: &mut FakeInternet,
+    name: &str,
+    addr: &str,
+    keys: &str,
+    key_type: &str,
+) {
     let d = sb.dir.display();
     std::fs::create_dir_all("/run/sshd").unwrap();
     let host_key = format!("{d}/hostkey_{name}");
     let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f", &host_key])
+        .args(["-q", "-t", key_type, "-N", "", "-f", &host_key])
         .status()
         .unwrap();
     assert!(status.success());
     std::fs::write(format!("{d}/authorized_{name}"), keys).unwrap();
+    let session = format!("{d}/session_{name}");
+    std::fs::write(
+        &session,
+        format!(
+            "#!/bin/sh\n[ -n \"$SSH_ORIGINAL_COMMAND\" ] && exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"\n\
+             echo welcome-{name}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&session, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = format!(
         "ListenAddress {addr}:22\nHostKey {host_key}\nAuthorizedKeysFile {d}/authorized_{name}\n\
          UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         ForceCommand echo welcome-{name}\nPidFile none\n"
+         ForceCommand {session}\nPidFile none\n"
     );
     std::fs::write(format!("{d}/sshd_{name}.conf"), config).unwrap();
     let script = format!(
@@ -58,8 +79,8 @@ struct Setup {
 
 /// alice with two keys (id_git, id_other), both accepted by both sshds; git.test's host key
 /// in her known_hosts; her agent coder allowed to reach git.test:22 and other.test:22, and
-/// given id_git for git.test.
-fn setup(name: &str) -> Setup {
+/// given id_git for git.test. Both sshds have one host key of type KEY_TYPE.
+fn setup(name: &str, key_type: &str) -> Setup {
     let sb = Sandbox::new(name);
     sb.add_user("alice", &["agentuser"]);
     sb.as_user("alice", &["create", "coder"]).ok();
@@ -75,8 +96,8 @@ fn setup(name: &str) -> Setup {
     let read = |f: &str| std::fs::read_to_string(home.join(".ssh").join(f)).unwrap();
     let (git_pub, other_pub) = (read("id_git.pub"), read("id_other.pub"));
     let both = format!("{git_pub}{other_pub}");
-    start_sshd(&sb, &mut internet, "git", GIT_V4, &both);
-    start_sshd(&sb, &mut internet, "other", OTHER_V4, &both);
+    start_sshd(&sb, &mut internet, "git", GIT_V4, &both, key_type);
+    start_sshd(&sb, &mut internet, "other", OTHER_V4, &both, key_type);
     let host_key = std::fs::read_to_string(sb.dir.join("hostkey_git.pub")).unwrap();
     sb.sh_as(
         "alice",
@@ -178,7 +199,7 @@ fn line<'a>(out: &'a Out, name: &str) -> &'a str {
 
 #[test]
 fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
-    let s = setup("ssh-agent-filter");
+    let s = setup("ssh-agent-filter", "ed25519");
     let out = with_owner_agent(
         &s,
         &format!(
@@ -239,7 +260,7 @@ fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
 /// owner's rights at run start; the agent still cannot read the file itself.
 #[test]
 fn key_file_read_as_the_owner_serves_the_same_filter() {
-    let s = setup("ssh-agent-file");
+    let s = setup("ssh-agent-file", "ed25519");
     let out = s.sb.as_user(
         "alice",
         &[
@@ -264,4 +285,150 @@ fn key_file_read_as_the_owner_serves_the_same_filter() {
     // Control: the file is the owner's, and she can read it.
     s.sb.sh_as("alice", "grep -q 'PRIVATE KEY' /home/alice/.ssh/id_git")
         .ok();
+}
+
+/// A bare repository on the test host, `main` with one commit, served by both sshds.
+fn bare_repo(s: &Setup) -> std::path::PathBuf {
+    let repo = s.sb.dir.join("repo.git");
+    let seed = s.sb.dir.join("seed");
+    let script = format!(
+        "set -e; git init -q --bare -b main {repo}; git init -q -b main {seed}; cd {seed}
+         git -c user.name=t -c user.email=t@test commit -q --allow-empty -m seed
+         git push -q {repo} main",
+        repo = repo.display(),
+        seed = seed.display()
+    );
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    repo
+}
+
+/// `git clone` and `git push` over ssh through the filtered agent and the policy point:
+/// they work toward the key's host, and the same push toward another host that accepts the
+/// key (the owner's control) is refused.
+#[test]
+fn git_clone_and_push_over_ssh_only_to_the_keys_host() {
+    let s = setup("ssh-agent-git", "ed25519");
+    let repo = bare_repo(&s);
+    let repo = repo.display();
+    let commit = "git -c user.name=a -c user.email=a@test commit -q --allow-empty -m";
+    let out = with_owner_agent(
+        &s,
+        &format!(
+            "export GIT_SSH_COMMAND='{SSH} -i /home/alice/.ssh/id_git.pub'
+             r owner-clone git clone -q root@other.test:{repo} /tmp/owner
+             cd /tmp/owner && {commit} from-owner-other
+             r owner-push sh -c 'git push -q origin HEAD:main && echo pushed'
+             cd /; unset GIT_SSH_COMMAND"
+        ),
+        &format!(
+            "export GIT_SSH_COMMAND='{SSH} -i /tmp/git.pub'
+             r clone sh -c 'git clone -q root@git.test:{repo} /tmp/work && echo cloned'
+             cd /tmp/work && {commit} from-agent-git
+             r push sh -c 'git push -q origin HEAD:main && echo pushed'
+             {commit} from-agent-other
+             r push-other sh -c 'git push -q root@other.test:{repo} HEAD:main && echo pushed'"
+        ),
+    );
+    // Control: other.test takes pushes with the key.
+    assert!(line(&out, "owner-push").contains("pushed"), "{out:?}");
+    assert!(line(&out, "clone").contains("cloned"), "{out:?}");
+    assert!(line(&out, "push").contains("pushed"), "{out:?}");
+    assert!(!line(&out, "push-other").contains("pushed"), "{out:?}");
+    let log = std::process::Command::new("git")
+        .args(["--git-dir", &repo.to_string(), "log", "--format=%s", "main"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("from-owner-other"), "{log}");
+    assert!(log.contains("from-agent-git"), "{log}");
+    assert!(!log.contains("from-agent-other"), "{log}");
+    let net = s.sb.as_user("alice", &["net", "coder", "log"]).ok();
+    assert!(net.stdout.contains("not one of an allowed host"), "{net:?}");
+}
+
+/// The session-bind check with RSA and ECDSA host keys: the recorded host key of the key's
+/// host binds, another host's key of the same type does not.
+fn host_key_type_checked(name: &str, key_type: &str) {
+    let s = setup(name, key_type);
+    let out = with_owner_agent(
+        &s,
+        &format!("r owner-other-host {SSH} -i /home/alice/.ssh/id_git.pub root@other.test"),
+        &format!(
+            "r git {SSH} -i /tmp/git.pub root@git.test
+             r other-host {SSH} -i /tmp/git.pub root@other.test"
+        ),
+    );
+    assert!(
+        line(&out, "owner-other-host").contains("welcome-other"),
+        "{out:?}"
+    );
+    assert!(line(&out, "git").contains("welcome-git"), "{out:?}");
+    assert!(!line(&out, "other-host").contains("welcome"), "{out:?}");
+    let log = s.sb.as_user("alice", &["net", "coder", "log"]).ok();
+    assert!(log.stdout.contains("not one of an allowed host"), "{log:?}");
+}
+
+#[test]
+fn rsa_host_keys_are_checked() {
+    host_key_type_checked("ssh-agent-rsa", "rsa");
+}
+
+#[test]
+fn ecdsa_host_keys_are_checked() {
+    host_key_type_checked("ssh-agent-ecdsa", "ecdsa");
+}
+
+/// `cred rm` of an ssh key: the record forgets it, the next run has no filtered agent, and
+/// no socket of it is left in the state directory.
+#[test]
+fn cred_rm_of_an_ssh_key_leaves_no_trace_of_it() {
+    let s = setup("ssh-agent-rm", "ed25519");
+    let script = format!(
+        "printf '%s' '{}' > /tmp/git.pub; echo sock=${{SSH_AUTH_SOCK-unset}}
+         {SSH} -i /tmp/git.pub root@git.test; echo git=$?",
+        s.git_pub.trim()
+    );
+    let exec = || {
+        s.sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script])
+            .ok()
+            .stdout
+    };
+    // Control: given, the key logs in.
+    let before = exec();
+    assert!(before.contains("welcome-git\ngit=0"), "{before}");
+    let given =
+        s.sb.as_user("alice", &["cred", "list", "coder", "--json"])
+            .ok()
+            .json()
+            .to_string();
+    assert!(given.contains("id_git.pub"), "{given}");
+
+    s.sb.as_user(
+        "alice",
+        &["cred", "rm", "coder", "/home/alice/.ssh/id_git.pub"],
+    )
+    .ok();
+    let listed =
+        s.sb.as_user("alice", &["cred", "list", "coder", "--json"])
+            .ok()
+            .stdout;
+    assert!(!listed.contains("id_git"), "{listed}");
+    let record =
+        std::fs::read_to_string(s.sb.host_path("/var/lib/agentuser/agents/coder.toml")).unwrap();
+    assert!(
+        !record.contains(s.git_pub.split(' ').nth(1).unwrap()),
+        "{record}"
+    );
+    let after = exec();
+    assert!(after.contains("sock=unset"), "{after}");
+    assert!(!after.contains("welcome"), "{after}");
+    assert!(after.contains("git=255"), "{after}");
+    let sockets = std::fs::read_dir(s.sb.host_path("/var/lib/agentuser/run-ssh"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(sockets, 0);
 }

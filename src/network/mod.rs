@@ -107,8 +107,10 @@ pub fn start(
         text => Some(upstream::parse_proxy(text).map_err(|e| anyhow!("upstream_proxy: {e}"))?),
     };
     let (log_file, log_start) = log::open_for_run(ctx, &record.name)?;
+    // Named after the agent: run files a killed runner leaves go with the agent (leftovers).
     let run = format!(
-        "{}-{}",
+        "{}.{}-{}",
+        record.name,
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

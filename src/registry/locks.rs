@@ -27,6 +27,18 @@ pub struct Held {
     file: Flock<File>,
 }
 
+impl Held {
+    /// Removes the lock file, still held: waiters on it start over on a new file.
+    pub fn remove(self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
@@ -35,12 +47,19 @@ impl Drop for Held {
 
 /// Takes the lock at `path` (created 0600 when missing), waiting at most [`LOCK_WAIT`].
 /// `holder` goes into the note; `what` names the lock in messages.
+///
+/// A lock file may be removed by its holder ([`Held::remove`]): a waiter that then gets the
+/// lock on the removed file opens the path again, so two processes never both hold it.
 pub fn acquire(path: &Path, holder: &str, what: &str) -> Result<Held> {
     let mut file = open(path)?;
     let start = Instant::now();
     let locked = loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => break locked,
+            Ok(locked) if still_at(&locked, path)? => break locked,
+            Ok(removed) => {
+                drop(removed);
+                file = open(path)?;
+            }
             Err((back, Errno::EWOULDBLOCK | Errno::EINTR)) => file = back,
             Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         }
@@ -64,6 +83,13 @@ pub fn acquire(path: &Path, holder: &str, what: &str) -> Result<Held> {
         .set_len(0)
         .and_then(|()| locked.write_all_at(note.as_bytes(), 0));
     Ok(Held { file: locked })
+}
+
+/// Whether the locked file is still the one at `path` (not removed by its last holder).
+fn still_at(file: &File, path: &Path) -> Result<bool> {
+    let held = file.metadata()?;
+    Ok(std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev()))
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -133,4 +159,51 @@ fn printable(text: &str) -> String {
         .take(200)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter that gets the lock of a removed file starts over: the new file at the path
+    /// is locked by it, so a third process cannot take it too.
+    #[test]
+    fn a_removed_lock_file_is_never_held_twice() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // lock files must be root's
+        }
+        let dir = std::env::temp_dir().join(format!("agentuser-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("coder");
+        let first = acquire(&path, "first", "test").unwrap();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || acquire(&path, "second", "test").unwrap())
+        };
+        // Removed only once the waiter waits on it (holds the file open).
+        while !waiter_waits(&path) {
+            std::thread::sleep(RETRY);
+        }
+        first.remove(&path).unwrap();
+        let second = waiter.join().unwrap();
+        assert!(still_at(&second.file, &path).unwrap());
+        let third = open(&path).unwrap();
+        assert!(matches!(
+            Flock::lock(third, FlockArg::LockExclusiveNonblock),
+            Err((_, Errno::EWOULDBLOCK))
+        ));
+        drop(second);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whether this process has `path` open twice: the holder's and the waiter's descriptor.
+    fn waiter_waits(path: &Path) -> bool {
+        let target = std::fs::canonicalize(path).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == target))
+            .count()
+            >= 2
+    }
 }

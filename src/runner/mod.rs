@@ -18,7 +18,7 @@ mod jobctl;
 mod launch;
 mod missing;
 mod pam;
-mod planted;
+pub(crate) mod planted;
 mod privdrop;
 mod pty;
 mod sandbox;

@@ -1,5 +1,6 @@
 //! doctor: the state agentuser keeps and its audit trail: damaged agent records, damaged
-//! uid tombstones, temp files of interrupted writes, and a missing syslog socket.
+//! uid tombstones, temp files of interrupted writes, files of agents that no longer exist,
+//! and a missing syslog socket.
 #![forbid(unsafe_code)]
 
 use crate::audit::findings::{Finding, Severity};
@@ -10,6 +11,7 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
     records(ctx, out);
     tombstones(ctx, out);
     temps(ctx, out);
+    leftovers(ctx, out);
     if !eventlog::syslog_available() {
         out.push(
             Finding::new(
@@ -95,6 +97,41 @@ fn temps(ctx: &Context, out: &mut Vec<Finding>) {
                 "left by an interrupted write; the next change of the same agent removes it",
             )
             .fix("remove it, or let the next command on that agent do it"),
+        );
+    }
+}
+
+/// Files of agents that no longer exist (for root only: the names of deleted agents and of
+/// their files are no other caller's business). A run marker among them is a run whose
+/// read-write shares were never searched for planted repositories.
+fn leftovers(ctx: &Context, out: &mut Vec<Finding>) {
+    if !ctx.caller.is_root {
+        return;
+    }
+    for (agent, paths) in crate::leftovers::orphans(ctx) {
+        let unsearched = paths.iter().any(|p| p.starts_with("runs/"));
+        let (severity, why) = if unsearched {
+            (
+                Severity::Medium,
+                "; a run marker among them: the run's read-write shares were never searched \
+                 for repositories the agent planted",
+            )
+        } else {
+            (Severity::Info, "")
+        };
+        out.push(
+            Finding::new(
+                severity,
+                "leftover",
+                format!("agent '{agent}' (deleted)"),
+                format!(
+                    "files of an agent that no longer exists remain in the state directory: {}{why}",
+                    paths.join(", ")
+                ),
+            )
+            .fix(format!(
+                "agentuser delete {agent} (as root: searches the shares the markers name, then removes them)"
+            )),
         );
     }
 }

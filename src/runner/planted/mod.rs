@@ -268,8 +268,19 @@ fn sweep_shares(shares: &[PathBuf], known: &Known, window: Window) -> Findings {
 /// any more), then removes the marker. Called before the view is planned, so nothing the
 /// agent left is taken for one of the owner's repositories.
 pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<()> {
+    recover_runs(ctx, &record.name, &guarded_shares(record))
+}
+
+/// [`recover`] for an agent without a record (`delete` of what it left): a marker cut short
+/// while being written names no shares, and none are searched for it.
+pub fn recover_without_record(ctx: &Context, agent: &str) -> Result<()> {
+    recover_runs(ctx, agent, &[])
+}
+
+/// `fallback`: the shares to search for a marker cut short while being written.
+fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> {
     let dir = runs_dir(ctx)?;
-    let prefix = format!("{}.", record.name);
+    let prefix = format!("{agent}.");
     for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -280,12 +291,12 @@ pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<()> {
         if !name.starts_with(&prefix) || !name.ends_with(".json") {
             continue;
         }
-        recover_one(ctx, record, &path)?;
+        recover_one(ctx, agent, fallback, &path)?;
     }
     Ok(())
 }
 
-fn recover_one(ctx: &Context, record: &AgentRecord, path: &Path) -> Result<()> {
+fn recover_one(ctx: &Context, agent: &str, fallback: &[PathBuf], path: &Path) -> Result<()> {
     let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -313,17 +324,16 @@ fn recover_one(ctx: &Context, record: &AgentRecord, path: &Path) -> Result<()> {
         ),
         // Cut short while being written: the record's shares, since the marker was made.
         Err(_) => (
-            guarded_shares(record),
+            fallback.to_vec(),
             Known::new(),
             locked.metadata()?.modified()? - Duration::from_secs(1),
         ),
     };
     eprintln!(
-        "agentuser: a run of '{}' ended without its runner; searching its read-write shares for planted repositories",
-        record.name
+        "agentuser: a run of '{agent}' ended without its runner; searching its read-write shares for planted repositories"
     );
     let findings = sweep_shares(&shares, &known, Window::ChangedSince(start));
-    report(ctx, &record.name, &findings);
+    report(ctx, agent, &findings);
     std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     Ok(())
 }

@@ -1,0 +1,203 @@
+//! What an agent leaves in the state directory (/var/lib/agentuser) goes with it: `delete`
+//! removes every per-agent file (record, secrets, git directories, share index, network log,
+//! run markers, the broker's run files), also those of a run whose runner was killed, and
+//! `doctor` reports what an agent that no longer exists left behind, which root's
+//! `delete NAME` removes.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+use common::net::FakeInternet;
+
+const PROJ: &str = "/home/alice/proj";
+
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Every path below `dir`, depth first.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        out.push(path.clone());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&path, out);
+        }
+    }
+}
+
+/// What of agent `name` (uid `uid`) the state directory holds: entries named after it,
+/// entries it owns, and run files of the policy point (there is no other agent).
+fn traces(sb: &Sandbox, name: &str, uid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let state = sb.host_path("/var/lib/agentuser");
+    let mut all = Vec::new();
+    walk(&state, &mut all);
+    all.into_iter()
+        .filter(|p| {
+            let relative = p
+                .strip_prefix(&state)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            relative.contains(name)
+                || relative.starts_with("run-ca/")
+                || relative.starts_with("run-ssh/")
+                || std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid || m.gid() == uid)
+        })
+        .map(|p| p.strip_prefix(&state).unwrap().display().to_string())
+        .collect()
+}
+
+/// alice's agent coder with one of everything that keeps state: a read-write share holding a
+/// repository, a brokered secret, an ssh key, an allowlist. Then a run whose runner is
+/// killed after the policy point refused a name. Returns the agent's uid.
+fn agent_with_state(sb: &Sandbox) -> u32 {
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    let uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
+    sb.sh_as(
+        "alice",
+        &format!(
+            "mkdir -p {PROJ} && cd {PROJ} && git init -q && mkdir -m 700 /home/alice/.ssh \
+             && ssh-keygen -q -t ed25519 -N '' -f /home/alice/.ssh/id_git \
+             && printf 'git.test %s\\n' \"$(cut -d' ' -f1,2 /home/alice/.ssh/id_git.pub)\" \
+                > /home/alice/.ssh/known_hosts"
+        ),
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    sb.as_user(
+        "alice",
+        &["net", "coder", "allow", "api.test", "git.test:22"],
+    )
+    .ok();
+    let mut cmd = sb.user_command(
+        "alice",
+        &["cred", "env", "coder", "API_KEY", "--host", "api.test"],
+    );
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-secret-0123456789abcdef\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    sb.as_user(
+        "alice",
+        &[
+            "cred",
+            "ssh",
+            "coder",
+            "/home/alice/.ssh/id_git.pub",
+            "--host",
+            "git.test",
+        ],
+    )
+    .ok();
+    let script = format!("getent hosts blocked.test; touch {PROJ}/ready; exec sleep 60");
+    let mut run =
+        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    assert!(eventually(
+        || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
+    ));
+    let runner = nix::unistd::Pid::from_raw(run.id() as i32);
+    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGKILL).unwrap();
+    run.wait().unwrap();
+    uid
+}
+
+#[test]
+fn delete_leaves_nothing_of_the_agent_in_the_state_dir() {
+    let sb = Sandbox::new("leftovers-delete");
+    let _internet = FakeInternet::start(&sb, &[("api.test", &["11.22.33.3"])]);
+    let uid = agent_with_state(&sb);
+    // Control: each kind of state is there to be removed.
+    let before = traces(&sb, "coder", uid).join("\n");
+    for kind in [
+        "agents/coder",
+        "secrets/coder",
+        "git/coder",
+        "index/coder",
+        "netlog/coder.log",
+        "runs/coder.",
+        "run-ca/",
+        "run-ssh/",
+    ] {
+        assert!(before.contains(kind), "no {kind} in:\n{before}");
+    }
+    sb.as_user("alice", &["delete", "coder"]).ok();
+    assert_eq!(traces(&sb, "coder", uid), Vec::<String>::new());
+    // Nothing to report either.
+    let doctor = sb.root(&["doctor", "--json"]);
+    assert!(!doctor.stdout.contains("coder"), "{doctor:#?}");
+}
+
+#[test]
+fn doctor_reports_what_a_gone_agent_left_and_roots_delete_removes_it() {
+    let sb = Sandbox::new("leftovers-doctor");
+    let _internet = FakeInternet::start(&sb, &[("api.test", &["11.22.33.3"])]);
+    let uid = agent_with_state(&sb);
+    // What an older delete, or one cut short, left behind: saved before, put back after.
+    let state = sb.host_path("/var/lib/agentuser");
+    let saved = sb.dir.join("saved");
+    let keep = ["netlog", "runs", "index", "git", "secrets"];
+    std::fs::create_dir_all(&saved).unwrap();
+    for dir in keep {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(state.join(dir))
+            .arg(saved.join(dir))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    sb.as_user("alice", &["delete", "coder"]).ok();
+    for dir in keep {
+        let status = std::process::Command::new("cp")
+            .args(["-a", "-T"])
+            .arg(saved.join(dir))
+            .arg(state.join(dir))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let left = traces(&sb, "coder", uid);
+    assert!(
+        !left.is_empty(),
+        "nothing was put back: the test proves nothing"
+    );
+
+    let doctor = sb.root(&["doctor"]);
+    assert!(doctor.stdout.contains("leftover"), "{doctor:#?}");
+    assert!(doctor.stdout.contains("netlog/coder.log"), "{doctor:#?}");
+    assert!(doctor.stdout.contains("runs/coder."), "{doctor:#?}");
+    assert!(
+        doctor.stdout.contains("agentuser delete coder"),
+        "{doctor:#?}"
+    );
+    // Only root may clear what no record says whose it was.
+    sb.as_user("alice", &["delete", "coder"])
+        .fails(1, "no such agent");
+    sb.root(&["delete", "coder"]).ok();
+    assert_eq!(traces(&sb, "coder", uid), Vec::<String>::new());
+    let doctor = sb.root(&["doctor"]);
+    assert!(!doctor.stdout.contains("coder"), "{doctor:#?}");
+}
