@@ -37,7 +37,7 @@ pub fn create(ctx: &Context, name: &str, owner: Option<&str>, comment: Option<&s
         ));
     }
     let owner = policy::authorize_create(ctx, owner)?;
-    let lock = ctx.registry.lock(name)?;
+    let lock = ctx.registry.lock_new(name)?;
 
     let record = match ctx.registry.load(name)? {
         Some(record) if record.state == AgentState::Creating => {
@@ -438,7 +438,12 @@ pub fn delete_dry_run(ctx: &Context, name: &str, how: DeleteOptions) -> Result<(
 pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
     let keep_home = how.keep_home;
     check_agent_name(name)?;
-    let lock = ctx.registry.lock(name)?;
+    // Root may delete what a name left without a record (orphans, leftovers).
+    let lock = if ctx.caller.is_root {
+        ctx.registry.lock_new(name)?
+    } else {
+        ctx.registry.lock(name)?
+    };
     let mut record = match ctx.registry.load(name) {
         Ok(Some(record)) => {
             policy::authorize_agent(ctx, &record)?;
@@ -455,7 +460,13 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
         Ok(None) if ctx.caller.is_root && !crate::leftovers::of_agent(ctx, name).is_empty() => {
             return delete_leftovers(ctx, lock, name);
         }
-        Ok(None) => bail!("agent '{name}': no such agent"),
+        Ok(None) => {
+            // Root's lock_new made the file for a name that names nothing: not kept.
+            if ctx.caller.is_root {
+                ctx.registry.remove_lock(lock)?;
+            }
+            bail!("agent '{name}': no such agent")
+        }
         Err(damage) if ctx.caller.is_root => {
             match crate::recover::rebuild(ctx, &lock, name, &damage)? {
                 Some(record) => record,

@@ -115,7 +115,22 @@ impl Registry {
     }
 
     /// Takes the lock of agent `name`, waiting at most [`LOCK_WAIT`].
+    ///
+    /// The agent must exist (its record, or its lock file, is there): a lock file is never
+    /// made for a name that names nothing, so no caller can fill root's state directory with
+    /// lock files of made-up names. `create` and root use [`Registry::lock_new`].
     pub fn lock(&self, name: &str) -> Result<Lock> {
+        crate::names::check_agent_name(name)?;
+        let exists = |path: PathBuf| std::fs::symlink_metadata(path).is_ok();
+        if !exists(self.record_path(name)) && !exists(self.root.join("locks").join(name)) {
+            bail!("agent '{name}': no such agent");
+        }
+        self.lock_new(name)
+    }
+
+    /// Takes the lock of `name` whether or not an agent of that name exists: for `create`
+    /// (after the caller was authorized to create) and for root.
+    pub fn lock_new(&self, name: &str) -> Result<Lock> {
         crate::names::check_agent_name(name)?;
         let path = self.root.join("locks").join(name);
         let held = locks::acquire(&path, &self.holder, &format!("agent '{name}'"))?;

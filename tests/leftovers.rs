@@ -201,3 +201,63 @@ fn doctor_reports_what_a_gone_agent_left_and_roots_delete_removes_it() {
     let doctor = sb.root(&["doctor"]);
     assert!(!doctor.stdout.contains("coder"), "{doctor:#?}");
 }
+
+/// A user naming agents that do not exist leaves nothing in root's state directory: no
+/// command makes a lock file (or any file) for a made-up name, so nobody can fill
+/// /var/lib/agentuser with them. Root's `delete` of such a name leaves nothing either.
+#[test]
+fn naming_agents_that_do_not_exist_makes_no_file() {
+    let sb = Sandbox::new("leftovers-noname");
+    sb.add_user("alice", &["agentuser"]);
+    sb.as_user("alice", &["create", "coder"]).ok();
+    let locks = sb.host_path("/var/lib/agentuser/locks");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut all = Vec::new();
+        walk(dir, &mut all);
+        all.iter().map(|p| p.display().to_string()).collect()
+    };
+    let before = names(&sb.host_path("/var/lib/agentuser"));
+    // Positive control: naming the agent that exists takes (and so makes) its lock file.
+    sb.as_user("alice", &["cred", "rm", "coder", "NOPE"]);
+    assert!(
+        locks.join("coder").exists(),
+        "control: coder's lock file is made"
+    );
+    for (i, args) in [
+        &["delete", "ghost0"][..],
+        &["cred", "rm", "ghost1", "X"],
+        &["cred", "list", "ghost2"],
+        &["share", "ghost3", "/home/alice"],
+        &["unshare", "ghost4", "/home/alice"],
+        &["net", "ghost5", "allow", "example.org"],
+        &[
+            "cred",
+            "ssh",
+            "ghost6",
+            "/home/alice/nokey.pub",
+            "--host",
+            "git.test",
+        ],
+        &["exec", "ghost7", "--", "true"],
+        &["set", "ghost8", "network=none"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = sb.as_user("alice", args);
+        assert_ne!(out.code, 0, "{args:?} succeeded");
+        assert!(
+            out.stderr.contains("no such agent"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(
+            !locks.join(format!("ghost{i}")).exists(),
+            "{args:?} made a lock file"
+        );
+    }
+    sb.root(&["delete", "ghost9"]);
+    let mut after = names(&sb.host_path("/var/lib/agentuser"));
+    after.retain(|p| !before.contains(p) && !p.ends_with("/locks/coder"));
+    assert!(after.is_empty(), "new files: {after:?}");
+}
