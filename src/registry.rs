@@ -121,7 +121,7 @@ impl Registry {
     /// lock files of made-up names. `create` and root use [`Registry::lock_new`].
     pub fn lock(&self, name: &str) -> Result<Lock> {
         crate::names::check_agent_name(name)?;
-        let exists = |path: PathBuf| std::fs::symlink_metadata(path).is_ok();
+        let exists = |path: PathBuf| fs::symlink_metadata(path).is_ok();
         if !exists(self.record_path(name)) && !exists(self.root.join("locks").join(name)) {
             bail!("agent '{name}': no such agent");
         }
