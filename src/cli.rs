@@ -589,7 +589,8 @@ proxy (CONNECT and plain HTTP); every other TCP connection is captured transpare
 DNS stub inside the view answers only names in the list, with addresses the policy point \
 maps back to the name. Names are resolved only by the policy point, with the host's resolver \
 configuration: a name outside the list is never resolved, so no query for it leaves the \
-host. UDP other than DNS to the stub, ICMP and raw sockets do not leave the namespace.
+host. UDP other than DNS to the stub, ICMP and raw sockets do not leave the namespace; \
+such packets are dropped and logged as refusals too.
 
 A name that resolves to a loopback, link-local, private, shared or unique-local address is \
 refused (DNS rebinding, cloud metadata at 169.254.169.254) unless the entry is that address \

@@ -22,6 +22,17 @@ print('ready', flush=True)
 srv.serve_forever()
 "#;
 
+/// A UDP echo server (argv: address, port): answers every datagram with `echo ` + it.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('ready', flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    s.sendto(b'echo ' + data, peer)
+"#;
+
 /// alice, her agent coder, and a fake internet whose DNS knows these names.
 fn setup(name: &str) -> (Sandbox, FakeInternet) {
     let sb = Sandbox::new(name);
@@ -66,6 +77,7 @@ fn setup(name: &str) -> (Sandbox, FakeInternet) {
         .status()
         .unwrap();
     internet.serve(&["python3", "-c", WEB, "169.254.169.254", "80"]);
+    internet.serve(&["python3", "-c", UDP_ECHO, net::WEB_V4, "4433"]);
     internet.serve_on_host(&["python3", "-c", WEB, "127.0.0.1", "80"]);
     (sb, internet)
 }
@@ -103,6 +115,8 @@ p raw-ip-proxy viaproxy http://11.22.33.3/
 p other-port-direct direct http://web.test:8080/
 p other-port-proxy viaproxy http://web.test:8080/
 p udp-resolver python3 /tmp/probe.py txt 11.22.33.2 secret.attacker.test
+p udp-other-port python3 /tmp/probe.py udp 11.22.33.3 4433
+p udp-allowed-name python3 /tmp/probe.py udp web.test 4433
 p rebind-loopback direct http://rebind-loopback.test/
 p rebind-metadata direct http://rebind-metadata.test/
 p rebind-metadata-proxy viaproxy http://rebind-metadata.test/
@@ -143,6 +157,10 @@ elif mode == 'txt':
     s.sendto(q, (sys.argv[2], 53))
     data = s.recv(4096)
     assert struct.unpack('!H', data[6:8])[0] > 0, 'no answer'
+elif mode == 'udp':
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.sendto(b'quic?', (sys.argv[2], int(sys.argv[3])))
+    assert s.recv(100) == b'echo quic?'
 elif mode == 'sni':
     tls(socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5), sys.argv[4])
 elif mode == 'sni-proxy':
@@ -180,11 +198,13 @@ const ALLOWED: [&str; 6] = [
     "malformed-then-ok",
 ];
 /// Attacks that reach their target on the host network (the positive controls).
-const ATTACKS: [&str; 10] = [
+const ATTACKS: [&str; 12] = [
     "other-name-direct",
     "raw-ip-direct",
     "other-port-direct",
     "udp-resolver",
+    "udp-other-port",
+    "udp-allowed-name",
     "rebind-loopback",
     "rebind-metadata",
     "other-sni-direct",
@@ -259,6 +279,8 @@ fn allowlist_reaches_allowed_destinations_only_and_logs_every_refusal() {
         "tls.test:443: TLS server name evil.test",
         "[2a0f:77::3]:80: not in the allowlist",
         "localhost:80: not in the allowlist",
+        "udp 11.22.33.3:4433: only TCP",
+        "udp web.test:4433: only TCP",
     ] {
         assert!(log.contains(needle), "log lacks {needle:?}: {log}");
     }

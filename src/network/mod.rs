@@ -14,6 +14,7 @@ pub mod commands;
 mod dns;
 pub mod log;
 pub mod netns;
+mod nflog;
 mod point;
 mod proxy;
 mod tls;

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use super::nflog::GROUP;
 use super::{CAPTURE_PORT, DNS_PORT};
 
 /// The agent's own address for connections through loopback: the first address of the DNS
@@ -24,7 +25,9 @@ const NFT_PATHS: [&str; 2] = ["/usr/sbin/nft", "/sbin/nft"];
 
 /// The netfilter ruleset of the agent's namespace. DNS to any address (127.0.0.53 included)
 /// goes to the stub; the agent's own loopback stays its own; every other TCP connection, IPv4
-/// or IPv6, goes to the capture listener.
+/// or IPv6, goes to the capture listener. What is then still addressed outside the namespace
+/// (UDP other than DNS, ICMP, any other protocol) is dropped, and reported to the policy
+/// point's log ([`super::nflog`]) at most 50 times a second.
 pub fn ruleset() -> String {
     format!(
         "table inet agentuser {{
@@ -34,6 +37,12 @@ pub fn ruleset() -> String {
     ip daddr 127.0.0.0/8 return
     ip6 daddr ::1 return
     meta l4proto tcp redirect to :{CAPTURE_PORT}
+  }}
+  chain leave {{
+    type filter hook output priority 0; policy accept;
+    fib daddr type local accept
+    limit rate 50/second burst 100 packets log group {GROUP}
+    drop
   }}
 }}
 "

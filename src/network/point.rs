@@ -66,6 +66,8 @@ struct Listeners {
     dns4: std::net::UdpSocket,
     dns6: std::net::UdpSocket,
     localhost: Vec<(std::net::TcpListener, u16)>,
+    /// Reports of the packets the ruleset drops ([`super::nflog`]).
+    refused: OwnedFd,
 }
 
 /// Forks the policy point; returns its pid.
@@ -194,6 +196,7 @@ fn bind_listeners(localhost: &[u16]) -> Result<Listeners> {
         dns4: udp(v4(DNS_PORT))?,
         dns6: udp(v6(DNS_PORT))?,
         localhost: forwards,
+        refused: super::nflog::open()?,
     })
 }
 
@@ -304,6 +307,7 @@ fn serve(listeners: Listeners, shared: Shared, ssh: Option<crate::broker::ssh::A
             ));
             tokio::spawn(proxy::serve_dns(udp(listeners.dns4)?, shared.clone()));
             tokio::spawn(proxy::serve_dns(udp(listeners.dns6)?, shared.clone()));
+            super::nflog::serve(listeners.refused, shared.clone())?;
             for (listener, port) in listeners.localhost {
                 let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
                 tokio::spawn(proxy::serve_forward(tcp(listener)?, target));
