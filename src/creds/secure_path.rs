@@ -87,7 +87,7 @@ pub fn open(path: &Path, trusted: &[u32], links: Links) -> Result<File> {
             distrust.get_or_insert(e);
         }
         if pending.is_empty() {
-            let file = open_file(dir, &name, &meta, &here)?;
+            let file = open_file(dir, &name, &fd, &meta, &here)?;
             return match distrust {
                 Some(e) => Err(e),
                 None => Ok(file),
@@ -124,17 +124,34 @@ fn open_step(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag) -> Result<OwnedF
 }
 
 /// Opens the last component for reading: only a regular file (opening a FIFO or a device
-/// can block or have effects), and only the very inode that was checked.
+/// can block or have effects), and only the very inode that was checked. The checked `O_PATH`
+/// descriptor is reopened through /proc/self/fd, so no name is looked up again: a file swapped
+/// in by whoever can write the directory (a step that may be distrusted, reported after the
+/// open) is never opened, not even with the reader's rights. Without /proc, by name, and the
+/// inode compared.
 fn open_file(
     dir: &OwnedFd,
     name: &OsStr,
+    checked_fd: &OwnedFd,
     checked: &std::fs::Metadata,
     shown: &Path,
 ) -> Result<File> {
     check_kind(checked).with_context(|| shown.display().to_string())?;
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-    let file =
-        File::from(open_step(Some(dir), name, flags).with_context(|| shown.display().to_string())?);
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let reopened = nix::fcntl::open(
+        format!("/proc/self/fd/{}", checked_fd.as_raw_fd()).as_str(),
+        flags,
+        Mode::empty(),
+    );
+    let fd = match reopened {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => open_step(Some(dir), name, flags | OFlag::O_NOFOLLOW)
+            .with_context(|| shown.display().to_string())?,
+        Err(e) => {
+            return Err(std::io::Error::from(e)).with_context(|| shown.display().to_string());
+        }
+    };
+    let file = File::from(fd);
     let meta = file.metadata()?;
     if (meta.dev(), meta.ino()) != (checked.dev(), checked.ino()) {
         bail!("{}: replaced while it was opened", shown.display());
@@ -214,4 +231,42 @@ fn is_unsupported(err: &posix_acl::ACLError) -> bool {
     err.as_io_error()
         .and_then(std::io::Error::raw_os_error)
         .is_some_and(|errno| errno == libc::EOPNOTSUPP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last step's name swapped for a FIFO between the check and the open (what whoever
+    /// can write the directory can do): the checked file is opened, the FIFO never.
+    #[test]
+    fn the_checked_inode_is_opened_not_what_the_name_now_holds() {
+        let dir =
+            std::env::temp_dir().join(format!("agentuser-secure-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("token"), "checked").unwrap();
+        let dir_fd = open_step(None, dir.as_os_str(), OFlag::O_PATH | OFlag::O_DIRECTORY).unwrap();
+        let name = OsStr::new("token");
+        let checked_fd = open_step(Some(&dir_fd), name, OFlag::O_PATH | OFlag::O_NOFOLLOW).unwrap();
+        let checked = File::from(checked_fd.try_clone().unwrap())
+            .metadata()
+            .unwrap();
+        std::fs::rename(dir.join("token"), dir.join("moved")).unwrap();
+        nix::unistd::mkfifo(&dir.join("token"), Mode::from_bits_truncate(0o600)).unwrap();
+        // Control: by name, the open now reaches the FIFO.
+        let by_name = open_step(Some(&dir_fd), name, OFlag::O_RDONLY | OFlag::O_NONBLOCK).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            File::from(by_name)
+                .metadata()
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        let file = open_file(&dir_fd, name, &checked_fd, &checked, Path::new("token")).unwrap();
+        assert!(file.metadata().unwrap().is_file());
+        assert_eq!(std::io::read_to_string(file).unwrap(), "checked");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
