@@ -394,7 +394,8 @@ With --host the credential is brokered: the agent never holds the value. Its env
 gets a placeholder of the same shape (same prefix, length and alphabet, unique to the \
 agent); in the allowlist network mode the policy point terminates TLS to the given hosts \
 only (with a certificate authority made for the run and trusted in the agent's view) and \
-puts the value in place of the placeholder in request headers and URLs sent to them. A \
+puts the value in place of the placeholder in request headers (Basic credentials included, \
+as git sends a token) and URLs sent to them. A \
 request carrying the placeholder anywhere else (another host, plain HTTP, a plain TCP \
 stream) is refused and logged as a likely exfiltration attempt. The value needs at least \
 16 letters or digits after its prefix.")]

@@ -138,7 +138,7 @@ fn rewrite(
     }
     let headers = req.headers_mut();
     for value in headers.values_mut() {
-        if let Some(swapped) = broker.secrets.substitute(value.as_bytes(), host)? {
+        if let Some(swapped) = broker.secrets.substitute_header(value.as_bytes(), host)? {
             if let Ok(mut new) = HeaderValue::from_bytes(&swapped) {
                 new.set_sensitive(true);
                 *value = new;

@@ -16,6 +16,8 @@ pub mod intercept;
 pub mod placeholder;
 pub mod ssh;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use zeroize::Zeroizing;
 
 /// One brokered secret, as the policy point holds it.
@@ -133,6 +135,47 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// [`Secrets::substitute`] for a header value, looking also inside HTTP Basic credentials
+    /// (`Basic base64(user:password)`: how git, curl `-u` and most HTTP libraries send a
+    /// token as a password), which are decoded, swapped and encoded again.
+    pub fn substitute_header(
+        &self,
+        value: &[u8],
+        host: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, Leak> {
+        if let Some(swapped) = self.substitute(value, host)? {
+            return Ok(Some(swapped));
+        }
+        let Some(decoded) = basic_credentials(value) else {
+            return Ok(None);
+        };
+        let Some(swapped) = self.substitute(&decoded, host)? else {
+            return Ok(None);
+        };
+        let mut out = Zeroizing::new(b"Basic ".to_vec());
+        out.extend_from_slice(Zeroizing::new(BASE64.encode(swapped.as_slice())).as_bytes());
+        Ok(Some(out))
+    }
+
+    /// [`Secrets::find`] for a header value, looking also inside HTTP Basic credentials.
+    pub fn find_in_header(&self, value: &[u8]) -> Option<&Secret> {
+        self.find(value)
+            .or_else(|| basic_credentials(value).and_then(|decoded| self.find(&decoded)))
+    }
+}
+
+/// The decoded `user:password` of an HTTP Basic `Authorization` value (RFC 7617: the scheme
+/// is case-insensitive); None for anything else.
+fn basic_credentials(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let encoded = rest.trim_ascii();
+    BASE64.decode(encoded).ok().map(Zeroizing::new)
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && memchr::memmem::find(haystack, needle).is_some()
 }
@@ -193,6 +236,41 @@ mod tests {
             s.find(b"..gh-PLACEHOLDERb..").map(|s| &s.var[..]),
             Some("B")
         );
+    }
+
+    #[test]
+    fn basic_credentials_are_swapped_inside() {
+        let s = secrets();
+        let basic = |text: &str| format!("Basic {}", BASE64.encode(text));
+        let sent = basic("x-access-token:sk-PLACEHOLDERa");
+        let out = s
+            .substitute_header(sent.as_bytes(), "api.test")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&out[..], basic("x-access-token:sk-REALVALUEaaa").as_bytes());
+        // The scheme is case-insensitive; other schemes and garbage are left alone.
+        let lower = sent.replacen("Basic", "basic", 1);
+        assert!(
+            s.substitute_header(lower.as_bytes(), "api.test")
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.substitute_header(b"Basic !!notbase64", "api.test"),
+            Ok(None)
+        );
+        assert_eq!(s.substitute_header(b"Digest x", "api.test"), Ok(None));
+        // Toward a host the secret is not bound to: a leak, found inside the encoding too.
+        assert_eq!(
+            s.substitute_header(sent.as_bytes(), "git.test"),
+            Err(Leak { var: "A".into() })
+        );
+        assert_eq!(
+            s.find_in_header(sent.as_bytes()).map(|s| &s.var[..]),
+            Some("A")
+        );
+        // Control: without decoding, the placeholder is not seen.
+        assert!(s.find(sent.as_bytes()).is_none());
     }
 
     #[test]

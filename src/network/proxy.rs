@@ -455,7 +455,7 @@ fn placeholder_in_plain_request(
     let found = broker.secrets.find(uri.as_bytes()).or_else(|| {
         req.headers()
             .values()
-            .find_map(|v| broker.secrets.find(v.as_bytes()))
+            .find_map(|v| broker.secrets.find_in_header(v.as_bytes()))
     })?;
     let leak = crate::broker::Leak {
         var: found.var.clone(),
