@@ -14,8 +14,7 @@ const PROJ: &str = "/home/alice/proj";
 /// alice (0700 home), her agent `coder`, and her repository `proj` with one commit on
 /// `main`. Returns the agent's uid.
 fn setup(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     owner(
         sb,
         &format!(
@@ -31,7 +30,7 @@ fn setup(sb: &Sandbox) -> u32 {
 
 /// A shell script as the agent inside its view (through `exec`, as alice).
 fn agent(sb: &Sandbox, script: &str) -> Out {
-    sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script])
+    sb.exec_sh("alice", "coder", script)
 }
 
 /// Installs the remote helper script into the sandbox (as install.sh does beside the

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Out, Sandbox};
+use common::{Background, Out, Sandbox, eventually};
 
 fn exec(sb: &Sandbox, agent: &str, script: &str) -> Out {
     sb.root(&["exec", agent, "--", "/bin/sh", "-c", script])
@@ -268,19 +268,14 @@ fn the_terminal_works_like_a_terminal() {
 fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
     let sb = setup("runner-view");
     // A process of the owner with a secret in its argv, and a file in the shared /tmp.
-    let mut owner_proc = sb.spawn(sb.command(&[
-        "setpriv",
-        "--reuid",
+    let owner_proc = Background(sb.spawn(sb.command_as(
         "alice",
-        "--regid",
-        "alice",
-        "--init-groups",
-        "--",
-        "bash",
-        "-c",
-        "exec -a 'mysql --password=hunter2' sleep 60",
-    ]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+        &["bash", "-c", "exec -a 'mysql --password=hunter2' sleep 60"],
+    )));
+    let cmdline = format!("/proc/{}/cmdline", owner_proc.id());
+    assert!(eventually(
+        || std::fs::read_to_string(&cmdline).is_ok_and(|c| c.contains("hunter2"))
+    ));
     sb.sh("echo owner-temp > /tmp/owner-file && chmod 644 /tmp/owner-file")
         .ok();
     // Control: a plain uid switch reaches all of it.
@@ -340,8 +335,7 @@ fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
         sb.host_path("/var/lib/agentuser/homes/agent-coder/note")
             .exists()
     );
-    let _ = owner_proc.kill();
-    let _ = owner_proc.wait();
+    drop(owner_proc);
 }
 
 #[test]
