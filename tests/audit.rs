@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// Starts `script` under python3 as root inside the sandbox and waits for its first line.
 fn python(sb: &Sandbox, script: &str) -> (Background, String) {
-    let (helper, line) = sb.start(sb.command(&["python3", "-c", script]));
+    let (helper, line) = Background::start(sb.command(&["python3", "-c", script]));
     (helper, line.trim().to_string())
 }
 

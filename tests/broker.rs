@@ -6,7 +6,7 @@
 mod common;
 
 use common::net::{self, FakeInternet, policy_point};
-use common::{Out, Sandbox};
+use common::{Background, Out, Sandbox};
 
 /// The real value: never in anything the agent can read.
 const REAL: &str = "sk-ant-api03-REALsecretVALUE0123456789abcdefXYZ";
@@ -260,7 +260,7 @@ fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
     let (sb, _internet) = setup("broker-reach");
     broker_real(&sb);
     std::fs::write(sb.dir.join("tmp/scan.py"), SCAN_MEMORY).unwrap();
-    let (run, line) = sb.start(sb.exec_sh_command(
+    let (run, line) = Background::start(sb.exec_sh_command(
         "alice",
         "coder",
         "curl -s -m 10 https://api.test/ -H \"x-api-key: $ANTHROPIC_API_KEY\" >/dev/null; \
@@ -272,7 +272,7 @@ fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
     // agent's uid reads the memory of a process of its own holding it.
     let root = sb.sh(&format!("python3 /tmp/scan.py {pid} {REAL}")).stdout;
     assert_eq!(root.trim(), "FOUND", "control (root): {root}");
-    let (own, _) = sb.start(sb.command_as(
+    let (own, _) = Background::start(sb.command_as(
         "agent-coder",
         &[
             "python3", "-c",
@@ -493,7 +493,7 @@ fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
     ))
     .ok();
     let leaked = format!("LEAKED={REAL}");
-    let (process, _) = sb.start(sb.command_as(
+    let (process, _) = Background::start(sb.command_as(
         "agent-coder",
         &["env", &leaked, "sh", "-c", "echo up; sleep 60"],
     ));

@@ -425,14 +425,13 @@ fn nothing_the_agent_starts_outlives_the_run() {
 fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     let sb = setup("runner-network");
     let port = 20000 + (sb.uid_base / 1000) % 20000;
-    let mut listener = sb.spawn(sb.command(&[
+    let (listener, _) = Background::start(sb.command(&[
         "python3",
         "-c",
         &format!(
             "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen(16)\nprint('up',flush=True)\ntime.sleep(60)"
         ),
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = format!(
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1',{port}),timeout=3); print('CONNECTED')\" 2>/dev/null; \
          python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print('LOOPBACK-UP')\""
@@ -468,19 +467,17 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
         "--network none reached the host: {none:#?}"
     );
     assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
 
     // An abstract unix socket of root's (like X11's @/tmp/.X11-unix/X0) on the host network.
     let name = format!("agentuser-test-{port}");
-    let mut abstract_listener = sb.spawn(sb.command(&[
+    let (abstract_listener, _) = Background::start(sb.command(&[
         "python3",
         "-c",
         &format!(
-            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\ntime.sleep(60)"
+            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\nprint('up',flush=True)\ntime.sleep(60)"
         ),
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = format!(
         "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('CONNECTED')\""
     );
@@ -508,8 +505,7 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
             "abstract socket reached: {out:#?}"
         );
     }
-    let _ = abstract_listener.kill();
-    let _ = abstract_listener.wait();
+    drop(abstract_listener);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Sandbox;
+use common::{Background, Sandbox};
 
 /// Every ACL entry naming `uid` under `path` (access and default, symlinks not followed),
 /// one `PATH access|default PERM` line each. Read through the raw extended attributes with
@@ -686,7 +686,7 @@ while True:
         except OSError:
             pass
 "#;
-    let (racing, _) = sb.start(sb.command_as("agent-coder", &["python3", "-c", racer]));
+    let (racing, _) = Background::start(sb.command_as("agent-coder", &["python3", "-c", racer]));
     let before = getfacl(&sb, "/home/rootstuff") + &getfacl(&sb, "/home/rootstuff/secret");
     for round in 0..4 {
         let args: &[&str] = if round % 2 == 0 {

@@ -292,20 +292,6 @@ set +e
         cmd.spawn().expect("spawning a sandbox command")
     }
 
-    /// Starts `cmd` in the background and waits for the first line it prints (a process
-    /// that says when it is ready: a server, an attack's target, a run to look at). The
-    /// line is returned as read, newline included; a process that ends first fails the
-    /// test.
-    pub fn start(&self, cmd: Command) -> (Background, String) {
-        let mut child = self.spawn(cmd);
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(!line.is_empty(), "{child:?} ended before it printed a line");
-        (Background(child), line)
-    }
-
     /// Adds a human test user with a 0755 home under /home and returns its uid.
     pub fn add_user(&self, name: &str, groups: &[&str]) -> u32 {
         let n = self.next_user.get();
@@ -480,6 +466,21 @@ impl Drop for Sandbox {
 pub struct Background(pub Child);
 
 impl Background {
+    /// Starts `cmd` (stdout and stderr piped) and waits for the first line it prints: a
+    /// process that says when it is ready (a server, an attack's target, a run to look at).
+    /// The line is returned as read, newline included; a process that ends first fails
+    /// the test.
+    pub fn start(mut cmd: Command) -> (Background, String) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting a background process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(!line.is_empty(), "{cmd:?} ended before it printed a line");
+        (Background(child), line)
+    }
+
     pub fn id(&self) -> u32 {
         self.0.id()
     }
