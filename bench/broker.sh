@@ -15,17 +15,7 @@ out=bench/results/broker.md
 runs=${RUNS:-5}
 n=${REQUESTS:-500}
 
-unshare --net -- sleep 3600 & host_pid=$!
-unshare --net -- sleep 3600 & inet_pid=$!
-trap 'kill $host_pid $inet_pid 2>/dev/null; rm -rf "$BENCH_DIR"' EXIT
-sleep 0.3
-nsenter --net=/proc/$host_pid/ns/net -- sh -ec "
-ip link set lo up; ip link add vh type veth peer name vi; ip link set vi netns $inet_pid
-ip addr add 11.22.33.1/24 dev vh; ip link set vh up"
-nsenter --net=/proc/$inet_pid/ns/net -- sh -ec "
-ip link set lo up; ip addr add 11.22.33.2/24 dev vi; ip addr add 11.22.33.3/24 dev vi; ip link set vi up"
-echo "nameserver 11.22.33.2" > "$BENCH_DIR/etc/resolv.conf"
-sed -i 's/^hosts:.*/hosts: files dns/' "$BENCH_DIR/etc/nsswitch.conf"
+fake_internet
 # The test CA, a leaf for both names, the CA in the benchmark's system bundle.
 (cd "$BENCH_DIR"
  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -39,18 +29,9 @@ sed -i 's/^hosts:.*/hosts: files dns/' "$BENCH_DIR/etc/nsswitch.conf"
  head -c 256M /dev/zero > upload)
 chmod 644 "$BENCH_DIR/upload"
 key="sk-bench-$(head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40)"
-# DNS: every name -> 11.22.33.3.
-nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
-import socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("11.22.33.2", 53))
-while True:
-    d, p = s.recvfrom(512); end = d.index(b"\0", 12) + 5
-    a = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton("11.22.33.3") if d[end-4:end-2] == b"\0\1" else b""
-    s.sendto(d[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if a else 0, 0, 0) + d[12:end] + a, p)
-' &
 # HTTPS, HTTP/1.1 keep-alive: GET answers "real" when x-api-key is the real value (so the
 # benchmark checks the swap happened), PUT reads and drops the body.
-nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
+in_internet python3 -c '
 import http.server, ssl, sys
 key = sys.argv[3]
 class H(http.server.BaseHTTPRequestHandler):
@@ -128,7 +109,7 @@ hyperfine -N --style basic --warmup 1 --runs $runs --export-json $BENCH_DIR/up.j
   -n tunnel "$BIN exec bench --network allowlist -- \$up https://tunnel.test/up" \
   -n injection "$BIN exec bench --network allowlist -- \$up https://bound.test/up" </dev/null
 RUN
-nsenter --net=/proc/$host_pid/ns/net -- bash -c "$(declare -f in_sandbox); BENCH_DIR=$BENCH_DIR in_sandbox 'bash $BENCH_DIR/run.sh'"
+in_host bash -c "$(declare -f in_sandbox); BENCH_DIR=$BENCH_DIR in_sandbox 'bash $BENCH_DIR/run.sh'"
 
 row() { read -r median p99 < "$BENCH_DIR/lat-$2-$3"; echo "| $1 | $median | $p99 |"; }
 added() {

@@ -37,28 +37,26 @@ loop=\$!
 run busy
 kill \$loop; wait \$loop 2>/dev/null || true
 "
+# section NAME TITLE: the table of batch NAME and each network mode's ratio to runuser.
+section() {
+    echo "## $2"
+    echo
+    cat "$BENCH_DIR/$1.md"
+    echo
+    for n in none host allowlist; do
+        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/$1.json" "agentuser --network $n" runuser)x**"
+    done
+    echo
+}
+
 {
     echo "# exec, 50 in parallel, vs runuser"
     echo
     echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; hyperfine, $runs runs of each batch of 200"
     echo "commands run 50 at a time (xargs -P50); the agent has one empty read-write share."
     echo
-    echo "## Quiet"
-    echo
-    cat "$BENCH_DIR/quiet.md"
-    echo
-    for n in none host allowlist; do
-        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/quiet.json" "agentuser --network $n" runuser)x**"
-    done
-    echo
-    echo "## While another agent's share/unshare of 1,000 files loops in the background"
-    echo
-    cat "$BENCH_DIR/busy.md"
-    echo
-    for n in none host allowlist; do
-        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/busy.json" "agentuser --network $n" runuser)x**"
-    done
-    echo
+    section quiet "Quiet"
+    section busy "While another agent's share/unshare of 1,000 files loops in the background"
     echo "Target: at most 1.5x runuser for none and host."
 } > "$out"
 cat "$out"

@@ -41,3 +41,49 @@ runs = {r["command"]: r["mean"] for r in json.load(open(sys.argv[1]))["results"]
 print(f"{runs[sys.argv[2]] / runs[sys.argv[3]]:.2f}")
 PY
 }
+
+# fake_internet: two network namespaces joined by a veth pair, as tests/common/net.rs
+# builds. The host one (11.22.33.1) is where the benchmark runs (in_host CMD...); the
+# internet has a DNS server on 11.22.33.2 that answers every name with 11.22.33.3, where the
+# benchmark's servers go (in_internet CMD... &). The benchmark's copy of /etc resolves
+# through that DNS. On exit every process in either namespace is killed (a server's pid
+# may be a launcher's, not its own).
+fake_internet() {
+    unshare --net -- sleep 3600 & host_pid=$!
+    unshare --net -- sleep 3600 & inet_pid=$!
+    sleep 0.3
+    host_ns=$(readlink /proc/$host_pid/ns/net)
+    inet_ns=$(readlink /proc/$inet_pid/ns/net)
+    trap 'kill_in_namespaces "$host_ns" "$inet_ns"; rm -rf "$BENCH_DIR"' EXIT
+    in_host sh -ec "
+ip link set lo up; ip link add vh type veth peer name vi; ip link set vi netns $inet_pid
+ip addr add 11.22.33.1/24 dev vh; ip link set vh up"
+    in_internet sh -ec "
+ip link set lo up; ip addr add 11.22.33.2/24 dev vi; ip addr add 11.22.33.3/24 dev vi; ip link set vi up"
+    echo "nameserver 11.22.33.2" > "$BENCH_DIR/etc/resolv.conf"
+    sed -i 's/^hosts:.*/hosts: files dns/' "$BENCH_DIR/etc/nsswitch.conf"
+    in_internet python3 -c '
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("11.22.33.2", 53))
+while True:
+    d, p = s.recvfrom(512); end = d.index(b"\0", 12) + 5
+    a = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton("11.22.33.3") if d[end-4:end-2] == b"\0\1" else b""
+    s.sendto(d[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if a else 0, 0, 0) + d[12:end] + a, p)
+' &
+}
+
+in_host() { nsenter --net=/proc/$host_pid/ns/net -- "$@"; }
+in_internet() { nsenter --net=/proc/$inet_pid/ns/net -- "$@"; }
+
+# kill_in_namespaces NS...: kills every process whose network namespace is one of NS
+# (as readlink /proc/PID/ns/net names it).
+kill_in_namespaces() {
+    local p ns want
+    for p in /proc/[0-9]*; do
+        ns=$(readlink "$p/ns/net" 2>/dev/null) || continue
+        for want in "$@"; do
+            [ "$ns" = "$want" ] && kill "${p#/proc/}" 2>/dev/null
+        done
+    done
+    return 0
+}

@@ -111,6 +111,20 @@ impl Caller {
         }
     }
 
+    /// The identity whose rights resolve paths the caller names: root's for a root caller
+    /// (under sudo too: the caller has root's authority), the caller's own otherwise.
+    pub fn path_rights(&self) -> Identity {
+        if self.is_root {
+            Identity {
+                uid: 0,
+                gid: 0,
+                groups: Vec::new(),
+            }
+        } else {
+            self.identity()
+        }
+    }
+
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }

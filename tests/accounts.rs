@@ -138,6 +138,16 @@ fn keep_home_keeps_only_the_home() {
     );
 }
 
+/// How many agents `list --json` shows root.
+fn agent_count(sb: &Sandbox) -> usize {
+    sb.root(&["list", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let sb = Sandbox::new("bad-input");
@@ -165,15 +175,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     sb.root(&["delete", "ghost"]).fails(1, "no such agent");
     sb.root(&["frobnicate"]).fails(2, "unrecognized subcommand");
     sb.root(&["exec", "coder"]).fails(2, "");
-    assert_eq!(
-        sb.root(&["list", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(agent_count(&sb), 1);
 
     // Names of existing system accounts, with a template that maps names to themselves.
     sb.write_config("user_template = \"{name}\"");
@@ -183,15 +185,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         }
         sb.root(&["create", name]).fails(1, "is not an agent");
     }
-    assert_eq!(
-        sb.root(&["list", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(agent_count(&sb), 1);
 }
 
 #[test]

@@ -2,41 +2,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 
-use common::Sandbox;
+use common::{Background, Sandbox};
 use serde_json::Value;
 
-/// Kills a helper process (a listener started for the test) when the test ends, failure
-/// included.
-struct Killer(Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `script` under python3 as root inside the sandbox and waits for its first line.
-fn python(sb: &Sandbox, script: &str) -> (Killer, String) {
-    let mut child = sb.spawn(sb.command(&["python3", "-c", script]));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.is_empty(), "helper did not start: {script}");
-    (Killer(child), line.trim().to_string())
+fn python(sb: &Sandbox, script: &str) -> (Background, String) {
+    let (helper, line) = Background::start(sb.command(&["python3", "-c", script]));
+    (helper, line.trim().to_string())
 }
 
 struct LeakyHost {
     sb: Sandbox,
     port: String,
     abstract_name: String,
-    _helpers: Vec<Killer>,
+    _helpers: Vec<Background>,
 }
 
 /// An owner with a 0755 home holding a 0644 .netrc and a .bashrc exporting a key, a root

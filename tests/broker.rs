@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
-
-use common::net::{self, FakeInternet};
-use common::{Out, Sandbox};
+use common::net::{self, FakeInternet, policy_point};
+use common::{Background, Out, Sandbox};
 
 /// The real value: never in anything the agent can read.
 const REAL: &str = "sk-ant-api03-REALsecretVALUE0123456789abcdefXYZ";
@@ -51,8 +48,7 @@ fn run_host(script: &str) {
 /// with the echo server, and the test CA in the sandbox's CA store.
 fn setup(name: &str) -> (Sandbox, FakeInternet) {
     let sb = Sandbox::new(name);
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     let mut internet = FakeInternet::start(
         &sb,
         &[
@@ -73,18 +69,7 @@ fn setup(name: &str) -> (Sandbox, FakeInternet) {
            -extfile ext -out leaf.pem 2>/dev/null
          cat ca.pem >> etc/ssl/certs/ca-certificates.crt"
     ));
-    std::process::Command::new("nsenter")
-        .args([
-            &format!("--net={}", internet.internet_ns),
-            "ip",
-            "addr",
-            "add",
-            &format!("{ECHO_V4}/24"),
-            "dev",
-            "vi",
-        ])
-        .status()
-        .unwrap();
+    internet.internet_ip(&["addr", "add", &format!("{ECHO_V4}/24"), "dev", "vi"]);
     let (leaf, key) = (format!("{d}/leaf.pem"), format!("{d}/leaf.key"));
     internet.serve(&["python3", "-c", ECHO_HTTPS, ECHO_V4, &leaf, &key]);
     sb.as_user(
@@ -104,22 +89,24 @@ fn setup(name: &str) -> (Sandbox, FakeInternet) {
 
 /// `agentuser ARGS` as alice with `value` on standard input.
 fn with_stdin(sb: &Sandbox, args: &[&str], value: &str) -> Out {
-    let mut cmd = sb.user_command("alice", args);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    Out::from(child.wait_with_output().unwrap())
+    sb.run_with_stdin(sb.user_command("alice", args), value.as_bytes())
+}
+
+/// Stores REAL as coder's ANTHROPIC_API_KEY, brokered toward api.test.
+fn broker_real(sb: &Sandbox) {
+    let args = [
+        "cred",
+        "env",
+        "coder",
+        "ANTHROPIC_API_KEY",
+        "--host",
+        "api.test",
+    ];
+    with_stdin(sb, &args, REAL).ok();
 }
 
 fn exec(sb: &Sandbox, script: &str) -> Out {
-    sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script])
+    sb.exec_sh("alice", "coder", script)
 }
 
 /// Each line `NAME:` then what the command printed (one line), so results can be looked up.
@@ -291,71 +278,30 @@ except OSError as e:
     print('DENIED', e)
 "#;
 
-/// The policy point: the only process of the sandbox's agentuser-net uid.
-fn policy_point(sb: &Sandbox) -> i32 {
-    let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
-    for _ in 0..200 {
-        // This sandbox's own point: other tests run policy points as the same uid at the
-        // same time; the command line names this sandbox's binary.
-        let pids = sb
-            .sh(&format!("pgrep -u {uid} -f '^{} '", sb.bin.display()))
-            .stdout;
-        if let Some(pid) = pids.lines().next() {
-            return pid.trim().parse().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("no policy point found");
-}
-
 #[test]
 fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
     let (sb, _internet) = setup("broker-reach");
-    let store = |args: &[&str], value: &str| with_stdin(&sb, args, value).ok();
-    store(
-        &[
-            "cred",
-            "env",
-            "coder",
-            "ANTHROPIC_API_KEY",
-            "--host",
-            "api.test",
-        ],
-        REAL,
-    );
+    broker_real(&sb);
     std::fs::write(sb.dir.join("tmp/scan.py"), SCAN_MEMORY).unwrap();
-    let mut run = sb.spawn(sb.user_command(
+    let (run, line) = Background::start(sb.exec_sh_command(
         "alice",
-        &[
-            "exec",
-            "coder",
-            "--",
-            "/bin/sh",
-            "-c",
-            "curl -s -m 10 https://api.test/ -H \"x-api-key: $ANTHROPIC_API_KEY\" >/dev/null; \
-             echo started; sleep 60",
-        ],
+        "coder",
+        "curl -s -m 10 https://api.test/ -H \"x-api-key: $ANTHROPIC_API_KEY\" >/dev/null; \
+         echo started; sleep 60",
     ));
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(run.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
     assert_eq!(line, "started\n");
-    let pid = policy_point(&sb);
+    let (pid, _) = policy_point(&sb);
     // Control: the value is in the policy point's memory (root reads it there), and the
     // agent's uid reads the memory of a process of its own holding it.
     let root = sb.sh(&format!("python3 /tmp/scan.py {pid} {REAL}")).stdout;
     assert_eq!(root.trim(), "FOUND", "control (root): {root}");
-    let mut own = sb.spawn(sb.command(&[
-        "setpriv", "--reuid", "agent-coder", "--regid", "agent-coder", "--init-groups", "--",
-        "python3", "-c",
-        &format!("import time; s = ''.join(['{REAL}'[:10], '{}']); print('up', flush=True); time.sleep(60)", &REAL[10..]),
-    ]));
-    let mut up = String::new();
-    std::io::BufReader::new(own.stdout.take().unwrap())
-        .read_line(&mut up)
-        .unwrap();
+    let (own, _) = Background::start(sb.command_as(
+        "agent-coder",
+        &[
+            "python3", "-c",
+            &format!("import time; s = ''.join(['{REAL}'[:10], '{}']); print('up', flush=True); time.sleep(60)", &REAL[10..]),
+        ],
+    ));
     let control = sb
         .sh_as(
             "agent-coder",
@@ -363,8 +309,7 @@ fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
         )
         .stdout;
     assert_eq!(control.trim(), "FOUND", "control (own process): {control}");
-    let _ = own.kill();
-    let _ = own.wait();
+    drop(own);
     // The attacks, as the agent's uid at its most powerful (outside any view).
     let attack = sb
         .sh_as(
@@ -396,11 +341,10 @@ fn the_real_value_is_out_of_the_agents_reach_and_audit_flags_raw_values() {
         .sh("grep -rl 'PRIVATE KEY' /var/lib/agentuser; echo end")
         .stdout;
     assert_eq!(keys, "end\n");
-    let _ = run.kill();
-    let _ = run.wait();
+    drop(run);
 
     // audit: a raw env value is flagged, the brokered one is not.
-    store(&["cred", "env", "coder", "RAW_TOKEN"], RAW);
+    with_stdin(&sb, &["cred", "env", "coder", "RAW_TOKEN"], RAW).ok();
     let audit = sb.as_user("alice", &["audit", "coder", "--json"]).json();
     let findings = audit["findings"].as_array().unwrap();
     let raw: Vec<_> = findings
@@ -416,6 +360,15 @@ const AUTH_COPY: &str = "/var/lib/agentuser/homes/agent-coder/.config/opencode/a
 
 fn auth_json(key: &str, extra: &str) -> String {
     format!("{{\"anthropic\":{{\"type\":\"api\",\"key\":\"{key}\"}}{extra}}}\n")
+}
+
+/// alice's opencode auth file (AUTH, 0600), holding REAL.
+fn write_auth(sb: &Sandbox) {
+    let auth = auth_json(REAL, "");
+    let script = format!(
+        "umask 077; mkdir -p /home/alice/.config/opencode && printf '%s' '{auth}' > {AUTH}"
+    );
+    sb.sh_as("alice", &script).ok();
 }
 
 /// (state, sha256) of each credential as `cred list` shows them.
@@ -445,33 +398,14 @@ const FIND_VALUE: &str = "grep -rl REALsecret \"$HOME\" /tmp 2>/dev/null; echo e
 #[test]
 fn a_copied_file_carries_the_placeholder_and_drift_tracking_follows_the_real_file() {
     let (sb, _internet) = setup("broker-copy");
-    sb.sh_as(
-        "alice",
-        &format!(
-            "umask 077; mkdir -p /home/alice/.config/opencode && printf '%s' '{}' > {AUTH}",
-            auth_json(REAL, "")
-        ),
-    )
-    .ok();
+    write_auth(&sb);
     // The control: a copy made while the secret is not brokered holds the real value.
     sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
     let leaked = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
     assert!(leaked.contains(REAL), "control: {leaked}");
 
     // Brokered after the copy: the copy is masked at once.
-    with_stdin(
-        &sb,
-        &[
-            "cred",
-            "env",
-            "coder",
-            "ANTHROPIC_API_KEY",
-            "--host",
-            "api.test",
-        ],
-        REAL,
-    )
-    .ok();
+    broker_real(&sb);
     let placeholder = exec(&sb, "printf %s \"$ANTHROPIC_API_KEY\"").ok().stdout;
     assert_eq!(placeholder.len(), REAL.len());
     let copy = std::fs::read_to_string(sb.host_path(AUTH_COPY)).unwrap();
@@ -562,19 +496,7 @@ fn exposure(sb: &Sandbox) -> (Vec<(String, String, String)>, String) {
 #[test]
 fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
     let (sb, _internet) = setup("broker-audit");
-    with_stdin(
-        &sb,
-        &[
-            "cred",
-            "env",
-            "coder",
-            "ANTHROPIC_API_KEY",
-            "--host",
-            "api.test",
-        ],
-        REAL,
-    )
-    .ok();
+    broker_real(&sb);
     // Nothing leaked: no hit. A file holding the value that the agent cannot read (root's,
     // 0600, in its home) is no hit either: the search has the agent's rights, not root's.
     let home = "/var/lib/agentuser/homes/agent-coder";
@@ -593,28 +515,13 @@ fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
          chown agent-coder: {home}/notes/leak.txt && chmod 600 {home}/notes/leak.txt"
     ))
     .ok();
-    let mut process = sb.spawn(sb.command(&[
-        "setpriv",
-        "--reuid",
+    let leaked = format!("LEAKED={REAL}");
+    let (process, _) = Background::start(sb.command_as(
         "agent-coder",
-        "--regid",
-        "agent-coder",
-        "--init-groups",
-        "--",
-        "env",
-        &format!("LEAKED={REAL}"),
-        "sh",
-        "-c",
-        "echo up; sleep 60",
-    ]));
-    let mut up = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(process.stdout.take().unwrap())
-        .read_line(&mut up)
-        .unwrap();
+        &["env", &leaked, "sh", "-c", "echo up; sleep 60"],
+    ));
     let (hits, text) = exposure(&sb);
-    let _ = process.kill();
-    let _ = process.wait();
+    drop(process);
     let leak = format!("{home}/notes/leak.txt");
     assert!(
         hits.contains(&(leak.clone(), "high".into(), r#"["view","host"]"#.into())),
@@ -653,23 +560,8 @@ fn stored(sb: &Sandbox, placeholder: &str) -> String {
 #[test]
 fn cred_rm_of_a_brokered_secret_leaves_no_trace_of_it() {
     let (sb, _internet) = setup("broker-rm");
-    sb.sh_as(
-        "alice",
-        &format!(
-            "umask 077; mkdir -p /home/alice/.config/opencode && printf '%s' '{}' > {AUTH}",
-            auth_json(REAL, "")
-        ),
-    )
-    .ok();
-    let store = [
-        "cred",
-        "env",
-        "coder",
-        "ANTHROPIC_API_KEY",
-        "--host",
-        "api.test",
-    ];
-    with_stdin(&sb, &store, REAL).ok();
+    write_auth(&sb);
+    broker_real(&sb);
     sb.as_user("alice", &["cred", "add", "coder", AUTH]).ok();
     let request = "curl -s -m 10 https://api.test/rm -H \"x-api-key: $K\" | tr '\\n' '|'";
     let before = exec(

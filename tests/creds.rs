@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{Out, Sandbox};
 
@@ -17,8 +17,7 @@ const AUTH_COPY: &str = "/var/lib/agentuser/homes/agent-coder/.config/opencode/a
 /// A sandbox where alice (group agentuser) owns agent `coder` and has an OpenCode login.
 fn setup(name: &str) -> Sandbox {
     let sb = Sandbox::new(name);
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         &format!("umask 077; mkdir -p /home/alice/.config/opencode && printf token-v1 > {AUTH}"),
@@ -44,17 +43,6 @@ fn read(sb: &Sandbox, inside: &str) -> String {
 fn sha256(sb: &Sandbox, inside: &str) -> String {
     let out = sb.sh(&format!("sha256sum {inside}")).ok();
     out.stdout.split_whitespace().next().unwrap().to_string()
-}
-
-/// Runs `cmd` with `input` on its standard input.
-fn with_stdin(mut cmd: Command, input: &[u8]) -> Out {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // The helper may refuse before reading its input: a closed pipe is fine.
-    let _ = child.stdin.take().unwrap().write_all(input);
-    Out::from(child.wait_with_output().unwrap())
 }
 
 fn cred_list(sb: &Sandbox) -> Vec<serde_json::Value> {
@@ -433,7 +421,9 @@ fn env_credentials_stay_secret() {
     let sb = setup("creds-env");
     const SECRET: &str = "sk-test-0123456789-secret";
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "ANTHROPIC_API_KEY"]);
-    let out = with_stdin(cmd, format!("{SECRET}\n").as_bytes()).ok();
+    let out = sb
+        .run_with_stdin(cmd, format!("{SECRET}\n").as_bytes())
+        .ok();
     assert!(!out.stdout.contains(SECRET) && !out.stderr.contains(SECRET));
 
     let dir = "/var/lib/agentuser/secrets/coder";
@@ -469,7 +459,7 @@ fn env_credentials_stay_secret() {
         ("GOOD", String::new()),
     ] {
         let cmd = sb.user_command("alice", &["cred", "env", "coder", var]);
-        let out = with_stdin(cmd, input.as_bytes());
+        let out = sb.run_with_stdin(cmd, input.as_bytes());
         assert_ne!(out.code, 0, "{var}: {out:#?}");
         assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
         assert!(!out.stderr.contains(SECRET), "{out:#?}");
@@ -477,7 +467,7 @@ fn env_credentials_stay_secret() {
     assert!(!sb.host_path(&format!("{dir}/GOOD")).exists());
     // Setting it again replaces the value, not the record.
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "ANTHROPIC_API_KEY"]);
-    with_stdin(cmd, b"rotated").ok();
+    sb.run_with_stdin(cmd, b"rotated").ok();
     assert_eq!(read(&sb, &file), "rotated");
     assert_eq!(cred_list(&sb).len(), 1);
 
@@ -598,7 +588,7 @@ fn delete_removes_every_credential() {
     alice_cred(&sb, &["add", "coder", AUTH, "--live", "--to", "live.json"]).ok();
     alice_cred(&sb, &["add", "coder", AUTH]).ok();
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
-    with_stdin(cmd, b"ghp-secret").ok();
+    sb.run_with_stdin(cmd, b"ghp-secret").ok();
     let agent_uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
     assert!(
         sb.sh(&format!("getfacl -pn {AUTH}"))
@@ -624,7 +614,7 @@ struct Interactive {
 
 impl Interactive {
     fn start(sb: &Sandbox, script: &str) -> Interactive {
-        let mut cmd = sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+        let mut cmd = sb.exec_sh_command("alice", "coder", script);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -660,9 +650,8 @@ fn exec_sees_rotated_copies_env_values_and_live_files() {
     alice_cred(&sb, &["add", "coder", AUTH]).ok();
     alice_cred(&sb, &["add", "coder", GH, "--live", "--to", "gh.yml"]).ok();
     let cmd = sb.user_command("alice", &["cred", "env", "coder", "GH_TOKEN"]);
-    with_stdin(cmd, b"ghp-secret-value").ok();
-    let exec =
-        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    sb.run_with_stdin(cmd, b"ghp-secret-value").ok();
+    let exec = |script: &str| sb.exec_sh("alice", "coder", script);
 
     // Rotation: the next exec copies the new source first.
     sb.sh_as("alice", &format!("printf token-v2 > {AUTH}")).ok();

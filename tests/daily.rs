@@ -7,13 +7,6 @@ mod common;
 
 use common::{Out, Sandbox};
 
-/// alice (may create agents) and her agent coder; returns the agent's uid.
-fn alice_and_coder(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
-    sb.show("coder")["uid"].as_u64().unwrap() as u32
-}
-
 /// `agentuser ARGS` as `user`, on a terminal (script(1)): stdout and stderr both on it.
 fn on_terminal(sb: &Sandbox, user: &str, args: &str) -> Out {
     sb.sh(&format!(
@@ -33,7 +26,7 @@ fn stat(sb: &Sandbox, format: &str, path: &str) -> String {
 #[test]
 fn usage_errors_name_the_missing_argument_and_suggest_dashes() {
     let sb = Sandbox::new("daily-usage");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.as_user("alice", &["exec", "coder"])
         .fails(2, "missing <COMMAND>...: usage: agentuser exec");
     sb.as_user("alice", &["exec", "coder", "ls", "-la"]).fails(
@@ -47,7 +40,7 @@ fn usage_errors_name_the_missing_argument_and_suggest_dashes() {
 #[test]
 fn other_owners_agents_do_not_exist_for_non_root_callers() {
     let sb = Sandbox::new("daily-hidden");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.add_user("bob", &["agentuser"]);
     sb.as_user("alice", &["create", "broken"]).ok();
     sb.sh("printf 'garbage = [\\n' >> /var/lib/agentuser/agents/broken.toml")
@@ -112,26 +105,23 @@ fn changes_are_told_on_a_terminal_and_not_to_scripts() {
     let sb = Sandbox::new("daily-notes");
     sb.add_user("alice", &["agentuser"]);
     sb.sh_as("alice", "mkdir /home/alice/p").ok();
-    let created = on_terminal(&sb, "alice", "create coder").ok();
-    assert!(
-        created
-            .stdout
-            .contains("agentuser: created agent coder (user agent-coder, uid "),
-        "{created:#?}"
-    );
-    let shared = on_terminal(&sb, "alice", "share coder /home/alice/p --rw").ok();
-    assert!(
-        shared
-            .stdout
-            .contains("agentuser: shared /home/alice/p with coder (rw)"),
-        "{shared:#?}"
-    );
-    let set = on_terminal(&sb, "alice", "set coder env.EDITOR=vim").ok();
-    assert!(
-        set.stdout
-            .contains("agentuser: agent coder: set env.EDITOR=vim"),
-        "{set:#?}"
-    );
+    for (args, told) in [
+        (
+            "create coder",
+            "agentuser: created agent coder (user agent-coder, uid ",
+        ),
+        (
+            "share coder /home/alice/p --rw",
+            "agentuser: shared /home/alice/p with coder (rw)",
+        ),
+        (
+            "set coder env.EDITOR=vim",
+            "agentuser: agent coder: set env.EDITOR=vim",
+        ),
+    ] {
+        let out = on_terminal(&sb, "alice", args).ok();
+        assert!(out.stdout.contains(told), "{args}: {out:#?}");
+    }
     // Not a terminal: nothing.
     let quiet = sb
         .as_user("alice", &["share", "coder", "/home/alice/p", "--ro"])
@@ -182,7 +172,7 @@ fn agent_made_files(sb: &Sandbox) {
 #[test]
 fn delete_hands_the_agents_files_back_to_the_owner() {
     let sb = Sandbox::new("daily-handback");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     let alice = stat(&sb, "%u %g", "/home/alice");
     agent_made_files(&sb);
     assert_eq!(stat(&sb, "%u", "/home/alice/p/made"), uid.to_string());
@@ -234,7 +224,7 @@ fn delete_hands_the_agents_files_back_to_the_owner() {
 #[test]
 fn keep_owner_leaves_files_with_the_dead_uid_the_control() {
     let sb = Sandbox::new("daily-keepowner");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     agent_made_files(&sb);
     sb.as_user("alice", &["delete", "coder", "--keep-owner"])
         .ok();
@@ -248,7 +238,7 @@ fn keep_owner_leaves_files_with_the_dead_uid_the_control() {
 #[test]
 fn unshare_hands_back_without_following_a_symlink() {
     let sb = Sandbox::new("daily-unshare");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     let alice = stat(&sb, "%u", "/home/alice");
     agent_made_files(&sb);
     let home = sb.show("coder")["home"].as_str().unwrap().to_owned();
@@ -278,7 +268,7 @@ fn unshare_hands_back_without_following_a_symlink() {
 #[test]
 fn settings_persist_and_shape_every_run() {
     let sb = Sandbox::new("daily-settings");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as("alice", "mkdir /home/alice/p").ok();
     sb.as_user("alice", &["share", "coder", "/home/alice/p", "--rw"])
         .ok();
@@ -303,17 +293,11 @@ fn settings_persist_and_shape_every_run() {
     assert!(text.contains("  EDITOR=vim -n"), "{text}");
 
     let home = json["home"].as_str().unwrap().to_owned();
-    let mut cmd = sb.user_command(
+    let mut cmd = sb.exec_sh_command(
         "alice",
-        &[
-            "exec",
-            "coder",
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo \"$EDITOR|$(pwd)|$PATH|$NPM_CONFIG_PREFIX|$COLORTERM|$TERM_PROGRAM\"; \
-             awk -F: 'NR > 2 { gsub(/ /, \"\", $1); print $1 }' /proc/net/dev",
-        ],
+        "coder",
+        "echo \"$EDITOR|$(pwd)|$PATH|$NPM_CONFIG_PREFIX|$COLORTERM|$TERM_PROGRAM\"; \
+         awk -F: 'NR > 2 { gsub(/ /, \"\", $1); print $1 }' /proc/net/dev",
     );
     cmd.env("COLORTERM", "truecolor")
         .env("TERM_PROGRAM", "WezTerm");
@@ -392,24 +376,17 @@ fn settings_persist_and_shape_every_run() {
 #[test]
 fn sharing_again_keeps_allow_git_writes_until_taken_away() {
     let sb = Sandbox::new("daily-gitwrites");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as("alice", "mkdir /home/alice/p").ok();
     let git = |sb: &Sandbox| sb.show("coder")["shares"][0]["git"].clone();
-    sb.as_user(
-        "alice",
-        &[
-            "share",
-            "coder",
-            "/home/alice/p",
-            "--rw",
-            "--allow-git-writes",
-        ],
-    )
-    .ok();
+    let share_rw = |flag: Option<&str>| {
+        let mut args = vec!["share", "coder", "/home/alice/p", "--rw"];
+        args.extend(flag);
+        sb.as_user("alice", &args).ok()
+    };
+    share_rw(Some("--allow-git-writes"));
     assert_eq!(git(&sb), "owner-git-writable");
-    let again = sb
-        .as_user("alice", &["share", "coder", "/home/alice/p", "--rw"])
-        .ok();
+    let again = share_rw(None);
     assert!(
         again.stderr.contains("keeps --allow-git-writes"),
         "{again:#?}"
@@ -417,24 +394,14 @@ fn sharing_again_keeps_allow_git_writes_until_taken_away() {
     assert_eq!(git(&sb), "owner-git-writable");
     let show = sb.as_user("alice", &["show", "coder"]).ok().stdout;
     assert!(show.contains("--allow-git-writes"), "{show}");
-    sb.as_user(
-        "alice",
-        &[
-            "share",
-            "coder",
-            "/home/alice/p",
-            "--rw",
-            "--no-allow-git-writes",
-        ],
-    )
-    .ok();
+    share_rw(Some("--no-allow-git-writes"));
     assert_eq!(git(&sb), "agent-repository");
 }
 
 #[test]
 fn a_command_in_the_callers_home_is_explained_with_the_callers_rights() {
     let sb = Sandbox::new("daily-notfound");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.add_user("bob", &[]);
     sb.sh_as(
         "alice",
@@ -501,7 +468,7 @@ fn a_command_in_the_callers_home_is_explained_with_the_callers_rights() {
 #[test]
 fn completions_offer_only_the_callers_agents() {
     let sb = Sandbox::new("daily-completions");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.add_user("bob", &["agentuser"]);
     sb.as_user("bob", &["create", "bobs"]).ok();
     assert_eq!(

@@ -7,15 +7,14 @@
 
 mod common;
 
-use common::{Out, Sandbox};
+use common::{Background, Out, Sandbox};
 
 const PROJ: &str = "/home/alice/proj";
 
 /// alice (0700 home), her agent `coder`, and her repository `proj` with one commit on
 /// `main`. Returns the agent's uid.
 fn setup(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     owner(
         sb,
         &format!(
@@ -31,7 +30,7 @@ fn setup(sb: &Sandbox) -> u32 {
 
 /// A shell script as the agent inside its view (through `exec`, as alice).
 fn agent(sb: &Sandbox, script: &str) -> Out {
-    sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script])
+    sb.exec_sh("alice", "coder", script)
 }
 
 /// Installs the remote helper script into the sandbox (as install.sh does beside the
@@ -249,15 +248,13 @@ ls /home/alice"#,
 }
 
 /// A loopback HTTP server that asks for credentials (so git consults credential.helper).
-struct AuthServer(std::process::Child, u16);
+struct AuthServer {
+    _server: Background,
+    port: u16,
+}
 
-impl AuthServer {
-    fn start() -> AuthServer {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                r#"
+/// Answers every GET with 401 and a Basic challenge; prints its port first.
+const AUTH_SERVER: &str = r#"
 import http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(s):
@@ -266,24 +263,17 @@ class H(http.server.BaseHTTPRequestHandler):
 srv = http.server.HTTPServer(("127.0.0.1", 0), H)
 print(srv.server_port, flush=True)
 srv.serve_forever()
-"#,
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().unwrap();
-        AuthServer(child, port)
-    }
-}
+"#;
 
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl AuthServer {
+    fn start() -> AuthServer {
+        let mut python = std::process::Command::new("/usr/bin/python3");
+        python.args(["-c", AUTH_SERVER]);
+        let (server, port) = Background::start(python);
+        AuthServer {
+            _server: server,
+            port: port.trim().parse().unwrap(),
+        }
     }
 }
 
@@ -298,7 +288,7 @@ fn control_every_vector_runs_as_the_owner_in_a_plain_acl_share() {
     .ok();
     sb.sh_as(
         "agent-coder",
-        &format!("export HOME=/tmp; {}", vector_attack(server.1)),
+        &format!("export HOME=/tmp; {}", vector_attack(server.port)),
     )
     .ok();
     assert_eq!(
@@ -334,7 +324,7 @@ fn no_vector_runs_as_the_owner_after_the_agent_wrote_it_in_its_view() {
         &format!(
             "{}\ngit config -f {PROJ}/fsmonitor/.git/config uploadpack.packObjectsHook \"touch /home/alice/PWNED-uploadpack; false\"\n\
              for d in /var/lib/agentuser/view/owner-git/*; do echo x >> $d/config && echo 'owner-git writable'; done; true",
-            vector_attack(server.1)
+            vector_attack(server.port)
         ),
     )
     .ok();

@@ -6,17 +6,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::Sandbox;
+use common::{Sandbox, eventually};
 
 const PROJ: &str = "/home/alice/proj";
 
 /// alice, her agent `coder` and an owner-owned tree `proj` with the directories and the
 /// file the attacks reuse. Returns the agent's uid.
 fn setup(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         &format!(
@@ -150,26 +147,13 @@ fn planted_repositories_are_neutralised_and_the_owner_is_told() {
     );
 }
 
-/// Polls (bounded) until `check` holds; false when it never did.
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 #[test]
 fn a_plant_is_neutralised_while_the_agent_still_runs() {
     let sb = Sandbox::new("planted-live");
     setup(&sb);
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
     let script = format!("{} touch {PROJ}/planted; exec sleep 60", attack_script());
-    let run =
-        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let run = sb.spawn(sb.exec_sh_command("alice", "coder", &script));
     let planted = eventually(|| sb.sh(&format!("test -e {PROJ}/planted")).code == 0);
     assert!(planted, "the agent never finished planting");
     assert!(
@@ -187,22 +171,19 @@ fn a_plant_is_neutralised_while_the_agent_still_runs() {
     assert!(told.contains(&format!("{PROJ}/src/.git")), "{told}");
 }
 
-#[test]
-fn a_run_whose_runner_was_killed_is_swept_by_the_next_exec() {
-    let sb = Sandbox::new("planted-killed");
-    setup(&sb);
+/// Shares `proj` read-write; a run plants while its runner is stopped (so it sees nothing),
+/// then the runner is killed (so it can sweep nothing either).
+fn plant_while_the_runner_is_stopped_then_kill_it(sb: &Sandbox) {
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
     let script = format!(
         "touch {PROJ}/ready; while [ ! -e {PROJ}/go ]; do sleep 0.05; done; {} touch {PROJ}/planted; exec sleep 60",
         attack_script()
     );
-    let mut run =
-        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let mut run = sb.spawn(sb.exec_sh_command("alice", "coder", &script));
     let runner = nix::unistd::Pid::from_raw(run.id() as i32);
     assert!(eventually(
         || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
     ));
-    // A stopped runner sees nothing; killed, it can sweep nothing either.
     nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGSTOP).unwrap();
     sb.sh_as("alice", &format!("touch {PROJ}/go")).ok();
     assert!(eventually(|| sb
@@ -211,11 +192,18 @@ fn a_run_whose_runner_was_killed_is_swept_by_the_next_exec() {
         == 0));
     nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGKILL).unwrap();
     run.wait().unwrap();
-    // The plant survived the run (what the next exec must clean up).
+    // The plant survived the run (what is left to clean up).
     assert!(
-        !planted_entries_left(&sb).is_empty(),
+        !planted_entries_left(sb).is_empty(),
         "nothing was left to recover: the test proves nothing"
     );
+}
+
+#[test]
+fn a_run_whose_runner_was_killed_is_swept_by_the_next_exec() {
+    let sb = Sandbox::new("planted-killed");
+    setup(&sb);
+    plant_while_the_runner_is_stopped_then_kill_it(&sb);
     let next = sb.as_user("alice", &["exec", "coder", "--", "true"]).ok();
     assert!(
         next.stderr.contains("ended without its runner"),
@@ -255,23 +243,12 @@ fn the_owners_repositories_keep_working_and_are_never_touched() {
     };
     let before = (identity("own"), identity("later"));
     // The agent works in the share, plants elsewhere, and runs git in the owner's trees.
-    let run = sb
-        .as_user(
-            "alice",
-            &[
-                "exec",
-                "coder",
-                "--",
-                "/bin/sh",
-                "-c",
-                &format!(
-                    "echo x > {PROJ}/own/x; echo y > {PROJ}/later/y; mkdir {PROJ}/new; \
-                        cd {PROJ}/own && git status >/dev/null; {}",
-                    attack_script()
-                ),
-            ],
-        )
-        .ok();
+    let script = format!(
+        "echo x > {PROJ}/own/x; echo y > {PROJ}/later/y; mkdir {PROJ}/new; \
+         cd {PROJ}/own && git status >/dev/null; {}",
+        attack_script()
+    );
+    let run = sb.exec_sh("alice", "coder", &script).ok();
     assert!(!run.stderr.contains("/own"), "{run:#?}");
     assert!(!run.stderr.contains("/later"), "{run:#?}");
     assert_eq!((identity("own"), identity("later")), before);
@@ -289,18 +266,8 @@ fn the_owners_repositories_keep_working_and_are_never_touched() {
     )
     .ok();
     let third = sb.sh(&format!("stat -c %i {PROJ}/third/.git")).ok().stdout;
-    sb.as_user(
-        "alice",
-        &[
-            "exec",
-            "coder",
-            "--",
-            "/bin/sh",
-            "-c",
-            &format!("echo z > {PROJ}/third/z"),
-        ],
-    )
-    .ok();
+    sb.exec_sh("alice", "coder", &format!("echo z > {PROJ}/third/z"))
+        .ok();
     assert_eq!(
         sb.sh(&format!("stat -c %i {PROJ}/third/.git")).ok().stdout,
         third
@@ -351,30 +318,7 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
 fn a_run_whose_runner_was_killed_is_swept_by_delete() {
     let sb = Sandbox::new("planted-killed-delete");
     setup(&sb);
-    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
-    let script = format!(
-        "touch {PROJ}/ready; while [ ! -e {PROJ}/go ]; do sleep 0.05; done; {} touch {PROJ}/planted; exec sleep 60",
-        attack_script()
-    );
-    let mut run =
-        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
-    let runner = nix::unistd::Pid::from_raw(run.id() as i32);
-    assert!(eventually(
-        || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
-    ));
-    // A stopped runner sees nothing; killed, it can sweep nothing either.
-    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    sb.sh_as("alice", &format!("touch {PROJ}/go")).ok();
-    assert!(eventually(|| sb
-        .sh(&format!("test -e {PROJ}/planted"))
-        .code
-        == 0));
-    nix::sys::signal::kill(runner, nix::sys::signal::Signal::SIGKILL).unwrap();
-    run.wait().unwrap();
-    assert!(
-        !planted_entries_left(&sb).is_empty(),
-        "nothing was left to recover: the test proves nothing"
-    );
+    plant_while_the_runner_is_stopped_then_kill_it(&sb);
     let out = sb.as_user("alice", &["delete", "coder"]).ok();
     assert!(out.stderr.contains("ended without its runner"), "{out:#?}");
     assert_eq!(planted_entries_left(&sb), Vec::<String>::new());

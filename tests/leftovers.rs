@@ -6,26 +6,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use common::Sandbox;
 use common::net::FakeInternet;
+use common::{Sandbox, eventually};
 
 const PROJ: &str = "/home/alice/proj";
-
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
 
 /// Every path below `dir`, depth first.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -68,53 +54,27 @@ fn traces(sb: &Sandbox, name: &str, uid: u32) -> Vec<String> {
 /// repository, a brokered secret, an ssh key, an allowlist. Then a run whose runner is
 /// killed after the policy point refused a name. Returns the agent's uid.
 fn agent_with_state(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
-    let uid = sb.show("coder")["uid"].as_u64().unwrap() as u32;
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
-        &format!(
-            "mkdir -p {PROJ} && cd {PROJ} && git init -q && mkdir -m 700 /home/alice/.ssh \
-             && ssh-keygen -q -t ed25519 -N '' -f /home/alice/.ssh/id_git \
-             && printf 'git.test %s\\n' \"$(cut -d' ' -f1,2 /home/alice/.ssh/id_git.pub)\" \
-                > /home/alice/.ssh/known_hosts"
-        ),
+        &format!("mkdir -p {PROJ} && cd {PROJ} && git init -q"),
     )
     .ok();
+    let key = sb.ssh_keygen("alice", "id_git");
+    sb.known_host("alice", "git.test", &key);
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
     sb.as_user(
         "alice",
         &["net", "coder", "allow", "api.test", "git.test:22"],
     )
     .ok();
-    let mut cmd = sb.user_command(
-        "alice",
-        &["cred", "env", "coder", "API_KEY", "--host", "api.test"],
-    );
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"sk-secret-0123456789abcdef\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    sb.as_user(
-        "alice",
-        &[
-            "cred",
-            "ssh",
-            "coder",
-            "/home/alice/.ssh/id_git.pub",
-            "--host",
-            "git.test",
-        ],
-    )
-    .ok();
+    let store = ["cred", "env", "coder", "API_KEY", "--host", "api.test"];
+    let value = b"sk-secret-0123456789abcdef\n";
+    sb.run_with_stdin(sb.user_command("alice", &store), value)
+        .ok();
+    sb.cred_ssh("alice", "coder", "id_git", "git.test").ok();
     let script = format!("getent hosts blocked.test; touch {PROJ}/ready; exec sleep 60");
-    let mut run =
-        sb.spawn(sb.user_command("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script]));
+    let mut run = sb.spawn(sb.exec_sh_command("alice", "coder", &script));
     assert!(eventually(
         || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
     ));
@@ -208,8 +168,7 @@ fn doctor_reports_what_a_gone_agent_left_and_roots_delete_removes_it() {
 #[test]
 fn naming_agents_that_do_not_exist_makes_no_file() {
     let sb = Sandbox::new("leftovers-noname");
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     let locks = sb.host_path("/var/lib/agentuser/locks");
     let names = |dir: &Path| -> Vec<String> {
         let mut all = Vec::new();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::net::{self, FakeInternet};
+use common::net::{self, FakeInternet, policy_point};
 use common::{Out, Sandbox};
 
 /// A web server answering `hello from ADDR PORT` (argv: address, port).
@@ -36,9 +36,8 @@ while True:
 /// alice, her agent coder, and a fake internet whose DNS knows these names.
 fn setup(name: &str) -> (Sandbox, FakeInternet) {
     let sb = Sandbox::new(name);
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
-    let internet = FakeInternet::start(
+    sb.alice_and_coder();
+    let mut internet = FakeInternet::start(
         &sb,
         &[
             ("web.test", &[net::WEB_V4]),
@@ -50,32 +49,9 @@ fn setup(name: &str) -> (Sandbox, FakeInternet) {
             ("secret.attacker.test", &["txt:stolen"]),
         ],
     );
-    let mut internet = internet;
     // The cloud metadata endpoint, and the owner's loopback service on the host.
-    std::process::Command::new("nsenter")
-        .args([
-            &format!("--net={}", internet.internet_ns),
-            "ip",
-            "addr",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "vi",
-        ])
-        .status()
-        .unwrap();
-    std::process::Command::new("nsenter")
-        .args([
-            &format!("--net={}", internet.host_ns),
-            "ip",
-            "route",
-            "add",
-            "169.254.169.254/32",
-            "dev",
-            "vh",
-        ])
-        .status()
-        .unwrap();
+    internet.internet_ip(&["addr", "add", "169.254.169.254/32", "dev", "vi"]);
+    internet.host_ip(&["route", "add", "169.254.169.254/32", "dev", "vh"]);
     internet.serve(&["python3", "-c", WEB, "169.254.169.254", "80"]);
     internet.serve(&["python3", "-c", UDP_ECHO, net::WEB_V4, "4433"]);
     internet.serve_on_host(&["python3", "-c", WEB, "127.0.0.1", "80"]);
@@ -83,19 +59,17 @@ fn setup(name: &str) -> (Sandbox, FakeInternet) {
 }
 
 fn exec(sb: &Sandbox, mode: &str, script: &str) -> Out {
-    sb.as_user(
-        "alice",
-        &[
-            "exec",
-            "coder",
-            "--network",
-            mode,
-            "--",
-            "/bin/sh",
-            "-c",
-            script,
-        ],
-    )
+    let args = [
+        "exec",
+        "coder",
+        "--network",
+        mode,
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ];
+    sb.as_user("alice", &args)
 }
 
 /// Each probe prints `OK:name` when the connection (or query) got through, `NO:name` when not.
@@ -376,38 +350,6 @@ fn net_commands_keep_the_allowlist_in_the_record() {
     // The config's default decides for agents without their own setting.
     sb.write_config("network = \"host\"");
     assert_eq!(sb.show("coder")["network"], "host");
-}
-
-/// The pid of this sandbox's policy point (its agentuser-net process running its binary).
-fn policy_point(sb: &Sandbox) -> (i32, u32) {
-    let uid: u32 = sb
-        .sh("id -u agentuser-net")
-        .ok()
-        .stdout
-        .trim()
-        .parse()
-        .unwrap();
-    for _ in 0..200 {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            let line = format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}");
-            // This sandbox's own point: other tests run theirs as the same uid at the same
-            // time; its command line starts with this sandbox's binary.
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let ours = cmdline
-                .split(|&b| b == 0)
-                .next()
-                .is_some_and(|argv0| argv0 == sb.bin.as_os_str().as_encoded_bytes());
-            if status.contains(&line) && status.contains("Name:\tagentuser") && ours {
-                return (pid, uid);
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("no policy point found");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Out, Sandbox};
+use common::{Background, Out, Sandbox, eventually};
 
 fn exec(sb: &Sandbox, agent: &str, script: &str) -> Out {
     sb.root(&["exec", agent, "--", "/bin/sh", "-c", script])
@@ -268,19 +268,14 @@ fn the_terminal_works_like_a_terminal() {
 fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
     let sb = setup("runner-view");
     // A process of the owner with a secret in its argv, and a file in the shared /tmp.
-    let mut owner_proc = sb.spawn(sb.command(&[
-        "setpriv",
-        "--reuid",
+    let owner_proc = Background(sb.spawn(sb.command_as(
         "alice",
-        "--regid",
-        "alice",
-        "--init-groups",
-        "--",
-        "bash",
-        "-c",
-        "exec -a 'mysql --password=hunter2' sleep 60",
-    ]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+        &["bash", "-c", "exec -a 'mysql --password=hunter2' sleep 60"],
+    )));
+    let cmdline = format!("/proc/{}/cmdline", owner_proc.id());
+    assert!(eventually(
+        || std::fs::read_to_string(&cmdline).is_ok_and(|c| c.contains("hunter2"))
+    ));
     sb.sh("echo owner-temp > /tmp/owner-file && chmod 644 /tmp/owner-file")
         .ok();
     // Control: a plain uid switch reaches all of it.
@@ -340,8 +335,7 @@ fn the_owners_home_processes_and_temp_files_are_out_of_sight() {
         sb.host_path("/var/lib/agentuser/homes/agent-coder/note")
             .exists()
     );
-    let _ = owner_proc.kill();
-    let _ = owner_proc.wait();
+    drop(owner_proc);
 }
 
 #[test]
@@ -431,14 +425,13 @@ fn nothing_the_agent_starts_outlives_the_run() {
 fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     let sb = setup("runner-network");
     let port = 20000 + (sb.uid_base / 1000) % 20000;
-    let mut listener = sb.spawn(sb.command(&[
+    let (listener, _) = Background::start(sb.command(&[
         "python3",
         "-c",
         &format!(
             "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1',{port}))\ns.listen(16)\nprint('up',flush=True)\ntime.sleep(60)"
         ),
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = format!(
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1',{port}),timeout=3); print('CONNECTED')\" 2>/dev/null; \
          python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print('LOOPBACK-UP')\""
@@ -474,19 +467,17 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
         "--network none reached the host: {none:#?}"
     );
     assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
 
     // An abstract unix socket of root's (like X11's @/tmp/.X11-unix/X0) on the host network.
     let name = format!("agentuser-test-{port}");
-    let mut abstract_listener = sb.spawn(sb.command(&[
+    let (abstract_listener, _) = Background::start(sb.command(&[
         "python3",
         "-c",
         &format!(
-            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\ntime.sleep(60)"
+            "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0{name}')\ns.listen(16)\nprint('up',flush=True)\ntime.sleep(60)"
         ),
     ]));
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let probe = format!(
         "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect('\\0{name}'); print('CONNECTED')\""
     );
@@ -514,8 +505,7 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
             "abstract socket reached: {out:#?}"
         );
     }
-    let _ = abstract_listener.kill();
-    let _ = abstract_listener.wait();
+    drop(abstract_listener);
 }
 
 #[test]

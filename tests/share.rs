@@ -3,15 +3,7 @@
 
 mod common;
 
-use common::Sandbox;
-
-/// Sets up alice (a creator with a 0755 home, so the plain uid switch can reach her trees)
-/// and her agent `coder`; returns the agent's uid.
-fn alice_and_coder(sb: &Sandbox) -> u32 {
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
-    sb.show("coder")["uid"].as_u64().unwrap() as u32
-}
+use common::{Background, Sandbox};
 
 /// Every ACL entry naming `uid` under `path` (access and default, symlinks not followed),
 /// one `PATH access|default PERM` line each. Read through the raw extended attributes with
@@ -77,7 +69,7 @@ fn getfacl(sb: &Sandbox, path: &str) -> String {
 #[test]
 fn agent_reads_and_writes_rw_share_and_only_reads_ro_share() {
     let sb = Sandbox::new("share-basic");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "umask 077; mkdir -p /home/alice/rw/sub /home/alice/ro/sub && echo one > /home/alice/rw/sub/f && echo two > /home/alice/ro/sub/g \
@@ -119,7 +111,7 @@ fn agent_reads_and_writes_rw_share_and_only_reads_ro_share() {
 #[test]
 fn share_inside_a_0700_home_is_reachable_only_through_the_view() {
     let sb = Sandbox::new("share-view-home");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "chmod 700 /home/alice && mkdir /home/alice/rw /home/alice/ro && echo a > /home/alice/rw/f && echo b > /home/alice/ro/g \
@@ -132,8 +124,7 @@ fn share_inside_a_0700_home_is_reachable_only_through_the_view() {
         .ok();
     // The home itself stays closed under a plain uid switch: no traversal ACL was added.
     assert_ne!(sb.sh_as("agent-coder", "ls /home/alice/rw").code, 0);
-    let exec =
-        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    let exec = |script: &str| sb.exec_sh("alice", "coder", script);
     exec("cat /home/alice/rw/f && echo c > /home/alice/rw/h && cat /home/alice/ro/g").ok();
     assert_ne!(
         exec("echo x > /home/alice/ro/g").code,
@@ -151,7 +142,7 @@ fn share_inside_a_0700_home_is_reachable_only_through_the_view() {
 #[test]
 fn owner_and_agent_edit_and_delete_each_others_files() {
     let sb = Sandbox::new("share-both-sides");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir /home/alice/proj && echo base > /home/alice/proj/base",
@@ -189,7 +180,7 @@ fn owner_and_agent_edit_and_delete_each_others_files() {
 #[test]
 fn planted_symlinks_are_never_followed() {
     let sb = Sandbox::new("share-symlink");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh("mkdir -m 700 /tmp/rootonly && echo s > /tmp/rootonly/secret && chmod 600 /tmp/rootonly/secret")
         .ok();
     sb.sh_as(
@@ -228,7 +219,7 @@ fn planted_symlinks_are_never_followed() {
 #[test]
 fn foreign_and_outside_hard_links_get_no_acl() {
     let sb = Sandbox::new("share-hardlink");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     // Same file system as the tree (the sandbox's /tmp is another mount).
     sb.sh("mkdir -m 700 /home/rootstuff && echo root-secret > /home/rootstuff/file && chmod 600 /home/rootstuff/file")
         .ok();
@@ -272,7 +263,7 @@ fn foreign_and_outside_hard_links_get_no_acl() {
 #[test]
 fn git_metadata_is_read_only_for_the_agent_unless_allowed() {
     let sb = Sandbox::new("share-git");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir -p /home/alice/repo/.git/hooks /home/alice/other/.git/hooks && echo '[core]' > /home/alice/repo/.git/config \
@@ -326,7 +317,7 @@ fn git_metadata_is_read_only_for_the_agent_unless_allowed() {
 #[test]
 fn git_metadata_is_read_only_in_the_view() {
     let sb = Sandbox::new("share-git-view");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "chmod 700 /home/alice && mkdir /home/alice/repo && cd /home/alice/repo && git init -q && echo a > a && git add a \
@@ -335,8 +326,7 @@ fn git_metadata_is_read_only_in_the_view() {
     .ok();
     sb.as_user("alice", &["share", "coder", "/home/alice/repo", "--rw"])
         .ok();
-    let exec =
-        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    let exec = |script: &str| sb.exec_sh("alice", "coder", script);
     let owner_config = || {
         sb.sh("cat /home/alice/repo/.git/config /home/alice/repo/sub/.git/config 2>/dev/null; ls /home/alice/repo/.git/hooks").ok().stdout
     };
@@ -394,7 +384,7 @@ fn git_metadata_is_read_only_in_the_view() {
 #[test]
 fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run() {
     let sb = Sandbox::new("share-git-index");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "chmod 711 /home/alice && mkdir -p /home/alice/proj/a/b/c /home/alice/proj/d && cd /home/alice/proj/d && git init -q",
@@ -402,8 +392,7 @@ fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run()
     .ok();
     sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
         .ok();
-    let exec =
-        |script: &str| sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", script]);
+    let exec = |script: &str| sb.exec_sh("alice", "coder", script);
     exec("true").ok();
     // Older than the index's racy window (2 s): from now on unchanged directories are
     // trusted without being listed.
@@ -436,7 +425,7 @@ fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run()
 #[test]
 fn unshare_and_delete_leave_no_entry_for_the_agent() {
     let sb = Sandbox::new("share-revoke");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir -p /home/alice/a/x/y /home/alice/b && chmod 750 /home/alice/a && echo 1 > /home/alice/a/x/y/f && chmod 640 /home/alice/a/x/y/f \
@@ -497,7 +486,7 @@ fn unshare_and_delete_leave_no_entry_for_the_agent() {
 #[test]
 fn share_changes_access_in_place_and_refuses_nesting() {
     let sb = Sandbox::new("share-reshare");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir -p /home/alice/p/inner && echo x > /home/alice/p/f",
@@ -526,7 +515,7 @@ fn share_changes_access_in_place_and_refuses_nesting() {
 #[test]
 fn odd_names_deep_trees_and_relative_paths() {
     let sb = Sandbox::new("share-odd");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir /home/alice/odd && cd /home/alice/odd && printf x > \"$(printf 'new\\nline')\" \
@@ -558,7 +547,7 @@ fn odd_names_deep_trees_and_relative_paths() {
 #[test]
 fn every_refusal_changes_nothing() {
     let sb = Sandbox::new("share-refusals");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.add_user("bob", &["agentuser"]);
     sb.as_user("bob", &["create", "bobs"]).ok();
     sb.sh("mkdir -m 700 /tmp/rootdir && mkdir /tmp/rootdir/x && chown alice /tmp/rootdir/x")
@@ -626,7 +615,7 @@ fn every_refusal_changes_nothing() {
 #[test]
 fn interrupted_share_and_unshare_are_completed_by_running_them_again() {
     let sb = Sandbox::new("share-interrupted");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir /home/alice/big && cd /home/alice/big && for d in $(seq 1 40); do mkdir d$d; \
@@ -665,7 +654,7 @@ fn interrupted_share_and_unshare_are_completed_by_running_them_again() {
 #[test]
 fn symlinks_swapped_in_during_the_walk_do_not_redirect_it() {
     let sb = Sandbox::new("share-swap-race");
-    let uid = alice_and_coder(&sb);
+    let uid = sb.alice_and_coder();
     sb.sh("mkdir -m 700 /home/rootstuff && echo s > /home/rootstuff/secret")
         .ok();
     sb.sh_as(
@@ -685,6 +674,7 @@ for n in range(20):
     os.makedirs(f'd{n+1}/swap', exist_ok=True)
     if not os.path.lexists(f'd{n+1}/link'):
         os.symlink('/home/rootstuff', f'd{n+1}/link')
+print('racing', flush=True)
 while True:
     for n in range(1, 21):
         d = f'd{n}'
@@ -696,19 +686,7 @@ while True:
         except OSError:
             pass
 "#;
-    let mut child = sb.spawn(sb.command(&[
-        "setpriv",
-        "--reuid",
-        "agent-coder",
-        "--regid",
-        "agent-coder",
-        "--init-groups",
-        "--",
-        "python3",
-        "-c",
-        racer,
-    ]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (racing, _) = Background::start(sb.command_as("agent-coder", &["python3", "-c", racer]));
     let before = getfacl(&sb, "/home/rootstuff") + &getfacl(&sb, "/home/rootstuff/secret");
     for round in 0..4 {
         let args: &[&str] = if round % 2 == 0 {
@@ -723,8 +701,7 @@ while True:
             "round {round}: the root-only tree got an ACL"
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(racing);
     assert!(acl_lines_naming(&sb, "/home/rootstuff", uid).is_empty());
 }
 
@@ -734,7 +711,7 @@ while True:
 #[test]
 fn resharing_never_widens_modes_or_masks() {
     let sb = Sandbox::new("share-reshare-widen");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir -p /home/alice/proj/sub && echo a > /home/alice/proj/old",
@@ -805,7 +782,7 @@ fn resharing_never_widens_modes_or_masks() {
 #[test]
 fn exec_refuses_a_half_made_share_and_says_how_to_complete_it() {
     let sb = Sandbox::new("share-half-made");
-    alice_and_coder(&sb);
+    sb.alice_and_coder();
     sb.sh_as(
         "alice",
         "mkdir /home/alice/proj && touch /home/alice/proj/f",

@@ -57,16 +57,7 @@ fn start_sshd(
         "( for i in $(seq 400); do ss -ltn | grep -q ' {addr}:22 ' && break; sleep 0.05; done; \
            echo ready ) & exec /usr/sbin/sshd -D -e -f {d}/sshd_{name}.conf 2>>{d}/sshd_{name}.log"
     );
-    std::process::Command::new("nsenter")
-        .args([
-            &format!("--net={}", internet.internet_ns),
-            "ip",
-            "addr",
-            "add",
-        ])
-        .args([&format!("{addr}/24"), "dev", "vi"])
-        .status()
-        .unwrap();
+    internet.internet_ip(&["addr", "add", &format!("{addr}/24"), "dev", "vi"]);
     internet.serve(&["/bin/sh", "-c", &script]);
 }
 
@@ -82,48 +73,22 @@ struct Setup {
 /// given id_git for git.test. Both sshds have one host key of type KEY_TYPE.
 fn setup(name: &str, key_type: &str) -> Setup {
     let sb = Sandbox::new(name);
-    sb.add_user("alice", &["agentuser"]);
-    sb.as_user("alice", &["create", "coder"]).ok();
+    sb.alice_and_coder();
     let mut internet =
         FakeInternet::start(&sb, &[("git.test", &[GIT_V4]), ("other.test", &[OTHER_V4])]);
-    sb.sh_as(
-        "alice",
-        "mkdir -p -m 700 /home/alice/.ssh && ssh-keygen -q -t ed25519 -N '' -C git -f /home/alice/.ssh/id_git \
-         && ssh-keygen -q -t ed25519 -N '' -C other -f /home/alice/.ssh/id_other",
-    )
-    .ok();
-    let home = sb.host_path("/home/alice");
-    let read = |f: &str| std::fs::read_to_string(home.join(".ssh").join(f)).unwrap();
-    let (git_pub, other_pub) = (read("id_git.pub"), read("id_other.pub"));
+    let git_pub = sb.ssh_keygen("alice", "id_git");
+    let other_pub = sb.ssh_keygen("alice", "id_other");
     let both = format!("{git_pub}{other_pub}");
     start_sshd(&sb, &mut internet, "git", GIT_V4, &both, key_type);
     start_sshd(&sb, &mut internet, "other", OTHER_V4, &both, key_type);
     let host_key = std::fs::read_to_string(sb.dir.join("hostkey_git.pub")).unwrap();
-    sb.sh_as(
-        "alice",
-        &format!(
-            "printf 'git.test %s' '{}' > /home/alice/.ssh/known_hosts",
-            host_key.trim()
-        ),
-    )
-    .ok();
+    sb.known_host("alice", "git.test", &host_key);
     sb.as_user(
         "alice",
         &["net", "coder", "allow", "git.test:22", "other.test:22"],
     )
     .ok();
-    sb.as_user(
-        "alice",
-        &[
-            "cred",
-            "ssh",
-            "coder",
-            "/home/alice/.ssh/id_git.pub",
-            "--host",
-            "git.test",
-        ],
-    )
-    .ok();
+    sb.cred_ssh("alice", "coder", "id_git", "git.test").ok();
     Setup {
         sb,
         _internet: internet,
@@ -170,20 +135,8 @@ fn with_owner_agent(s: &Setup, before: &str, agent: &str) -> Out {
          ssh-agent -k >/dev/null"
     );
     s.sb.run({
-        let mut cmd = s.sb.command(&[
-            "setpriv",
-            "--reuid",
-            "alice",
-            "--regid",
-            "alice",
-            "--init-groups",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-            "sh",
-            &inner,
-        ]);
+        let mut cmd =
+            s.sb.command_as("alice", &["/bin/sh", "-c", &script, "sh", &inner]);
         cmd.env("HOME", "/home/alice");
         cmd
     })
@@ -261,23 +214,14 @@ fn agent_logs_in_to_the_keys_host_only_with_the_chosen_key() {
 #[test]
 fn key_file_read_as_the_owner_serves_the_same_filter() {
     let s = setup("ssh-agent-file", "ed25519");
-    let out = s.sb.as_user(
-        "alice",
-        &[
-            "exec",
-            "coder",
-            "--",
-            "/bin/sh",
-            "-c",
-            &format!(
-                "printf '%s' '{}' > /tmp/git.pub
-                 {SSH} -i /tmp/git.pub root@git.test; echo git=$?
-                 {SSH} -i /tmp/git.pub root@other.test; echo other=$?
-                 cat /home/alice/.ssh/id_git; echo cat=$?",
-                s.git_pub.trim()
-            ),
-        ],
+    let script = format!(
+        "printf '%s' '{}' > /tmp/git.pub
+         {SSH} -i /tmp/git.pub root@git.test; echo git=$?
+         {SSH} -i /tmp/git.pub root@other.test; echo other=$?
+         cat /home/alice/.ssh/id_git; echo cat=$?",
+        s.git_pub.trim()
     );
+    let out = s.sb.exec_sh("alice", "coder", &script);
     assert!(out.stdout.contains("welcome-git\ngit=0"), "{out:?}");
     assert!(out.stdout.contains("other=255"), "{out:?}");
     assert!(!out.stdout.contains("welcome-other"), "{out:?}");
@@ -392,11 +336,7 @@ fn cred_rm_of_an_ssh_key_leaves_no_trace_of_it() {
          {SSH} -i /tmp/git.pub root@git.test; echo git=$?",
         s.git_pub.trim()
     );
-    let exec = || {
-        s.sb.as_user("alice", &["exec", "coder", "--", "/bin/sh", "-c", &script])
-            .ok()
-            .stdout
-    };
+    let exec = || s.sb.exec_sh("alice", "coder", &script).ok().stdout;
     // Control: given, the key logs in.
     let before = exec();
     assert!(before.contains("welcome-git\ngit=0"), "{before}");

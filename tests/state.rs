@@ -27,19 +27,8 @@ fn big_tree(sb: &Sandbox, path: &str, dirs: u32) {
         "import os\nfor d in range({dirs}):\n    p = '{path}/d%d' % d\n    os.makedirs(p)\n    \
          for f in range(1000):\n        open('%s/%d' % (p, f), 'w').close()\n"
     );
-    sb.run(sb.command(&[
-        "setpriv",
-        "--reuid",
-        "alice",
-        "--regid",
-        "alice",
-        "--init-groups",
-        "--",
-        "python3",
-        "-c",
-        &script,
-    ]))
-    .ok();
+    sb.run(sb.command_as("alice", &["python3", "-c", &script]))
+        .ok();
 }
 
 /// Waits until the lock note of `agent` says `command` holds it (the process is then past

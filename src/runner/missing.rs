@@ -34,15 +34,7 @@ const HIDDEN: [(&str, &str); 6] = [
 /// The hint for `program` when the agent does not find it; `None` when it does not exist
 /// for the caller either, or lies where the agent sees it.
 pub fn hint(ctx: &Context, record: &AgentRecord, program: &OsStr) -> Option<String> {
-    let who = if ctx.caller.is_root {
-        Identity {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-        }
-    } else {
-        ctx.caller.identity()
-    };
+    let who = ctx.caller.path_rights();
     let bare = !program.as_bytes().contains(&b'/');
     let found = if bare {
         on_caller_path(ctx, &who, program)?

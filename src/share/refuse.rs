@@ -65,18 +65,9 @@ pub fn open_exact(path: &Path) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// The identity whose rights resolve the path: root for root callers (under sudo too: the
-/// caller has root's authority), the caller's own otherwise.
+/// The identity whose rights resolve the path (see `Caller::path_rights`).
 fn resolver(ctx: &Context) -> Identity {
-    if ctx.caller.is_root {
-        Identity {
-            uid: 0,
-            gid: 0,
-            groups: Vec::new(),
-        }
-    } else {
-        ctx.caller.identity()
-    }
+    ctx.caller.path_rights()
 }
 
 /// Canonicalizes `given` with the caller's rights.

@@ -13,9 +13,11 @@ pub mod net;
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where sandboxes live: root-owned, traversable, on a file system that honours setuid,
 /// and outside every directory the sandbox replaces.
@@ -228,7 +230,16 @@ set +e
     }
 
     pub fn user_command(&self, user: &str, args: &[&str]) -> Command {
-        let mut argv = vec![
+        let mut argv = vec![self.bin_str()];
+        argv.extend_from_slice(args);
+        self.command_as(user, &argv)
+    }
+
+    /// A command that runs `argv` inside the sandbox as `user` (uid, primary group, its
+    /// groups), with no setuid bit involved: the user's own rights, or an agent's outside
+    /// any view (its uid at its most powerful).
+    pub fn command_as(&self, user: &str, argv: &[&str]) -> Command {
+        let mut full = vec![
             "setpriv",
             "--reuid",
             user,
@@ -236,10 +247,19 @@ set +e
             user,
             "--init-groups",
             "--",
-            self.bin_str(),
         ];
-        argv.extend_from_slice(args);
-        self.command(&argv)
+        full.extend_from_slice(argv);
+        self.command(&full)
+    }
+
+    /// `agentuser exec AGENT -- /bin/sh -c SCRIPT` as `user`, not yet started.
+    pub fn exec_sh_command(&self, user: &str, agent: &str, script: &str) -> Command {
+        self.user_command(user, &["exec", agent, "--", "/bin/sh", "-c", script])
+    }
+
+    /// `agentuser exec AGENT -- /bin/sh -c SCRIPT` as `user`.
+    pub fn exec_sh(&self, user: &str, agent: &str, script: &str) -> Out {
+        self.run(self.exec_sh_command(user, agent, script))
     }
 
     /// A shell script as root inside the sandbox.
@@ -249,22 +269,22 @@ set +e
 
     /// A shell script as `user` (uid, primary group, its groups) inside the sandbox.
     pub fn sh_as(&self, user: &str, script: &str) -> Out {
-        self.run(self.command(&[
-            "setpriv",
-            "--reuid",
-            user,
-            "--regid",
-            user,
-            "--init-groups",
-            "--",
-            "/bin/sh",
-            "-c",
-            script,
-        ]))
+        self.run(self.command_as(user, &["/bin/sh", "-c", script]))
     }
 
     pub fn run(&self, mut cmd: Command) -> Out {
         Out::from(cmd.output().expect("spawning a sandbox command"))
+    }
+
+    /// Runs `cmd` with `input` on its standard input.
+    pub fn run_with_stdin(&self, mut cmd: Command, input: &[u8]) -> Out {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning a sandbox command");
+        // The helper may refuse before reading its input: a closed pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(input);
+        Out::from(child.wait_with_output().unwrap())
     }
 
     pub fn spawn(&self, mut cmd: Command) -> Child {
@@ -283,6 +303,44 @@ set +e
         }
         self.sh(&script).ok();
         uid
+    }
+
+    /// `user` makes an ed25519 key pair ~/.ssh/NAME (no passphrase, comment NAME) and
+    /// returns its public key line.
+    pub fn ssh_keygen(&self, user: &str, name: &str) -> String {
+        let ssh = format!("/home/{user}/.ssh");
+        self.sh_as(
+            user,
+            &format!(
+                "mkdir -p -m 700 {ssh} && ssh-keygen -q -t ed25519 -N '' -C {name} -f {ssh}/{name}"
+            ),
+        )
+        .ok();
+        fs::read_to_string(self.host_path(&format!("{ssh}/{name}.pub"))).unwrap()
+    }
+
+    /// Adds to `user`'s known_hosts that `host` has the key `key` (a public key line).
+    pub fn known_host(&self, user: &str, host: &str, key: &str) {
+        let line = format!("{host} {}", key.trim());
+        self.sh_as(
+            user,
+            &format!("printf '%s\\n' '{line}' >> /home/{user}/.ssh/known_hosts"),
+        )
+        .ok();
+    }
+
+    /// `owner` gives `agent` the key ~/.ssh/NAME for logins to `host` (`cred ssh`).
+    pub fn cred_ssh(&self, owner: &str, agent: &str, name: &str, host: &str) -> Out {
+        let key = format!("/home/{owner}/.ssh/{name}.pub");
+        self.as_user(owner, &["cred", "ssh", agent, &key, "--host", host])
+    }
+
+    /// alice (a test user in group agentuser, so she may create agents) and her agent
+    /// `coder`; returns the agent's uid.
+    pub fn alice_and_coder(&self) -> u32 {
+        self.add_user("alice", &["agentuser"]);
+        self.as_user("alice", &["create", "coder"]).ok();
+        self.show("coder")["uid"].as_u64().unwrap() as u32
     }
 
     /// The agent's JSON record as `show --json` prints it (as root).
@@ -394,13 +452,57 @@ impl Drop for Sandbox {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         if std::env::var_os("AGENTUSER_KEEP_SANDBOX").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
             let _ = fs::remove_dir(SANDBOX_ROOT);
         }
     }
+}
+
+/// A process started for a test, killed and reaped when the test ends (failure included)
+/// or when the test drops it.
+pub struct Background(pub Child);
+
+impl Background {
+    /// Starts `cmd` (stdout and stderr piped) and waits for the first line it prints: a
+    /// process that says when it is ready (a server, an attack's target, a run to look at).
+    /// The line is returned as read, newline included; a process that ends first fails
+    /// the test.
+    pub fn start(mut cmd: Command) -> (Background, String) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting a background process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(!line.is_empty(), "{cmd:?} ended before it printed a line");
+        (Background(child), line)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls (up to 20 seconds) until `check` holds; false when it never did.
+pub fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Makes the copied account files independent of the host: only system accounts and groups

@@ -134,6 +134,45 @@ fn run(argv: &[&str]) {
     );
 }
 
+fn ip_in(ns: &str, args: &[&str]) {
+    let net = format!("--net={ns}");
+    let mut argv = vec!["nsenter", &net, "--", "ip"];
+    argv.extend_from_slice(args);
+    run(&argv);
+}
+
+/// The pid and uid of this sandbox's policy point. Every sandbox runs its points as the
+/// same agentuser-net uid, and tests run at the same time: this sandbox's own is the
+/// process of that uid whose command line starts with this sandbox's binary.
+pub fn policy_point(sb: &Sandbox) -> (i32, u32) {
+    let uid: u32 = sb
+        .sh("id -u agentuser-net")
+        .ok()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    let ids = format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}");
+    for _ in 0..200 {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let ours = cmdline
+                .split(|&b| b == 0)
+                .next()
+                .is_some_and(|argv0| argv0 == sb.bin.as_os_str().as_encoded_bytes());
+            if status.contains(&ids) && status.contains("Name:\tagentuser") && ours {
+                return (pid, uid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no policy point found");
+}
+
 impl FakeInternet {
     /// Builds both namespaces, points the sandbox's resolver at the fake DNS server and
     /// makes every sandbox command run in the host namespace. `records` maps names to
@@ -260,6 +299,16 @@ impl FakeInternet {
             .unwrap();
         assert_eq!(line.trim(), "ready", "{argv:?} did not start");
         self.children.push(child);
+    }
+
+    /// Runs `ip ARGS` in the internet's namespace (say, an address for one more server).
+    pub fn internet_ip(&self, args: &[&str]) {
+        ip_in(&self.internet_ns, args);
+    }
+
+    /// Runs `ip ARGS` in the host namespace, the one the sandbox's commands run in.
+    pub fn host_ip(&self, args: &[&str]) {
+        ip_in(&self.host_ns, args);
     }
 
     /// The names the internet's DNS server was asked for so far.

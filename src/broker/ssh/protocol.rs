@@ -247,24 +247,8 @@ mod tests {
         message(number, fields)[4..].to_vec()
     }
 
-    #[test]
-    fn requests() {
-        assert_eq!(
-            parse_request(&body(REQUEST_IDENTITIES, &[])),
-            Ok(Request::Identities)
-        );
-        let sign = body(
-            SIGN_REQUEST,
-            &[Field::Bytes(b"key"), Field::Bytes(b"data"), Field::U32(2)],
-        );
-        assert_eq!(
-            parse_request(&sign),
-            Ok(Request::Sign {
-                key: b"key".to_vec(),
-                data: b"data".to_vec(),
-                flags: 2
-            })
-        );
+    /// A session-bind request whose `is_forwarding` boolean is the byte `forwarding`.
+    fn session_bind(forwarding: u8) -> Vec<u8> {
         let mut bind = body(
             EXTENSION,
             &[
@@ -274,8 +258,33 @@ mod tests {
                 Field::Bytes(b"sig"),
             ],
         );
-        bind.push(0);
-        let Ok(Request::SessionBind(b)) = parse_request(&bind) else {
+        bind.push(forwarding);
+        bind
+    }
+
+    fn sign_request() -> Vec<u8> {
+        body(
+            SIGN_REQUEST,
+            &[Field::Bytes(b"key"), Field::Bytes(b"data"), Field::U32(2)],
+        )
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parse_request(&body(REQUEST_IDENTITIES, &[])),
+            Ok(Request::Identities)
+        );
+        let sign = sign_request();
+        assert_eq!(
+            parse_request(&sign),
+            Ok(Request::Sign {
+                key: b"key".to_vec(),
+                data: b"data".to_vec(),
+                flags: 2
+            })
+        );
+        let Ok(Request::SessionBind(b)) = parse_request(&session_bind(0)) else {
             panic!("not a bind")
         };
         assert_eq!((&b.host_key[..], b.forwarding), (&b"hk"[..], false));
@@ -286,10 +295,7 @@ mod tests {
 
     #[test]
     fn malformed_requests() {
-        let sign = body(
-            SIGN_REQUEST,
-            &[Field::Bytes(b"key"), Field::Bytes(b"data"), Field::U32(2)],
-        );
+        let sign = sign_request();
         // Every truncation, a trailing byte, a length pointing past the end.
         for cut in 1..sign.len() {
             assert_eq!(parse_request(&sign[..cut]), Err(Malformed), "{cut}");
@@ -301,17 +307,7 @@ mod tests {
         lying[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(parse_request(&lying), Err(Malformed));
         assert_eq!(parse_request(&[]), Err(Malformed));
-        let mut bad_bool = body(
-            EXTENSION,
-            &[
-                Field::Bytes(b"session-bind@openssh.com"),
-                Field::Bytes(b"hk"),
-                Field::Bytes(b"sid"),
-                Field::Bytes(b"sig"),
-            ],
-        );
-        bad_bool.push(7);
-        assert_eq!(parse_request(&bad_bool), Err(Malformed));
+        assert_eq!(parse_request(&session_bind(7)), Err(Malformed));
     }
 
     fn userauth(method: &[u8], host_key: Option<&[u8]>) -> Vec<u8> {

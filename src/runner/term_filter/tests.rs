@@ -147,24 +147,23 @@ fn a_sequence_split_anywhere_is_judged_whole() {
     }
 }
 
+/// `start`, 10,000 times `fill`, `end`: a sequence far longer than any real one.
+fn over_long(start: &[u8], fill: u8, end: &[u8]) -> Vec<u8> {
+    let mut sequence = start.to_vec();
+    sequence.extend(std::iter::repeat_n(fill, 10_000));
+    sequence.extend_from_slice(end);
+    sequence
+}
+
 #[test]
 fn over_long_sequences_are_dropped_not_held() {
-    let mut csi = b"\x1b[".to_vec();
-    csi.extend(std::iter::repeat_n(b'1', 10_000));
-    csi.extend_from_slice(b"m");
-    assert_eq!(run(&framed(&csi)), b"before||after");
-    let mut osc = b"\x1b]".to_vec();
-    osc.extend(std::iter::repeat_n(b'0', 10_000));
-    osc.extend_from_slice(b";title\x07");
-    assert_eq!(run(&framed(&osc)), b"before||after");
-    let mut tcap = b"\x1bP+q".to_vec();
-    tcap.extend(std::iter::repeat_n(b'a', 10_000));
-    tcap.extend_from_slice(b"\x1b\\");
-    assert_eq!(run(&framed(&tcap)), b"before||after");
-    let mut esc = b"\x1b".to_vec();
-    esc.extend(std::iter::repeat_n(b' ', 10_000));
-    esc.extend_from_slice(b"F");
-    assert_eq!(run(&framed(&esc)), b"before||after");
+    let csi = over_long(b"\x1b[", b'1', b"m");
+    let osc = over_long(b"\x1b]", b'0', b";title\x07");
+    let tcap = over_long(b"\x1bP+q", b'a', b"\x1b\\");
+    let esc = over_long(b"\x1b", b' ', b"F");
+    for input in [&csi, &osc, &tcap, &esc] {
+        assert_eq!(run(&framed(input)), b"before||after");
+    }
     for input in [csi, osc, tcap, esc] {
         let mut filter = TermFilter::new(Options::default());
         let mut out = Vec::new();
