@@ -192,17 +192,8 @@ fn the_agent_holds_a_placeholder_and_the_value_reaches_bound_hosts_only() {
     // A token sent as a password (curl -u, git's credential helpers): swapped inside the
     // Basic credentials.
     let basic = |text: &str| {
-        let out = std::process::Command::new("base64")
-            .args(["-w0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                child.stdin.take().unwrap().write_all(text.as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap()
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
     };
     assert!(
         r["bound-basic"].contains(&format!(
