@@ -10,6 +10,8 @@ use common::{Background, Out, Sandbox};
 
 /// The real value: never in anything the agent can read.
 const REAL: &str = "sk-ant-api03-REALsecretVALUE0123456789abcdefXYZ";
+/// The real value of the audit test (see there).
+const AUDIT_REAL: &str = "sk-ant-api03-AUDITsecretVALUE0123456789abcdefXY";
 /// A raw (not brokered) credential, the positive control.
 const RAW: &str = "ghp_RAWtokenVALUE0123456789abcdefghij";
 /// The address of the echoing HTTPS server.
@@ -487,26 +489,36 @@ fn exposure(sb: &Sandbox) -> (Vec<(String, String, String)>, String) {
 #[test]
 fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
     let (sb, _internet) = setup("broker-audit");
-    broker_real(&sb);
+    // A value of this test's own: the other tests of this binary run at the same time and
+    // put REAL in command lines of root's processes, which the audit's host view reads.
+    let args = [
+        "cred",
+        "env",
+        "coder",
+        "ANTHROPIC_API_KEY",
+        "--host",
+        "api.test",
+    ];
+    with_stdin(&sb, &args, AUDIT_REAL).ok();
     // Nothing leaked: no hit. A file holding the value that the agent cannot read (root's,
     // 0600, in its home) is no hit either: the search has the agent's rights, not root's.
     let home = "/var/lib/agentuser/homes/agent-coder";
     sb.sh(&format!(
-        "mkdir -p {home}/notes && printf 'k={REAL}' > {home}/notes/root-only && \
+        "mkdir -p {home}/notes && printf 'k={AUDIT_REAL}' > {home}/notes/root-only && \
          chmod 600 {home}/notes/root-only && chmod 755 {home}/notes"
     ))
     .ok();
     let (hits, text) = exposure(&sb);
     assert_eq!(hits, [], "{text}");
-    assert!(!text.contains("REALsecret"), "{text}");
+    assert!(!text.contains("AUDITsecret"), "{text}");
 
     // Leaked into a file the agent owns, and into the environment of a process of its uid.
     sb.sh(&format!(
-        "printf 'token: {REAL}\\n' > {home}/notes/leak.txt && \
+        "printf 'token: {AUDIT_REAL}\\n' > {home}/notes/leak.txt && \
          chown agent-coder: {home}/notes/leak.txt && chmod 600 {home}/notes/leak.txt"
     ))
     .ok();
-    let leaked = format!("LEAKED={REAL}");
+    let leaked = format!("LEAKED={AUDIT_REAL}");
     let (process, _) = Background::start(sb.command_as(
         "agent-coder",
         &["env", &leaked, "sh", "-c", "echo up; sleep 60"],
@@ -530,7 +542,7 @@ fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
             .all(|h| h.0.ends_with(": its environment")),
         "{text}"
     );
-    assert!(!text.contains("REALsecret"), "{text}");
+    assert!(!text.contains("AUDITsecret"), "{text}");
 }
 
 /// The files of the state directory's secrets and records that hold the real value or the
