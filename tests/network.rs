@@ -504,11 +504,19 @@ fn publish_makes_one_port_reachable_from_the_host() {
     );
     let _ = run.kill();
     let _ = run.wait();
-    // Killing the runner takes the policy point and its publisher down.
+    // Killing the runner takes the policy point and its publisher down (this sandbox's:
+    // other tests' policy points run as the same agentuser-net at the same time).
     let uid = sb.sh("id -u agentuser-net").ok().stdout.trim().to_string();
+    let bin = sb.bin.display().to_string();
     let mut left = String::new();
     for _ in 0..100 {
-        left = sb.sh(&format!("ps -o pid= -u {uid}")).stdout;
+        left = sb
+            .sh(&format!("ps -o pid=,args= -u {uid}"))
+            .stdout
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(bin.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n");
         if left.trim().is_empty() {
             break;
         }
