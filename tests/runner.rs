@@ -486,16 +486,8 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
         control.stdout.contains("CONNECTED"),
         "control: {control:#?}"
     );
-    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only
-    // returns the ABI version.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    // The kernel's Landlock ABI, as agentuser's doctor reads it (unsafe stays in src/sys).
+    let abi = agentuser::sys::landlock::landlock_abi().unwrap_or(0);
     let landlock_abi6 = abi >= 6;
     eprintln!("Landlock ABI {abi}");
     let out = exec(&sb, "coder", &probe);
