@@ -477,14 +477,16 @@ mod tests {
             .map(|f| f.severity)
     }
 
-    #[test]
-    fn severities_follow_what_was_reached() {
+    /// A pass that reached a secret and other files in a home, a sticky and a plain
+    /// world-writable directory, public, root-equivalent, private and own sockets, and a
+    /// root's and an own loopback port; it held no_new_privs.
+    fn reached_observations() -> Observations {
         let socket = |name: &str, inode| UnixSocket {
             name: name.into(),
             kind: crate::sys::socket::STREAM,
             inode,
         };
-        let obs = Observations {
+        Observations {
             uid: AGENT,
             gid: AGENT,
             no_new_privs: true,
@@ -536,7 +538,12 @@ mod tests {
                 },
             ],
             ..Observations::default()
-        };
+        }
+    }
+
+    #[test]
+    fn severities_follow_what_was_reached() {
+        let obs = reached_observations();
         let owners = SocketOwners {
             holders: [(4, (AGENT, "agent".to_string()))].into_iter().collect(),
             files: BTreeMap::new(),
