@@ -11,7 +11,7 @@
 use anyhow::Result;
 use clap::Parser;
 
-use crate::cli::{Cli, Command, CredCommand, NetAction};
+use crate::cli::{Cli, Command, CredCommand, ExecArgs, NetAction, NetArgs, ShareArgs, ShellArgs};
 use crate::config::Config;
 use crate::context::Caller;
 use crate::context::{CallerEnv, Context};
@@ -101,7 +101,7 @@ fn changes_state(command: &Command) -> bool {
             | Command::Audit { .. }
             | Command::Doctor { .. }
             | Command::Cred(CredCommand::List { .. })
-            | Command::Net(crate::cli::NetArgs {
+            | Command::Net(NetArgs {
                 action: NetAction::List { .. } | NetAction::Log,
                 ..
             })
@@ -213,15 +213,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         }
         Command::List { json, names } => show::list(ctx, json, names)?,
         Command::Show { name, json } => show::show(ctx, &name, json)?,
-        Command::Share(args) => {
-            let access = if args.rw { Access::Rw } else { Access::Ro };
-            let git_writes = match (args.allow_git_writes, args.no_allow_git_writes) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            };
-            share::share(ctx, &args.name, &args.path, access, git_writes)?
-        }
+        Command::Share(args) => share_command(ctx, &args)?,
         Command::Unshare {
             name,
             path,
@@ -231,61 +223,10 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         Command::Set { name, settings } => crate::settings::set(ctx, &name, &settings)?,
         Command::Unset { name, keys } => crate::settings::unset(ctx, &name, &keys)?,
         Command::Completions { shell } => return Ok(crate::completions::print(shell)),
-        Command::Cred(cred) => match cred {
-            CredCommand::Add {
-                name,
-                file,
-                to,
-                live,
-            } => creds::add(ctx, &name, &file, to.as_deref(), live)?,
-            CredCommand::Env { name, var, hosts } => creds::set_env(ctx, &name, &var, &hosts)?,
-            CredCommand::Ssh {
-                name,
-                key,
-                hosts,
-                known_hosts,
-            } => crate::broker::ssh::command::add(ctx, &name, &key, &hosts, &known_hosts)?,
-            CredCommand::List { name, json } => creds::list(ctx, &name, json)?,
-            CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item)?,
-            CredCommand::Sync { name, force } => creds::sync(ctx, &name, force)?,
-        },
-        Command::Net(args) => {
-            use crate::network::commands as net;
-            match &args.action {
-                NetAction::Allow { hosts, preset } => net::allow(ctx, &args.name, hosts, preset)?,
-                NetAction::Deny { hosts, preset } => net::deny(ctx, &args.name, hosts, preset)?,
-                NetAction::List { json } => net::list(ctx, &args.name, *json)?,
-                NetAction::Log => net::log(ctx, &args.name)?,
-            }
-        }
-        Command::Exec(args) => {
-            return Ok(runner::exec(
-                ctx,
-                &runner::Request {
-                    name: &args.name,
-                    cwd: args.cwd.as_ref(),
-                    env: &args.env,
-                    network: args.network.map(Into::into),
-                    clipboard_write: args.allow_clipboard_write,
-                    publish: &args.publish,
-                    command: Some(&args.command),
-                },
-            ));
-        }
-        Command::Shell(args) => {
-            return Ok(runner::exec(
-                ctx,
-                &runner::Request {
-                    name: &args.name,
-                    cwd: args.cwd.as_ref(),
-                    env: &[],
-                    network: args.network.map(Into::into),
-                    clipboard_write: args.allow_clipboard_write,
-                    publish: &[],
-                    command: None,
-                },
-            ));
-        }
+        Command::Cred(cred) => dispatch_cred(ctx, cred)?,
+        Command::Net(args) => dispatch_net(ctx, &args)?,
+        Command::Exec(args) => return Ok(runner::exec(ctx, &exec_request(&args))),
+        Command::Shell(args) => return Ok(runner::exec(ctx, &shell_request(&args))),
         Command::Audit { name, json } => return audit::audit(ctx, &name, json),
         Command::Doctor { json } => return audit::doctor(ctx, json),
         Command::GitRemoteHelper { address, .. } => {
@@ -293,6 +234,77 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `share`: --rw or read-only; --allow-git-writes / --no-allow-git-writes, or neither (keep
+/// what an existing share has).
+fn share_command(ctx: &Context, args: &ShareArgs) -> Result<()> {
+    let access = if args.rw { Access::Rw } else { Access::Ro };
+    let git_writes = match (args.allow_git_writes, args.no_allow_git_writes) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    share::share(ctx, &args.name, &args.path, access, git_writes)
+}
+
+/// The `cred` commands.
+fn dispatch_cred(ctx: &Context, cred: CredCommand) -> Result<()> {
+    match cred {
+        CredCommand::Add {
+            name,
+            file,
+            to,
+            live,
+        } => creds::add(ctx, &name, &file, to.as_deref(), live),
+        CredCommand::Env { name, var, hosts } => creds::set_env(ctx, &name, &var, &hosts),
+        CredCommand::Ssh {
+            name,
+            key,
+            hosts,
+            known_hosts,
+        } => crate::broker::ssh::command::add(ctx, &name, &key, &hosts, &known_hosts),
+        CredCommand::List { name, json } => creds::list(ctx, &name, json),
+        CredCommand::Rm { name, item } => creds::remove(ctx, &name, &item),
+        CredCommand::Sync { name, force } => creds::sync(ctx, &name, force),
+    }
+}
+
+/// The `net` commands.
+fn dispatch_net(ctx: &Context, args: &NetArgs) -> Result<()> {
+    use crate::network::commands as net;
+    match &args.action {
+        NetAction::Allow { hosts, preset } => net::allow(ctx, &args.name, hosts, preset),
+        NetAction::Deny { hosts, preset } => net::deny(ctx, &args.name, hosts, preset),
+        NetAction::List { json } => net::list(ctx, &args.name, *json),
+        NetAction::Log => net::log(ctx, &args.name),
+    }
+}
+
+/// `exec NAME -- COMMAND`: the command in the agent's view.
+fn exec_request(args: &ExecArgs) -> runner::Request<'_> {
+    runner::Request {
+        name: &args.name,
+        cwd: args.cwd.as_ref(),
+        env: &args.env,
+        network: args.network.map(Into::into),
+        clipboard_write: args.allow_clipboard_write,
+        publish: &args.publish,
+        command: Some(&args.command),
+    }
+}
+
+/// `shell NAME`: the agent's login shell in its view, with nothing added to it.
+fn shell_request(args: &ShellArgs) -> runner::Request<'_> {
+    runner::Request {
+        name: &args.name,
+        cwd: args.cwd.as_ref(),
+        env: &[],
+        network: args.network.map(Into::into),
+        clipboard_write: args.allow_clipboard_write,
+        publish: &[],
+        command: None,
+    }
 }
 
 /// Help and version go to stdout with status 0; usage errors are one line with status 2.

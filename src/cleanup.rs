@@ -47,16 +47,8 @@ pub fn remove(path: &Path, select: Select) -> Result<usize> {
     let parent_dir = Dir::open(parent, DIR_FLAGS, Mode::empty())
         .with_context(|| format!("opening {}", parent.display()))?;
     let base = CString::new(base.as_bytes())?;
-    let root = match Dir::openat(&parent_dir, base.as_c_str(), DIR_FLAGS, Mode::empty()) {
-        Ok(dir) => dir,
-        Err(Errno::ENOENT) => return Ok(0),
-        Err(Errno::ENOTDIR | Errno::ELOOP) if matches!(select, Select::All) => {
-            // Not a directory (or a symlink planted in place of one): remove the entry itself.
-            unlinkat(&parent_dir, base.as_c_str(), UnlinkatFlags::NoRemoveDir)
-                .with_context(|| format!("removing {}", path.display()))?;
-            return Ok(0);
-        }
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    let Some(root) = open_root(&parent_dir, &base, path, select)? else {
+        return Ok(0);
     };
     let device = fstat(&root)?.st_dev;
     let mut failures = 0;
@@ -69,58 +61,96 @@ pub fn remove(path: &Path, select: Select) -> Result<usize> {
     while let Some(frame) = stack.last_mut() {
         let Some(name) = frame.pending.pop() else {
             let done = stack.pop().expect("frame exists");
-            if done.remove_self {
-                let parent = stack.last().map(|f| &f.dir).unwrap_or(&parent_dir);
-                let name = done.name.as_deref().unwrap_or(base.as_c_str());
-                drop(done.dir);
-                match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    // An owned directory that still holds someone else's files stays.
-                    Err(Errno::ENOTEMPTY) if matches!(select, Select::OwnedBy(_)) => {}
-                    Err(_) => failures += 1,
-                }
-            }
+            let parent = stack.last().map(|f| &f.dir).unwrap_or(&parent_dir);
+            failures += remove_emptied(parent, done, &base, select);
             continue;
         };
-        let stat = match fstatat(&frame.dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(stat) => stat,
-            Err(Errno::ENOENT) => continue,
-            Err(_) => {
-                failures += 1;
-                continue;
-            }
-        };
-        let selected = match select {
-            Select::All => true,
-            Select::OwnedBy(uid) => stat.st_uid == uid,
-        };
-        if is_dir(&stat) {
-            if stat.st_dev != device {
-                // A mount point: never descend into another file system.
-                failures += 1;
-                continue;
-            }
-            match Dir::openat(&frame.dir, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
-                Ok(dir) => {
-                    let pending = names(&dir).unwrap_or_default();
-                    stack.push(Frame {
-                        dir,
-                        pending,
-                        name: Some(name),
-                        remove_self: selected,
-                    });
-                }
-                Err(Errno::ENOENT) => {}
-                Err(_) => failures += 1,
-            }
-        } else if selected {
-            match unlinkat(&frame.dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(_) => failures += 1,
-            }
+        if let Some(child) = remove_entry(&frame.dir, name, select, device, &mut failures) {
+            stack.push(child);
         }
     }
     Ok(failures)
+}
+
+/// Opens the directory to remove (or to clean); `None` when there is nothing to walk: the
+/// path is missing, or (removing everything) it was not a directory and is removed here.
+fn open_root(parent_dir: &Dir, base: &CStr, path: &Path, select: Select) -> Result<Option<Dir>> {
+    match Dir::openat(parent_dir, base, DIR_FLAGS, Mode::empty()) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ENOTDIR | Errno::ELOOP) if matches!(select, Select::All) => {
+            // Not a directory (or a symlink planted in place of one): remove the entry itself.
+            unlinkat(parent_dir, base, UnlinkatFlags::NoRemoveDir)
+                .with_context(|| format!("removing {}", path.display()))?;
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+/// A directory whose entries have all been handled: removed from `parent` when it was
+/// selected. Returns the failures (0 or 1).
+fn remove_emptied(parent: &Dir, done: Frame, root_name: &CStr, select: Select) -> usize {
+    if !done.remove_self {
+        return 0;
+    }
+    let name = done.name.as_deref().unwrap_or(root_name);
+    drop(done.dir);
+    match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => 0,
+        // An owned directory that still holds someone else's files stays.
+        Err(Errno::ENOTEMPTY) if matches!(select, Select::OwnedBy(_)) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// One entry of `dir`: a selected file goes now; a directory on the same file system comes
+/// back as a frame to walk (removed, when selected, once it is emptied).
+fn remove_entry(
+    dir: &Dir,
+    name: CString,
+    select: Select,
+    device: u64,
+    failures: &mut usize,
+) -> Option<Frame> {
+    let stat = match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::ENOENT) => return None,
+        Err(_) => {
+            *failures += 1;
+            return None;
+        }
+    };
+    let selected = match select {
+        Select::All => true,
+        Select::OwnedBy(uid) => stat.st_uid == uid,
+    };
+    if is_dir(&stat) {
+        if stat.st_dev != device {
+            // A mount point: never descend into another file system.
+            *failures += 1;
+            return None;
+        }
+        match Dir::openat(dir, name.as_c_str(), DIR_FLAGS, Mode::empty()) {
+            Ok(child) => {
+                let pending = names(&child).unwrap_or_default();
+                return Some(Frame {
+                    dir: child,
+                    pending,
+                    name: Some(name),
+                    remove_self: selected,
+                });
+            }
+            Err(Errno::ENOENT) => {}
+            Err(_) => *failures += 1,
+        }
+    } else if selected {
+        match unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(_) => *failures += 1,
+        }
+    }
+    None
 }
 
 fn is_dir(stat: &FileStat) -> bool {

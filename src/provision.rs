@@ -444,66 +444,21 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
     } else {
         ctx.registry.lock(name)?
     };
-    let mut record = match ctx.registry.load(name) {
-        Ok(Some(record)) => {
-            policy::authorize_agent(ctx, &record)?;
-            record
-        }
-        Ok(None) if ctx.caller.is_root && crate::recover::orphan_exists(ctx, name)? => {
-            // An account or home of agentuser's with no record (doctor reports these).
-            let why = anyhow::anyhow!("no record: an account or home left without one");
-            match crate::recover::rebuild(ctx, &lock, name, &why)? {
-                Some(record) => record,
-                None => return Ok(()),
-            }
-        }
-        Ok(None) if ctx.caller.is_root && !crate::leftovers::of_agent(ctx, name).is_empty() => {
-            return delete_leftovers(ctx, lock, name);
-        }
-        Ok(None) => {
-            // Root's lock_new made the file for a name that names nothing: not kept.
-            if ctx.caller.is_root {
-                ctx.registry.remove_lock(lock)?;
-            }
-            bail!("agent '{name}': no such agent")
-        }
-        Err(damage) if ctx.caller.is_root => {
-            match crate::recover::rebuild(ctx, &lock, name, &damage)? {
-                Some(record) => record,
-                // Nothing of the agent was left but the damaged record, now gone.
-                None => return Ok(()),
-            }
-        }
-        Err(damage) => {
-            return Err(damage.context(format!(
-                "agent '{name}': its record is damaged: only root can delete it"
-            )));
-        }
+    let Some((lock, mut record)) = record_to_delete(ctx, lock, name)? else {
+        return Ok(());
     };
     if record.state != AgentState::Deleting {
         record.state = AgentState::Deleting;
         ctx.registry.save(&lock, &record)?;
     }
-    crate::sys::process::kill_all_of_uid(record.uid, record.gid)
-        .with_context(|| format!("stopping the processes of '{}'", record.user))?;
-    // A run whose runner was killed left planted repositories unsearched: search while the
-    // shares are still the agent's (the next exec would have).
-    crate::runner::planted::recover(ctx, &record)
-        .context("searching the shares of runs that ended without their runner")?;
+    stop_agent(ctx, &record)?;
     let shares = record.shares.len();
     let credentials = record.credentials.len();
     let handed_back =
         share::revoke_all(ctx, &lock, &mut record, how.keep_owner).context("revoking shares")?;
     creds::remove_all(ctx, &lock, &mut record).context("removing credentials")?;
     remove_account(&record, keep_home)?;
-    let secrets = ctx.registry.secrets_dir(name);
-    if cleanup::remove(&secrets, Select::All)? > 0 {
-        bail!("could not remove {}", secrets.display());
-    }
-    crate::git::forget(ctx, name)?;
-    crate::leftovers::remove(ctx, name)?;
-    ctx.registry.remove(&lock)?;
-    ctx.registry.remove_lock(lock)?;
+    remove_agent_state(ctx, lock, name)?;
     eventlog::record(
         ctx,
         "delete",
@@ -517,6 +472,76 @@ pub fn delete(ctx: &Context, name: &str, how: DeleteOptions) -> Result<()> {
         record.uid,
         if keep_home { "kept" } else { "removed" }
     ));
+    Ok(())
+}
+
+/// The record of the agent to delete, with the lock. Root also deletes what a name left
+/// without a usable record: a damaged record or an orphaned account or home is rebuilt into
+/// one, and files only in the state directory are removed here. `None` when nothing is left
+/// to delete.
+fn record_to_delete(ctx: &Context, lock: Lock, name: &str) -> Result<Option<(Lock, AgentRecord)>> {
+    let record = match ctx.registry.load(name) {
+        Ok(Some(record)) => {
+            policy::authorize_agent(ctx, &record)?;
+            record
+        }
+        Ok(None) if ctx.caller.is_root && crate::recover::orphan_exists(ctx, name)? => {
+            // An account or home of agentuser's with no record (doctor reports these).
+            let why = anyhow::anyhow!("no record: an account or home left without one");
+            match crate::recover::rebuild(ctx, &lock, name, &why)? {
+                Some(record) => record,
+                None => return Ok(None),
+            }
+        }
+        Ok(None) if ctx.caller.is_root && !crate::leftovers::of_agent(ctx, name).is_empty() => {
+            delete_leftovers(ctx, lock, name)?;
+            return Ok(None);
+        }
+        Ok(None) => {
+            // Root's lock_new made the file for a name that names nothing: not kept.
+            if ctx.caller.is_root {
+                ctx.registry.remove_lock(lock)?;
+            }
+            bail!("agent '{name}': no such agent")
+        }
+        Err(damage) if ctx.caller.is_root => {
+            match crate::recover::rebuild(ctx, &lock, name, &damage)? {
+                Some(record) => record,
+                // Nothing of the agent was left but the damaged record, now gone.
+                None => return Ok(None),
+            }
+        }
+        Err(damage) => {
+            return Err(damage.context(format!(
+                "agent '{name}': its record is damaged: only root can delete it"
+            )));
+        }
+    };
+    Ok(Some((lock, record)))
+}
+
+/// Stops every process of the agent's uid, then searches the shares of runs whose runner
+/// was killed for planted repositories, while the shares are still the agent's (the next
+/// exec would have).
+fn stop_agent(ctx: &Context, record: &AgentRecord) -> Result<()> {
+    crate::sys::process::kill_all_of_uid(record.uid, record.gid)
+        .with_context(|| format!("stopping the processes of '{}'", record.user))?;
+    crate::runner::planted::recover(ctx, record)
+        .context("searching the shares of runs that ended without their runner")?;
+    Ok(())
+}
+
+/// Removes what the state directory holds for the agent: stored secrets, git directories,
+/// leftovers, then the record and its lock.
+fn remove_agent_state(ctx: &Context, lock: Lock, name: &str) -> Result<()> {
+    let secrets = ctx.registry.secrets_dir(name);
+    if cleanup::remove(&secrets, Select::All)? > 0 {
+        bail!("could not remove {}", secrets.display());
+    }
+    crate::git::forget(ctx, name)?;
+    crate::leftovers::remove(ctx, name)?;
+    ctx.registry.remove(&lock)?;
+    ctx.registry.remove_lock(lock)?;
     Ok(())
 }
 

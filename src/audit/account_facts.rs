@@ -34,6 +34,16 @@ pub fn account_findings(
     groups: &[u32],
     view_nnp: bool,
 ) -> Vec<Finding> {
+    let mut out = share_findings(record);
+    out.extend(crate::git::protection::findings(ctx, record));
+    out.extend(credential_findings(ctx, record));
+    out.extend(sudo_findings(record, groups, view_nnp));
+    out.extend(scheduler_findings(&record.user));
+    out
+}
+
+/// Each share the record holds; one whose path is gone is worth a look.
+fn share_findings(record: &AgentRecord) -> Vec<Finding> {
     let mut out = Vec::new();
     for share in &record.shares {
         let access = match share.access {
@@ -56,7 +66,12 @@ pub fn account_findings(
             },
         ));
     }
-    out.extend(crate::git::protection::findings(ctx, record));
+    out
+}
+
+/// Each credential with its state; one not in a good state comes with the fix.
+fn credential_findings(ctx: &Context, record: &AgentRecord) -> Vec<Finding> {
+    let mut out = Vec::new();
     for cred in creds::describe(ctx, record) {
         // States as creds reports them: ok, source-changed, agent-modified, missing-source,
         // missing-copy, unreadable-source ("unknown" before a check exists).
@@ -85,6 +100,12 @@ pub fn account_findings(
         }
         out.push(f);
     }
+    out
+}
+
+/// The sudoers rules that apply to the account (by user, uid or any of its groups). With
+/// no_new_privs in the view, sudo is reached only from the host view.
+fn sudo_findings(record: &AgentRecord, groups: &[u32], view_nnp: bool) -> Vec<Finding> {
     let mut named: Vec<(u32, String)> =
         groups.iter().map(|&g| (g, assess::group_name(g))).collect();
     named.push((record.gid, assess::group_name(record.gid)));
@@ -93,6 +114,7 @@ pub fn account_findings(
         uid: record.uid,
         groups: &named,
     };
+    let mut out = Vec::new();
     for rule in sudoers::rules_for(&subject) {
         let (severity, how) = if rule.nopasswd {
             (Severity::High, "without a password")
@@ -118,7 +140,6 @@ pub fn account_findings(
             .in_views(views),
         );
     }
-    out.extend(scheduler_findings(&record.user));
     out
 }
 

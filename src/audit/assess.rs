@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::findings::{Finding, Severity, View};
 use super::network::UnixSocket;
-use super::probes::Observations;
+use super::probes::{HomeScan, Observations};
 
 /// What the privileged process knows about the sockets it handed to the probes.
 pub struct SocketOwners {
@@ -109,6 +109,29 @@ pub fn pass_findings(
     owners: &SocketOwners,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
+    runner_identity(obs, view, agent_uid, &mut out);
+    homes(obs, &mut out);
+    writable(obs, agent_uid, &mut out);
+    for socket in &obs.unix {
+        if let Some(f) = unix_socket(socket, agent_uid, owners) {
+            out.push(f);
+        }
+    }
+    tcp_listeners(obs, agent_uid, &mut out);
+    udp_listeners(obs, agent_uid, &mut out);
+    held_groups(obs, agent_gid, &mut out);
+    for note in &obs.truncated {
+        out.push(Finding::new(Severity::Info, "bounded", "scan", note));
+    }
+    for f in &mut out {
+        f.views = vec![view];
+    }
+    out
+}
+
+/// Whether the probe ran as the runner promises: as the agent, and in the view with
+/// no_new_privs.
+fn runner_identity(obs: &Observations, view: View, agent_uid: u32, out: &mut Vec<Finding>) {
     if view == View::View && !obs.no_new_privs {
         out.push(
             Finding::new(
@@ -128,13 +151,10 @@ pub fn pass_findings(
             format!("the probe ran as uid {} instead of {agent_uid}", obs.uid),
         ));
     }
-    homes(obs, &mut out);
-    writable(obs, agent_uid, &mut out);
-    for socket in &obs.unix {
-        if let Some(f) = unix_socket(socket, agent_uid, owners) {
-            out.push(f);
-        }
-    }
+}
+
+/// Loopback TCP services of other users that accepted the probe's connection.
+fn tcp_listeners(obs: &Observations, agent_uid: u32, out: &mut Vec<Finding>) {
     for l in obs.tcp.iter().filter(|l| l.uid != agent_uid) {
         let mut f = Finding::new(
             Severity::High,
@@ -159,6 +179,10 @@ pub fn pass_findings(
         }
         out.push(f);
     }
+}
+
+/// Loopback UDP services of other users the probe saw (and did not send to).
+fn udp_listeners(obs: &Observations, agent_uid: u32, out: &mut Vec<Finding>) {
     for l in obs.udp.iter().filter(|l| l.uid != agent_uid) {
         out.push(
             Finding::new(
@@ -173,6 +197,10 @@ pub fn pass_findings(
             .fix("run the agent with --network none"),
         );
     }
+}
+
+/// The groups the probe held besides the agent's own.
+fn held_groups(obs: &Observations, agent_gid: u32, out: &mut Vec<Finding>) {
     let mut gids: Vec<u32> = obs.groups.clone();
     gids.push(obs.gid);
     gids.sort_unstable();
@@ -180,13 +208,6 @@ pub fn pass_findings(
     for gid in gids.into_iter().filter(|&g| g != agent_gid) {
         out.push(group_finding(gid, "the probe held it"));
     }
-    for note in &obs.truncated {
-        out.push(Finding::new(Severity::Info, "bounded", "scan", note));
-    }
-    for f in &mut out {
-        f.views = vec![view];
-    }
-    out
 }
 
 /// A group the agent holds (measured) or will get at any login (from the group database).
@@ -206,85 +227,101 @@ pub fn group_finding(gid: u32, how: &str) -> Finding {
     .fix(format!("gpasswd -d AGENT_USER {name}"))
 }
 
+/// What the probe reached in other users' homes.
 fn homes(obs: &Observations, out: &mut Vec<Finding>) {
     for scan in &obs.homes {
         let home = scan.home.display().to_string();
-        for secret in &scan.secrets {
-            out.push(
-                Finding::new(
-                    Severity::High,
-                    "readable-secret",
-                    secret.path.display().to_string(),
-                    format!("{} readable by the agent", secret.kind),
-                )
-                .fix(format!(
-                    "chmod 0600 the file and chmod 0750 {home}; give the agent a copy with \
-                     `agentuser cred add` if it needs it"
-                )),
-            );
-        }
-        let more = scan.secrets_total.saturating_sub(scan.secrets.len() as u64);
-        if more > 0 {
-            out.push(Finding::new(
+        home_secrets(scan, &home, out);
+        home_readable(scan, &home, out);
+        home_writable(scan, &home, out);
+    }
+}
+
+/// Secret-looking files the agent reads in a home (listed, then counted).
+fn home_secrets(scan: &HomeScan, home: &str, out: &mut Vec<Finding>) {
+    for secret in &scan.secrets {
+        out.push(
+            Finding::new(
                 Severity::High,
                 "readable-secret",
-                format!("{home}/..."),
-                format!("{more} more secret-looking files readable"),
-            ));
-        }
-        let examples: Vec<String> = scan
-            .examples
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        if scan.readable_files > scan.secrets_total {
-            out.push(
-                Finding::new(
-                    Severity::Medium,
-                    "readable-files",
-                    &home,
-                    format!(
-                        "{} readable files{}",
-                        scan.readable_files,
-                        if examples.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", e.g. {}", examples.join(", "))
-                        }
-                    ),
-                )
-                .fix(format!("chmod 0750 {home} (or 0700)")),
-            );
-        } else if scan.listable && scan.readable_files == 0 {
-            out.push(
-                Finding::new(
-                    Severity::Info,
-                    "listable-home",
-                    &home,
-                    "file names are visible, no file is readable",
-                )
-                .fix(format!("chmod 0750 {home}")),
-            );
-        }
-        for path in &scan.writable {
-            out.push(Finding::new(
-                Severity::High,
-                "writable",
-                path.display().to_string(),
-                "writable by the agent inside another user's home",
-            ));
-        }
-        let more = scan
-            .writable_total
-            .saturating_sub(scan.writable.len() as u64);
-        if more > 0 {
-            out.push(Finding::new(
-                Severity::High,
-                "writable",
-                format!("{home}/..."),
-                format!("{more} more writable paths"),
-            ));
-        }
+                secret.path.display().to_string(),
+                format!("{} readable by the agent", secret.kind),
+            )
+            .fix(format!(
+                "chmod 0600 the file and chmod 0750 {home}; give the agent a copy with \
+                 `agentuser cred add` if it needs it"
+            )),
+        );
+    }
+    let more = scan.secrets_total.saturating_sub(scan.secrets.len() as u64);
+    if more > 0 {
+        out.push(Finding::new(
+            Severity::High,
+            "readable-secret",
+            format!("{home}/..."),
+            format!("{more} more secret-looking files readable"),
+        ));
+    }
+}
+
+/// Other files the agent reads in a home, or (when it reads none) that it lists the names.
+fn home_readable(scan: &HomeScan, home: &str, out: &mut Vec<Finding>) {
+    let examples: Vec<String> = scan
+        .examples
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if scan.readable_files > scan.secrets_total {
+        out.push(
+            Finding::new(
+                Severity::Medium,
+                "readable-files",
+                home,
+                format!(
+                    "{} readable files{}",
+                    scan.readable_files,
+                    if examples.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", e.g. {}", examples.join(", "))
+                    }
+                ),
+            )
+            .fix(format!("chmod 0750 {home} (or 0700)")),
+        );
+    } else if scan.listable && scan.readable_files == 0 {
+        out.push(
+            Finding::new(
+                Severity::Info,
+                "listable-home",
+                home,
+                "file names are visible, no file is readable",
+            )
+            .fix(format!("chmod 0750 {home}")),
+        );
+    }
+}
+
+/// Paths the agent writes inside a home (listed, then counted).
+fn home_writable(scan: &HomeScan, home: &str, out: &mut Vec<Finding>) {
+    for path in &scan.writable {
+        out.push(Finding::new(
+            Severity::High,
+            "writable",
+            path.display().to_string(),
+            "writable by the agent inside another user's home",
+        ));
+    }
+    let more = scan
+        .writable_total
+        .saturating_sub(scan.writable.len() as u64);
+    if more > 0 {
+        out.push(Finding::new(
+            Severity::High,
+            "writable",
+            format!("{home}/..."),
+            format!("{more} more writable paths"),
+        ));
     }
 }
 
@@ -440,14 +477,16 @@ mod tests {
             .map(|f| f.severity)
     }
 
-    #[test]
-    fn severities_follow_what_was_reached() {
+    /// A pass that reached a secret and other files in a home, a sticky and a plain
+    /// world-writable directory, public, root-equivalent, private and own sockets, and a
+    /// root's and an own loopback port; it held no_new_privs.
+    fn reached_observations() -> Observations {
         let socket = |name: &str, inode| UnixSocket {
             name: name.into(),
             kind: crate::sys::socket::STREAM,
             inode,
         };
-        let obs = Observations {
+        Observations {
             uid: AGENT,
             gid: AGENT,
             no_new_privs: true,
@@ -499,7 +538,12 @@ mod tests {
                 },
             ],
             ..Observations::default()
-        };
+        }
+    }
+
+    #[test]
+    fn severities_follow_what_was_reached() {
+        let obs = reached_observations();
         let owners = SocketOwners {
             holders: [(4, (AGENT, "agent".to_string()))].into_iter().collect(),
             files: BTreeMap::new(),

@@ -69,7 +69,28 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
     eventlog::record(ctx, "audit", name, "");
 
     let network = record.network.unwrap_or(ctx.config.network);
-    let (base, owners) = plan(ctx, &record)?;
+    let (view, host, owners) = probe_both_views(ctx, &record, network)?;
+
+    let mut findings = network_mode_findings(network);
+    let passes = assess_passes(&record, &owners, &view, &host, &mut findings);
+    findings.extend(group_database_findings(&record));
+    let mut findings = assess::merge(findings);
+    let view_nnp = view.as_ref().map(|o| o.no_new_privs).unwrap_or(false);
+    findings.extend(privileged_findings(ctx, &record, network, view_nnp));
+    findings::sort(&mut findings);
+
+    print(&record, network, passes, findings, json)
+}
+
+/// Runs the probe as the agent twice: in the view `exec` builds (which also learns the
+/// host's temporary directories, to tell them from the view's own), then with the plain uid
+/// switch. A pass that fails is reported, not fatal.
+fn probe_both_views(
+    ctx: &Context,
+    record: &AgentRecord,
+    network: Network,
+) -> Result<(Result<Observations>, Result<Observations>, SocketOwners)> {
+    let (base, owners) = plan(ctx, record)?;
     let view_plan = Plan {
         host_temp: probes::TEMP_DIRS
             .iter()
@@ -81,33 +102,48 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             .collect(),
         ..base.clone()
     };
-    let view = finish(runner::run_in_view(ctx, &record, network, move || {
+    let view = finish(runner::run_in_view(ctx, record, network, move || {
         probes::run(&view_plan)
     }));
-    let host = finish(runner::run_as_agent_in_host_view(&record, move || {
+    let host = finish(runner::run_as_agent_in_host_view(record, move || {
         probes::run(&base)
     }));
+    Ok((view, host, owners))
+}
 
-    let mut findings = Vec::new();
-    if network == Network::Host {
-        findings.push(
-            Finding::new(
-                Severity::High,
-                "network",
-                "network host",
-                "exec runs the agent on the host's network: any host on the internet, the \
-                 owner's loopback services and the cloud metadata endpoint are reachable \
-                 (use the allowlist mode: agentuser net NAME allow HOST)",
-            )
-            .in_views(&[View::View]),
-        );
+/// The finding for an agent whose `exec` runs on the host's network.
+fn network_mode_findings(network: Network) -> Vec<Finding> {
+    if network != Network::Host {
+        return Vec::new();
     }
+    vec![
+        Finding::new(
+            Severity::High,
+            "network",
+            "network host",
+            "exec runs the agent on the host's network: any host on the internet, the \
+             owner's loopback services and the cloud metadata endpoint are reachable \
+             (use the allowlist mode: agentuser net NAME allow HOST)",
+        )
+        .in_views(&[View::View]),
+    ]
+}
+
+/// Adds what each pass observed to `findings` (or the failure of a pass, as a high finding)
+/// and says which passes ran.
+fn assess_passes(
+    record: &AgentRecord,
+    owners: &SocketOwners,
+    view: &Result<Observations>,
+    host: &Result<Observations>,
+    findings: &mut Vec<Finding>,
+) -> BTreeMap<&'static str, PassStatus> {
     let mut passes = BTreeMap::new();
-    for (label, view_kind, result) in [("view", View::View, &view), ("host", View::Host, &host)] {
+    for (label, view_kind, result) in [("view", View::View, view), ("host", View::Host, host)] {
         match result {
             Ok(obs) => {
                 findings.extend(assess::pass_findings(
-                    obs, view_kind, record.uid, record.gid, &owners,
+                    obs, view_kind, record.uid, record.gid, owners,
                 ));
                 passes.insert(
                     label,
@@ -138,25 +174,36 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             }
         }
     }
-    // The runner may drop supplementary groups, but cron, at, su and ssh logins call
-    // initgroups: what the group database gives the account is reached in the host view.
-    for gid in account_facts::database_groups(&record) {
-        findings.push(
+    passes
+}
+
+/// The runner may drop supplementary groups, but cron, at, su and ssh logins call
+/// initgroups: what the group database gives the account is reached in the host view.
+fn group_database_findings(record: &AgentRecord) -> Vec<Finding> {
+    account_facts::database_groups(record)
+        .into_iter()
+        .map(|gid| {
             assess::group_finding(
                 gid,
                 "in the group database: every login outside agentuser gets it",
             )
-            .in_views(&[View::Host]),
-        );
-    }
-    let mut findings = assess::merge(findings);
-    let view_nnp = view.as_ref().map(|o| o.no_new_privs).unwrap_or(false);
-    let groups = account_facts::database_groups(&record);
-    findings.extend(account_facts::account_findings(
-        ctx, &record, &groups, view_nnp,
-    ));
-    findings.extend(crate::broker::audit::findings(&record, network));
-    findings.extend(brokered_exposure(ctx, &record).unwrap_or_else(|e| {
+            .in_views(&[View::Host])
+        })
+        .collect()
+}
+
+/// What only the privileged process learns: the account's settings, its broker, and where
+/// the agent reads its brokered secrets (a failed search for those is a high finding).
+fn privileged_findings(
+    ctx: &Context,
+    record: &AgentRecord,
+    network: Network,
+    view_nnp: bool,
+) -> Vec<Finding> {
+    let groups = account_facts::database_groups(record);
+    let mut findings = account_facts::account_findings(ctx, record, &groups, view_nnp);
+    findings.extend(crate::broker::audit::findings(record, network));
+    findings.extend(brokered_exposure(ctx, record).unwrap_or_else(|e| {
         vec![Finding::new(
             Severity::High,
             "audit-error",
@@ -167,9 +214,7 @@ pub fn audit(ctx: &Context, name: &str, json: bool) -> Result<u8> {
             ),
         )]
     }));
-    findings::sort(&mut findings);
-
-    print(&record, network, passes, findings, json)
+    findings
 }
 
 /// Where the agent reads the real value of one of its brokered secrets (root matches, with

@@ -222,6 +222,28 @@ pub fn observe(plan: &Plan) -> Observations {
     obs
 }
 
+/// The walked directory's path relative to the home, rebuilt only when the walk moves to
+/// another directory.
+#[derive(Default)]
+struct RelativeDir {
+    dir: PathBuf,
+    rel: PathBuf,
+}
+
+impl RelativeDir {
+    fn of(&mut self, dir: &Path, home: &Path) -> &Path {
+        if self.dir.as_path() != dir {
+            self.dir = dir.to_path_buf();
+            self.rel = self
+                .dir
+                .strip_prefix(home)
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
+        }
+        &self.rel
+    }
+}
+
 struct Walker<'a> {
     plan: &'a Plan,
     started: Instant,
@@ -236,22 +258,39 @@ impl Walker<'_> {
     }
 
     fn scan_home(&mut self, home: &Path, truncated: &mut Vec<String>) -> HomeScan {
-        let plan = self.plan;
-        let limits = &plan.limits;
         let mut scan = HomeScan {
             home: home.to_path_buf(),
             listable: access(home, AccessFlags::R_OK).is_ok() && std::fs::read_dir(home).is_ok(),
             ..HomeScan::default()
         };
+        if access(home, AccessFlags::W_OK).is_ok() {
+            record_writable(&mut scan, home.to_path_buf(), self.plan.limits.max_writable);
+        }
+        let mut seen = BTreeSet::new();
+        if self.walk_home(home, &mut scan, &mut seen) {
+            truncated.push(format!(
+                "home walk stopped in {} after {} entries",
+                home.display(),
+                self.home_entries
+            ));
+        }
+        self.probe_known_secrets(home, &seen, &mut scan);
+        scan
+    }
+
+    /// Walks what the home lets the agent list, counting what it can read and write; the
+    /// paths of files looked at closely go to `seen`. True when the budget stopped the walk.
+    fn walk_home(
+        &mut self,
+        home: &Path,
+        scan: &mut HomeScan,
+        seen: &mut BTreeSet<PathBuf>,
+    ) -> bool {
+        let plan = self.plan;
         // Directories holding a skipped path: only entries there need their full path built.
         let skip_parents: BTreeSet<&Path> = plan.skip.iter().filter_map(|s| s.parent()).collect();
-        let mut seen = BTreeSet::new();
         let mut stopped = false;
-        let mut last_dir = PathBuf::new();
-        let mut last_rel = PathBuf::new();
-        if access(home, AccessFlags::W_OK).is_ok() {
-            record_writable(&mut scan, home.to_path_buf(), limits.max_writable);
-        }
+        let mut relative = RelativeDir::default();
         walk::walk(home, usize::MAX, &mut |entry| {
             self.home_entries += 1;
             if self.out_of_budget() {
@@ -267,49 +306,51 @@ impl Walker<'_> {
             match entry.kind {
                 Kind::Dir => {
                     if entry.access(AccessFlags::W_OK) {
-                        record_writable(&mut scan, entry.path(), limits.max_writable);
+                        record_writable(scan, entry.path(), plan.limits.max_writable);
                     }
                 }
-                Kind::File => {
-                    if entry.depth == 1 && entry.access(AccessFlags::W_OK) {
-                        record_writable(&mut scan, entry.path(), limits.max_writable);
-                    }
-                    if entry.access(AccessFlags::R_OK) {
-                        scan.readable_files += 1;
-                        if last_dir.as_path() != entry.parent {
-                            last_dir = entry.parent.to_path_buf();
-                            last_rel = last_dir
-                                .strip_prefix(home)
-                                .unwrap_or(Path::new(""))
-                                .to_path_buf();
-                        }
-                        // Only files a rule might match, and the first few examples, cost
-                        // a path.
-                        let name = entry.name.to_bytes();
-                        if secrets::may_match(&last_rel, name)
-                            || scan.examples.len() < limits.max_examples
-                        {
-                            let path = entry.path();
-                            let head = || entry.open_read().and_then(read_head);
-                            self.classify(home, &path, head, &mut scan);
-                            if entry.depth <= 3 {
-                                seen.insert(path);
-                            }
-                        }
-                    }
-                }
+                Kind::File => self.home_file(home, entry, &mut relative, scan, seen),
                 Kind::Symlink | Kind::Other => {}
             }
             Flow::Continue
         });
-        if stopped {
-            truncated.push(format!(
-                "home walk stopped in {} after {} entries",
-                home.display(),
-                self.home_entries
-            ));
+        stopped
+    }
+
+    /// One file met by the home walk: writable at the top, readable, and (for a file a
+    /// secret rule might match, or one of the first examples) classified.
+    fn home_file(
+        &mut self,
+        home: &Path,
+        entry: &walk::Entry,
+        relative: &mut RelativeDir,
+        scan: &mut HomeScan,
+        seen: &mut BTreeSet<PathBuf>,
+    ) {
+        let limits = &self.plan.limits;
+        if entry.depth == 1 && entry.access(AccessFlags::W_OK) {
+            record_writable(scan, entry.path(), limits.max_writable);
         }
-        // A home that cannot be listed may still let anyone open files by name.
+        if !entry.access(AccessFlags::R_OK) {
+            return;
+        }
+        scan.readable_files += 1;
+        let rel = relative.of(entry.parent, home);
+        // Only files a rule might match, and the first few examples, cost a path.
+        let name = entry.name.to_bytes();
+        if secrets::may_match(rel, name) || scan.examples.len() < limits.max_examples {
+            let path = entry.path();
+            let head = || entry.open_read().and_then(read_head);
+            self.classify(home, &path, head, scan);
+            if entry.depth <= 3 {
+                seen.insert(path);
+            }
+        }
+    }
+
+    /// A home that cannot be listed may still let anyone open files by name.
+    fn probe_known_secrets(&mut self, home: &Path, seen: &BTreeSet<PathBuf>, scan: &mut HomeScan) {
+        let plan = self.plan;
         for rel in KNOWN_SECRET_PATHS {
             let path = home.join(rel);
             if seen.contains(&path) || plan.skip.iter().any(|s| path.starts_with(s)) {
@@ -321,10 +362,9 @@ impl Walker<'_> {
             if meta.is_file() && access(&path, AccessFlags::R_OK).is_ok() {
                 scan.readable_files += 1;
                 let head = || open_path(&path).and_then(read_head);
-                self.classify(home, &path, head, &mut scan);
+                self.classify(home, &path, head, scan);
             }
         }
-        scan
     }
 
     fn classify(

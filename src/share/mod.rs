@@ -60,6 +60,42 @@ pub fn share(
     let (lock, mut record) = load(ctx, name)?;
     let shown = path.display().to_string();
     let target = refuse::resolve_for_share(ctx, &record, path).context("share")?;
+    let verb = if record.shares.iter().any(|s| s.path == target.path) {
+        "changed the share of"
+    } else {
+        "shared"
+    };
+    let wanted = wanted_share(&record, &target, access, git_writes);
+    // Journal first: from here on the record says what the tree is meant to look like.
+    journal(&mut record, &wanted, &shown)?;
+    ctx.registry.save(&lock, &record)?;
+    let op = walk::Op::Grant {
+        grant: acl::Grant {
+            agent: record.uid,
+            write: access == Access::Rw,
+            owner: wanted.named_owner(),
+        },
+        git_writes: wanted.allow_git_writes,
+    };
+    let outcome = run_walk(&target.fd, &target.path, op, &wanted, &record, "sharing")
+        .with_context(|| format!("share: {shown}"))?;
+    reindex_git_entries(ctx, name, &target.path, &shown);
+    if let Some(s) = record.shares.iter_mut().find(|s| s.path == target.path) {
+        s.state = ShareState::Ready;
+    }
+    ctx.registry.save(&lock, &record)?;
+    report_share(ctx, name, &wanted, &outcome, verb);
+    Ok(())
+}
+
+/// The share as the record will hold it while the walk grants it. An existing share keeps
+/// --allow-git-writes unless told otherwise (and says so), except when made read-only.
+fn wanted_share(
+    record: &AgentRecord,
+    target: &refuse::Resolved,
+    access: Access,
+    git_writes: Option<bool>,
+) -> ShareRecord {
     let existing = record.shares.iter().find(|s| s.path == target.path);
     let had_git_writes = existing.is_some_and(|s| s.allow_git_writes);
     let allow_git_writes = git_writes.unwrap_or(had_git_writes && access == Access::Rw);
@@ -74,20 +110,19 @@ pub fn share(
             }
         );
     }
-    let verb = if existing.is_some() {
-        "changed the share of"
-    } else {
-        "shared"
-    };
-    let wanted = ShareRecord {
+    ShareRecord {
         path: target.path.clone(),
         access,
         tree_uid: target.stat.st_uid,
         allow_git_writes,
         state: ShareState::Granting,
-    };
-    // Journal first: from here on the record says what the tree is meant to look like.
-    match record.shares.iter_mut().find(|s| s.path == target.path) {
+    }
+}
+
+/// Puts `wanted` in the record (not yet saved), in place of the share of the same path;
+/// refused when the tree has another owner than when it was shared.
+fn journal(record: &mut AgentRecord, wanted: &ShareRecord, shown: &str) -> Result<()> {
+    match record.shares.iter_mut().find(|s| s.path == wanted.path) {
         Some(existing) => {
             if existing.tree_uid != wanted.tree_uid {
                 bail!("share: {shown}: its owner changed since it was shared: unshare it first");
@@ -96,57 +131,59 @@ pub fn share(
         }
         None => record.shares.push(wanted.clone()),
     }
-    ctx.registry.save(&lock, &record)?;
-    let op = walk::Op::Grant {
-        grant: acl::Grant {
-            agent: record.uid,
-            write: access == Access::Rw,
-            owner: wanted.named_owner(),
-        },
-        git_writes: allow_git_writes,
-    };
-    let outcome = run_walk(&target.fd, &target.path, op, &wanted, &record, "sharing")
-        .with_context(|| format!("share: {shown}"))?;
-    // The walk changed every directory's ctime: the index the runner checks starts afresh.
-    // Not fatal: the first run makes it.
-    if let Err(e) = index::git_entries(ctx.registry.root(), name, &target.path, true) {
+    Ok(())
+}
+
+/// The walk changed every directory's ctime: the index the runner checks starts afresh.
+/// Not fatal: the first run makes it.
+fn reindex_git_entries(ctx: &Context, name: &str, path: &Path, shown: &str) {
+    if let Err(e) = index::git_entries(ctx.registry.root(), name, path, true) {
         eprintln!(
             "agentuser: warning: share: {shown}: indexing its .git entries: {}",
             crate::error::one_line(&e)
         );
     }
-    if let Some(s) = record.shares.iter_mut().find(|s| s.path == target.path) {
-        s.state = ShareState::Ready;
-    }
-    ctx.registry.save(&lock, &record)?;
+}
+
+/// Logs the finished share, warns about --allow-git-writes, lists what the walk skipped and
+/// says what changed.
+fn report_share(
+    ctx: &Context,
+    name: &str,
+    share: &ShareRecord,
+    outcome: &walk::Outcome,
+    verb: &str,
+) {
+    let path = printable(&share.path);
     let detail = format!(
-        "path={} access={}{} entries={} changed={} skipped={}",
-        printable(&target.path),
-        access_word(access),
-        if allow_git_writes { " git-writes" } else { "" },
+        "path={path} access={}{} entries={} changed={} skipped={}",
+        access_word(share.access),
+        if share.allow_git_writes {
+            " git-writes"
+        } else {
+            ""
+        },
         outcome.entries,
         outcome.changed,
         outcome.problem_count
     );
     eventlog::record(ctx, "share", name, &detail);
-    if allow_git_writes {
+    if share.allow_git_writes {
         eprintln!(
             "agentuser: {}",
-            crate::git::protection::allow_git_writes_warning(&printable(&target.path))
+            crate::git::protection::allow_git_writes_warning(&path)
         );
     }
-    report_problems("share", &target.path, &outcome);
+    report_problems("share", &share.path, outcome);
     crate::error::changed(&format!(
-        "{verb} {} with {name} ({}{})",
-        printable(&target.path),
-        access_word(access),
-        if allow_git_writes {
+        "{verb} {path} with {name} ({}{})",
+        access_word(share.access),
+        if share.allow_git_writes {
             ", --allow-git-writes"
         } else {
             ""
         }
     ));
-    Ok(())
 }
 
 pub fn unshare(

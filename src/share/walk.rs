@@ -281,6 +281,24 @@ impl Shared {
 
     /// Reads one directory; returns its subdirectories as new jobs.
     fn read_dir(&self, job: &Job) -> Vec<Job> {
+        let Some((dir_fd, dir)) = self.open_job_dir(job) else {
+            return Vec::new();
+        };
+        let dir_fd = Arc::new(dir_fd);
+        let names = self.list_names(job, dir);
+        let mut children = Vec::new();
+        for name in names {
+            if let Some(child) = self.visit(job, &dir_fd, name) {
+                children.push(child);
+            }
+        }
+        children
+    }
+
+    /// Opens the job's directory by name under its parent's descriptor, checks it is still
+    /// the directory the parent's walk saw, and opens it for reading. `None` when it is gone
+    /// (silently) or cannot be used (a problem).
+    fn open_job_dir(&self, job: &Job) -> Option<(OwnedFd, Dir)> {
         let opened = openat(
             job.parent.as_fd(),
             job.name.as_c_str(),
@@ -289,17 +307,17 @@ impl Shared {
         );
         let dir_fd = match opened {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Vec::new(),
+            Err(Errno::ENOENT) => return None,
             Err(e) => {
                 self.problem(&job.rel, format_args!("cannot open: {}", e.desc()));
-                return Vec::new();
+                return None;
             }
         };
         match fstat(&dir_fd) {
             Ok(st) if st.st_dev == job.dev && st.st_ino == job.ino => {}
             _ => {
                 self.problem(&job.rel, "replaced during the walk: skipped");
-                return Vec::new();
+                return None;
             }
         }
         let read = openat(
@@ -309,14 +327,18 @@ impl Shared {
             Mode::empty(),
         )
         .and_then(Dir::from_fd);
-        let mut dir = match read {
-            Ok(dir) => dir,
+        match read {
+            Ok(dir) => Some((dir_fd, dir)),
             Err(e) => {
                 self.problem(&job.rel, format_args!("cannot read: {}", e.desc()));
-                return Vec::new();
+                None
             }
-        };
-        let dir_fd = Arc::new(dir_fd);
+        }
+    }
+
+    /// The entry names of a directory (without `.` and `..`); the directory is closed before
+    /// its entries are visited. A read error ends the list (a problem).
+    fn list_names(&self, job: &Job, mut dir: Dir) -> Vec<CString> {
         let mut names = Vec::new();
         for entry in dir.iter() {
             match entry {
@@ -332,40 +354,44 @@ impl Shared {
                 }
             }
         }
-        drop(dir);
-        let mut children = Vec::new();
-        for name in names {
-            let rel = job.rel.join(OsStr::from_bytes(name.as_bytes()));
-            let in_git = job.in_git || name.as_bytes() == b".git";
-            let fd = match openat(dir_fd.as_fd(), name.as_c_str(), PATH_FLAGS, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => {
-                    self.problem(&rel, format_args!("cannot open: {}", e.desc()));
-                    continue;
-                }
-            };
-            let stat = match fstat(&fd) {
-                Ok(stat) => stat,
-                Err(e) => {
-                    self.problem(&rel, format_args!("cannot stat: {}", e.desc()));
-                    continue;
-                }
-            };
-            match self.apply(&fd, &stat, in_git, true) {
-                Ok(true) => children.push(Job {
-                    parent: Arc::clone(&dir_fd),
-                    name,
-                    dev: stat.st_dev,
-                    ino: stat.st_ino,
-                    rel,
-                    in_git,
-                }),
-                Ok(false) => {}
-                Err(e) => self.problem(&rel, e),
+        names
+    }
+
+    /// Opens one entry under its directory's descriptor and judges it; a directory to enter
+    /// comes back as a job.
+    fn visit(&self, job: &Job, dir_fd: &Arc<OwnedFd>, name: CString) -> Option<Job> {
+        let rel = job.rel.join(OsStr::from_bytes(name.as_bytes()));
+        let in_git = job.in_git || name.as_bytes() == b".git";
+        let fd = match openat(dir_fd.as_fd(), name.as_c_str(), PATH_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return None,
+            Err(e) => {
+                self.problem(&rel, format_args!("cannot open: {}", e.desc()));
+                return None;
+            }
+        };
+        let stat = match fstat(&fd) {
+            Ok(stat) => stat,
+            Err(e) => {
+                self.problem(&rel, format_args!("cannot stat: {}", e.desc()));
+                return None;
+            }
+        };
+        match self.apply(&fd, &stat, in_git, true) {
+            Ok(true) => Some(Job {
+                parent: Arc::clone(dir_fd),
+                name,
+                dev: stat.st_dev,
+                ino: stat.st_ino,
+                rel,
+                in_git,
+            }),
+            Ok(false) => None,
+            Err(e) => {
+                self.problem(&rel, e);
+                None
             }
         }
-        children
     }
 
     /// Judges one entry and acts on it. Returns whether it is a directory to enter.
