@@ -16,6 +16,7 @@ pub mod log;
 pub mod netns;
 mod point;
 mod proxy;
+mod splice;
 mod tls;
 mod trust;
 pub mod upstream;
