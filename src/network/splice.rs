@@ -12,21 +12,22 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// The pipe between the two sockets. A larger pipe moves more per system call; the kernel
-/// may refuse it (fs.pipe-max-size, or the user's pipe page budget when many connections
-/// are open), and then the default (64 KiB) serves.
-const PIPE_SIZE: i32 = 256 * 1024;
+/// How much one splice into the pipe may move: more than a pipe holds, so the pipe's
+/// capacity (64 KiB) is the limit. The pipe keeps its default size: larger pipes were not
+/// measurably faster here (bench/results/network.md), and every pipe of every policy point
+/// is charged to agentuser-net's pipe page budget (fs.pipe-user-pages-soft, 64 MiB), past
+/// which the kernel hands out 8 KiB pipes.
+const SPLICE_LEN: usize = 1 << 20;
 
 /// Moves everything `from` sends to `to`, until `from` reaches end of file (its peer shut
 /// down its write side or closed). Returns the bytes moved. Does not shut `to` down: the
 /// caller does, as after any copy.
 pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    let _ = fcntl(pipe_in.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
     let mut moved = 0u64;
     loop {
         let filled = fill(from, &pipe_in).await?;
@@ -38,22 +39,15 @@ pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     }
 }
 
-/// One splice from the socket into the (empty) pipe: what the socket has, up to the pipe's
-/// size; 0 at end of file.
+/// One splice from the socket into the (empty) pipe: what the socket has, up to what the
+/// pipe holds; 0 at end of file.
 async fn fill(from: &TcpStream, pipe_in: &OwnedFd) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
         from.readable().await?;
         let spliced = from.try_io(Interest::READABLE, || {
-            splice(
-                from.as_fd(),
-                None,
-                pipe_in.as_fd(),
-                None,
-                PIPE_SIZE as usize,
-                flags,
-            )
-            .map_err(io::Error::from)
+            splice(from.as_fd(), None, pipe_in.as_fd(), None, SPLICE_LEN, flags)
+                .map_err(io::Error::from)
         });
         match spliced {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
