@@ -207,6 +207,15 @@ impl PolicyPoint {
         (mounts, env)
     }
 
+    /// Kills the policy point without waiting for it: once the agent's pid namespace is
+    /// empty nothing needs it, and it exits while the runner closes the PAM session and
+    /// reaps init. Its pid stays reserved until [`Self::finish`] reaps it.
+    pub fn kill(&self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
     fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = kill(pid, Signal::SIGKILL);
