@@ -368,14 +368,16 @@ impl<T> Side for WriteHalf<T> {
 
 /// Copies `from` to `to` until `from` ends (or either fails), then shuts down `to`'s write
 /// side, so the peer sees the same end of file. Between two TCP sockets the bytes are
-/// spliced in the kernel; otherwise copied through a buffer.
+/// spliced in the kernel (if a pipe can be had); otherwise copied through a buffer.
 async fn pump<R, W>(from: &mut R, to: &mut W)
 where
     R: AsyncRead + Unpin + Side,
     W: AsyncWrite + Unpin + Side,
 {
-    if let (Some(source), Some(sink)) = (from.tcp(), to.tcp()) {
-        let _ = super::splice::copy(source, sink).await;
+    let sockets = from.tcp().zip(to.tcp());
+    let pipe = sockets.and_then(|_| super::splice::Pipe::new().ok());
+    if let (Some((source, sink)), Some(pipe)) = (sockets, pipe) {
+        let _ = pipe.copy(source, sink).await;
     } else {
         let mut reader = BufReader::with_capacity(COPY_BUFFER, from);
         let _ = tokio::io::copy_buf(&mut reader, to).await;

@@ -23,19 +23,36 @@ use tokio::net::TcpStream;
 /// which the kernel hands out 8 KiB pipes.
 const SPLICE_LEN: usize = 1 << 20;
 
-/// Moves everything `from` sends to `to`, until `from` reaches end of file (its peer shut
-/// down its write side or closed). Returns the bytes moved. Does not shut `to` down: the
-/// caller does, as after any copy.
-pub async fn copy(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    let mut moved = 0u64;
-    loop {
-        let filled = fill(from, &pipe_in).await?;
-        if filled == 0 {
-            return Ok(moved);
+/// The pipe one direction of a tunnel goes through.
+pub struct Pipe {
+    read_end: OwnedFd,
+    write_end: OwnedFd,
+}
+
+impl Pipe {
+    /// Fails when the process is out of descriptors or the user out of pipe pages; the
+    /// caller then copies through a buffer instead.
+    pub fn new() -> io::Result<Pipe> {
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        Ok(Pipe {
+            read_end,
+            write_end,
+        })
+    }
+
+    /// Moves everything `from` sends to `to`, until `from` reaches end of file (its peer
+    /// shut down its write side or closed). Returns the bytes moved. Does not shut `to`
+    /// down: the caller does, as after any copy.
+    pub async fn copy(self, from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+        let mut moved = 0u64;
+        loop {
+            let filled = fill(from, &self.write_end).await?;
+            if filled == 0 {
+                return Ok(moved);
+            }
+            drain(&self.read_end, to, filled).await?;
+            moved += filled as u64;
         }
-        drain(&pipe_out, to, filled).await?;
-        moved += filled as u64;
     }
 }
 
