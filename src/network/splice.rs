@@ -12,16 +12,24 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// How much one splice into the pipe may move: more than a pipe holds, so the pipe's
-/// capacity (64 KiB) is the limit. The pipe keeps its default size: larger pipes were not
-/// measurably faster here (bench/results/network.md), and every pipe of every policy point
-/// is charged to agentuser-net's pipe page budget (fs.pipe-user-pages-soft, 64 MiB), past
-/// which the kernel hands out 8 KiB pipes.
-const SPLICE_LEN: usize = 1 << 20;
+/// The pipe's size. Each socket buffer spliced in takes one slot of the pipe (16 in a
+/// default 64 KiB pipe), however few bytes it holds: without receive offload (a veth pair,
+/// many NICs) that is one 1448-byte segment per slot, and a default pipe then moves 23 KiB
+/// per pair of system calls, slower than a buffered copy. 256 slots move 370 KiB.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Below this a pipe is not worth it. The kernel hands out 2-slot pipes, and refuses to
+/// enlarge any, once the user (agentuser-net, shared by every run's policy point) holds
+/// more than fs.pipe-user-pages-soft (64 MiB) of pipes; the copy through a buffer is then
+/// the faster way.
+const PIPE_MIN: usize = 64 << 10;
+
+/// How much one splice into the pipe may move: all of it.
+const SPLICE_LEN: usize = PIPE_SIZE;
 
 /// The pipe one direction of a tunnel goes through.
 pub struct Pipe {
@@ -30,10 +38,17 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// Fails when the process is out of descriptors or the user out of pipe pages; the
-    /// caller then copies through a buffer instead.
+    /// Fails when the process is out of descriptors or the pipe is too small to be worth
+    /// it; the caller then copies through a buffer instead.
     pub fn new() -> io::Result<Pipe> {
         let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let size = match fcntl(write_end.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32)) {
+            Ok(size) => size,
+            Err(_) => fcntl(write_end.as_fd(), FcntlArg::F_GETPIPE_SZ)?,
+        };
+        if usize::try_from(size).unwrap_or(0) < PIPE_MIN {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
         Ok(Pipe {
             read_end,
             write_end,
