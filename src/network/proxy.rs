@@ -375,6 +375,11 @@ where
     W: AsyncWrite + Unpin + Side,
 {
     let sockets = from.tcp().zip(to.tcp());
+    if let Some((source, _)) = sockets {
+        // The pipe only once there is something to move: an idle connection holds none of
+        // agentuser-net's pipe budget.
+        let _ = source.readable().await;
+    }
     let pipe = sockets.and_then(|_| super::splice::Pipe::new().ok());
     if let (Some((source, sink)), Some(pipe)) = (sockets, pipe) {
         let _ = pipe.copy(source, sink).await;
