@@ -10,8 +10,7 @@ if [ "${1:-}" != "--no-deps" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # acl: getfacl/setfacl for checks; libacl1-dev, libpam0g-dev, gcc: to build and link.
-    # nftables: nft(8) loads the capture rules of the allowlist network mode.
-    apt-get install -y -qq acl libacl1-dev libpam0g-dev gcc nftables >/dev/null
+    apt-get install -y -qq acl libacl1-dev libpam0g-dev gcc >/dev/null
 fi
 
 # Build as the invoking user when run through sudo, so target/ stays theirs.

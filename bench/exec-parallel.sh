@@ -4,7 +4,7 @@
 # unshare of a 1,000-file tree loop in the background. The agent has one (empty)
 # read-write share, so every run also records its run marker and watches for planted
 # repositories. Target (issue 15 item 8): at most 1.5x runuser for --network none and host;
-# allowlist (a policy point and nft per run) is reported on its own.
+# allowlist (a policy point and a network namespace per run) is reported on its own.
 # Hermetic (bench/lib.sh). Run as root: bench/exec-parallel.sh   Writes bench/results/exec-parallel.md.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"

@@ -9,6 +9,7 @@ bench_setup
 out=bench/results/exec.md
 json=$BENCH_DIR/exec.json
 runs=${RUNS:-300}
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
 $BIN create bench >/dev/null
@@ -23,7 +24,8 @@ hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export
 {
     echo "# exec vs runuser, sudo and setpriv"
     echo
-    echo "$(date -u +%F), $(nproc) cores, $(uname -r); one hyperfine run of $runs iterations each,"
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $load_before before and"
+    echo "$(cut -d' ' -f1-3 /proc/loadavg) after; one hyperfine run of $runs iterations each,"
     echo "stdio not a terminal, as root. agentuser opens a PAM session (service agentuser), builds"
     echo "the mount/pid/IPC namespaces and the view, drops privileges and waits for the namespace"
     echo "to be torn down; runuser and sudo open PAM sessions; setpriv is the bare uid switch."

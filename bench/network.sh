@@ -9,6 +9,7 @@ set -euo pipefail
 bench_setup
 out=bench/results/network.md
 runs=${RUNS:-5}
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 unshare --net -- sleep 3600 & host_pid=$!
 unshare --net -- sleep 3600 & inet_pid=$!
@@ -76,7 +77,8 @@ $BIN net bench allow big.test
 hyperfine -N --style basic --warmup 1 --runs $runs --export-json $BENCH_DIR/tp.json --export-markdown $BENCH_DIR/tp.md \
   -n direct "$BIN exec bench --network host -- curl -s -o /dev/null http://big.test/big" \
   -n "policy point, transparent" "$BIN exec bench --network allowlist -- curl -s -o /dev/null --noproxy * http://big.test/big" \
-  -n "policy point, proxy" "$BIN exec bench --network allowlist -- curl -s -o /dev/null http://big.test/big" </dev/null
+  -n "policy point, proxy" "$BIN exec bench --network allowlist -- curl -s -o /dev/null http://big.test/big" \
+  -n "policy point, CONNECT tunnel" "$BIN exec bench --network allowlist -- curl -s -o /dev/null -p http://big.test/big" </dev/null
 $BIN exec bench --network host -- python3 $BENCH_DIR/latency.py > $BENCH_DIR/lat-direct
 $BIN exec bench --network allowlist -- python3 $BENCH_DIR/latency.py > $BENCH_DIR/lat-point
 $BIN exec bench --network allowlist -- python3 $BENCH_DIR/hold.py > $BENCH_DIR/held &
@@ -94,7 +96,8 @@ read -r point_median point_p90 < "$BENCH_DIR/lat-point"
 {
     echo "# network: the policy point vs a direct connection"
     echo
-    echo "$(date -u +%F), $(nproc) cores, $(uname -r). A fake internet of two network namespaces"
+    echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $load_before before and"
+    echo "$(cut -d' ' -f1-3 /proc/loadavg) after. A fake internet of two network namespaces"
     echo "joined by a veth pair (python servers: DNS, HTTP with sendfile). Every command runs as"
     echo "the agent through \`agentuser exec\`: \`--network host\` is the direct connection."
     echo
@@ -103,7 +106,9 @@ read -r point_median point_p90 < "$BENCH_DIR/lat-point"
     cat "$BENCH_DIR/tp.md"
     echo
     echo "**Throughput policy point (transparent) / direct: $(ratio "$BENCH_DIR/tp.json" direct 'policy point, transparent')x**,"
-    echo "proxy: $(ratio "$BENCH_DIR/tp.json" direct 'policy point, proxy')x (target: at least 0.9x; times include exec's start-up)."
+    echo "proxy (plain HTTP, forwarded by hyper): $(ratio "$BENCH_DIR/tp.json" direct 'policy point, proxy')x,"
+    echo "CONNECT tunnel (\`curl -p\`, spliced like HTTPS through the proxy): $(ratio "$BENCH_DIR/tp.json" direct 'policy point, CONNECT tunnel')x"
+    echo "(target: at least 0.9x; times include exec's start-up)."
     echo
     echo "## Latency of a new connection (300 sequential curl GETs in one run, DNS included)"
     echo

@@ -17,6 +17,7 @@ pub mod netns;
 mod nflog;
 mod point;
 mod proxy;
+mod splice;
 mod tls;
 mod trust;
 pub mod upstream;
@@ -207,6 +208,15 @@ impl PolicyPoint {
             env.push(("SSH_AUTH_SOCK".to_owned(), path));
         }
         (mounts, env)
+    }
+
+    /// Kills the policy point without waiting for it: once the agent's pid namespace is
+    /// empty nothing needs it, and it exits while the runner closes the PAM session and
+    /// reaps init. Its pid stays reserved until [`Self::finish`] reaps it.
+    pub fn kill(&self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
     }
 
     fn stop(&mut self) {

@@ -3,15 +3,24 @@
 //! netfilter ruleset that delivers every TCP connection to a non-loopback address to the
 //! policy point's capture port and every DNS datagram to its stub. The namespace has no other
 //! interface: nothing the agent sends (UDP, ICMP, raw packets) can leave it except through
-//! the policy point's sockets.
+//! the policy point's sockets; what is still addressed outside it after the capture is
+//! dropped and reported to the policy point ([`super::nflog`]).
+//!
+//! The ruleset goes to the kernel over netlink as one nf_tables transaction (a batch: all of
+//! it or nothing), encoded with netlink-bindings' typed nf_tables messages. Running nft(8)
+//! instead cost a fork, an exec, its dynamic libraries and its parser on every run's
+//! critical path (design.md section 8).
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::ffi::CStr;
+use std::net::Ipv6Addr;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
+use netlink_bindings::nftables::{
+    Chained, CmpOps, FibFlags, MetaKeys, NatRangeFlags, Nfgenmsg, PayloadBase, PushExprListAttrs,
+    Registers, VerdictCode,
+};
+use netlink_bindings::traits::Pusher;
 
 use super::nflog::GROUP;
 use super::{CAPTURE_PORT, DNS_PORT};
@@ -20,41 +29,104 @@ use super::{CAPTURE_PORT, DNS_PORT};
 /// stub's synthetic range, which the stub never hands out.
 const SOURCE_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 0);
 
-/// Where nft(8) may be; it must be root's and writable by root only.
-const NFT_PATHS: [&str; 2] = ["/usr/sbin/nft", "/sbin/nft"];
+const TABLE: &CStr = c"agentuser";
+const CHAIN: &CStr = c"capture";
+/// The chain that drops (and reports) what is still addressed outside the namespace after
+/// the capture: UDP other than DNS, ICMP, any other protocol.
+const LEAVE_CHAIN: &CStr = c"leave";
 
-/// The netfilter ruleset of the agent's namespace. DNS to any address (127.0.0.53 included)
-/// goes to the stub; the agent's own loopback stays its own; every other TCP connection, IPv4
-/// or IPv6, goes to the capture listener. What is then still addressed outside the namespace
-/// (UDP other than DNS, ICMP, any other protocol) is dropped, and reported to the policy
-/// point's log ([`super::nflog`]) at most 50 times a second.
-pub fn ruleset() -> String {
-    format!(
-        "table inet agentuser {{
-  chain capture {{
-    type nat hook output priority -100; policy accept;
-    udp dport 53 redirect to :{DNS_PORT}
-    ip daddr 127.0.0.0/8 return
-    ip6 daddr ::1 return
-    meta l4proto tcp redirect to :{CAPTURE_PORT}
-  }}
-  chain leave {{
-    type filter hook output priority 0; policy accept;
-    fib daddr type local accept
-    limit rate 50/second burst 100 packets log group {GROUP}
-    drop
-  }}
-}}
-"
-    )
+/// `NF_INET_LOCAL_OUT` of <linux/netfilter.h>: the output hook.
+const HOOK_OUTPUT: u32 = 3;
+/// `NF_IP_PRI_NAT_DST`: where nft's `priority -100` (dstnat) puts a nat chain.
+const PRIORITY_DSTNAT: i32 = -100;
+/// `NF_IP_PRI_FILTER`: a filter chain's priority, after the nat chain rewrote addresses.
+const PRIORITY_FILTER: i32 = 0;
+/// `NFT_FIB_RESULT_ADDRTYPE` of <linux/netfilter/nf_tables.h> (netlink-bindings' FibResult
+/// leaves out NFT_FIB_RESULT_UNSPEC and is off by one).
+const FIB_RESULT_ADDRTYPE: u32 = 3;
+/// `RTN_LOCAL` of <linux/rtnetlink.h>: an address of this namespace (loopback, the agent's
+/// source address, and a connection the capture chain rewrote to the policy point).
+const RTN_LOCAL: u32 = 2;
+/// `NFT_NAT_DNAT` of <linux/netfilter/nf_tables.h>.
+const NAT_DNAT: u32 = 1;
+/// `NFPROTO_INET`, `NFPROTO_IPV4`, `NFPROTO_IPV6` of <linux/netfilter.h>.
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+/// `NFNL_SUBSYS_NFTABLES`: a batch's res_id names the subsystem it is for.
+const SUBSYS_NFTABLES: u16 = 10;
+const UDP: u8 = 17;
+const TCP: u8 = 6;
+
+/// One rule of the capture chain, for one address family.
+struct Rule {
+    ipv6: bool,
+    tests: &'static [Test],
+    action: Action,
 }
 
-/// The nft binary, if installed as root's.
-pub fn nft_binary() -> Option<&'static str> {
-    NFT_PATHS.into_iter().find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0)
-    })
+enum Test {
+    /// `meta l4proto`.
+    Protocol(u8),
+    /// The transport header's destination port.
+    DestinationPort(u16),
+    /// The first bytes of the destination address (a prefix on a byte boundary).
+    DestinationPrefix(&'static [u8]),
 }
+
+enum Action {
+    /// Leave the chain: the connection stays inside the namespace.
+    Return,
+    /// To the policy point's port on loopback (127.0.0.1 or ::1) in the namespace: what
+    /// nft's `redirect to :PORT` does in an output chain (the kernel's nf_nat_redirect
+    /// rewrites to exactly these addresses there). netlink-bindings' specification has no
+    /// `redir` expression, so it is spelled as the equivalent `dnat`.
+    Redirect(u16),
+}
+
+const IPV6_LOOPBACK: [u8; 16] = Ipv6Addr::LOCALHOST.octets();
+
+/// The capture chain, in order. In nft(8) syntax (an `inet` table, a `nat` chain on the
+/// output hook at priority -100, policy accept):
+///
+/// ```text
+/// udp dport 53 redirect to :53            (both families: DNS to any address, 127.0.0.53 too)
+/// ip daddr 127.0.0.0/8 return             (the agent's own loopback stays its own)
+/// ip6 daddr ::1 return
+/// meta l4proto tcp redirect to :3129      (both families: every other TCP connection)
+/// ```
+const RULES: [Rule; 6] = [
+    Rule {
+        ipv6: false,
+        tests: &[Test::Protocol(UDP), Test::DestinationPort(53)],
+        action: Action::Redirect(DNS_PORT),
+    },
+    Rule {
+        ipv6: true,
+        tests: &[Test::Protocol(UDP), Test::DestinationPort(53)],
+        action: Action::Redirect(DNS_PORT),
+    },
+    Rule {
+        ipv6: false,
+        tests: &[Test::DestinationPrefix(&[127])],
+        action: Action::Return,
+    },
+    Rule {
+        ipv6: true,
+        tests: &[Test::DestinationPrefix(&IPV6_LOOPBACK)],
+        action: Action::Return,
+    },
+    Rule {
+        ipv6: false,
+        tests: &[Test::Protocol(TCP)],
+        action: Action::Redirect(CAPTURE_PORT),
+    },
+    Rule {
+        ipv6: true,
+        tests: &[Test::Protocol(TCP)],
+        action: Action::Redirect(CAPTURE_PORT),
+    },
+];
 
 /// Configures the current (new, empty) network namespace. Runs as root, before the
 /// listeners are bound.
@@ -62,33 +134,295 @@ pub fn configure() -> Result<()> {
     crate::sys::spawn::loopback_up().context("bringing up loopback")?;
     crate::sys::net::loopback_source_address(SOURCE_ADDRESS)?;
     crate::sys::net::default_routes_via_loopback()?;
-    let Some(nft) = nft_binary() else {
-        bail!("nft(8) is not installed (apt-get install nftables): the allowlist mode needs it");
-    };
-    load_ruleset(Path::new(nft), &ruleset())
+    load_ruleset()
 }
 
-fn load_ruleset(nft: &Path, rules: &str) -> Result<()> {
-    let mut child = Command::new(nft)
-        .args(["-f", "-"])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {}", nft.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules.as_bytes())
-            .context("writing the netfilter ruleset")?;
+/// Sends the table, its chain and its rules as one transaction and waits for the kernel's
+/// acknowledgement of each.
+fn load_ruleset() -> Result<()> {
+    let mut socket = netlink_socket2::NetlinkSocket::new();
+    let first_seq = socket.reserve_seq(2 + 2 + RULES.len() as u32 + 3);
+    let batch = transaction(first_seq).finalize();
+    let loaded = match socket.request_chained(&batch) {
+        Ok(mut replies) => replies.recv_all().map_err(|e| anyhow!("{e}")),
+        Err(e) => Err(anyhow!("{e}")),
+    };
+    loaded.context("loading the netfilter ruleset over netlink")
+}
+
+fn transaction(first_seq: u32) -> Chained<'static> {
+    let mut batch = Chained::new(first_seq);
+    let mut begin = Nfgenmsg::new();
+    begin.set_res_id(SUBSYS_NFTABLES);
+    batch.request().op_batch_begin_do(&begin);
+    let inet = Nfgenmsg {
+        nfgen_family: NFPROTO_INET,
+        ..Default::default()
+    };
+    batch
+        .request()
+        .set_create()
+        .op_newtable_do(&inet)
+        .encode()
+        .push_name(TABLE);
+    batch
+        .request()
+        .set_create()
+        .op_newchain_do(&inet)
+        .encode()
+        .push_table(TABLE)
+        .push_name(CHAIN)
+        .push_type(c"nat")
+        .push_policy(VerdictCode::Accept as u32)
+        .nested_hook()
+        .push_num(HOOK_OUTPUT)
+        .push_priority(PRIORITY_DSTNAT)
+        .end_nested();
+    for rule in &RULES {
+        let mut request = batch
+            .request()
+            .set_create()
+            .set_append()
+            .op_newrule_do(&inet);
+        let exprs = request
+            .encode()
+            .push_table(TABLE)
+            .push_chain(CHAIN)
+            .nested_expressions();
+        encode_rule(exprs, rule).end_nested();
     }
-    let out = child.wait_with_output().context("waiting for nft")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "loading the netfilter ruleset: {}",
-            err.lines().next().unwrap_or("nft failed")
+    leave_chain(&mut batch, &inet);
+    batch.request().op_batch_end_do(&begin);
+    batch
+}
+
+/// The leave chain (nft syntax: a `filter` chain on the output hook at priority 0, policy
+/// accept):
+///
+/// ```text
+/// fib daddr type local accept     (loopback, and what the capture chain sent to the point)
+/// log group 7 drop                (everything else: reported to the policy point, dropped)
+/// ```
+fn leave_chain(batch: &mut Chained<'static>, inet: &Nfgenmsg) {
+    batch
+        .request()
+        .set_create()
+        .op_newchain_do(inet)
+        .encode()
+        .push_table(TABLE)
+        .push_name(LEAVE_CHAIN)
+        .push_type(c"filter")
+        .push_policy(VerdictCode::Accept as u32)
+        .nested_hook()
+        .push_num(HOOK_OUTPUT)
+        .push_priority(PRIORITY_FILTER)
+        .end_nested();
+    let mut request = batch
+        .request()
+        .set_create()
+        .set_append()
+        .op_newrule_do(inet);
+    let exprs = request
+        .encode()
+        .push_table(TABLE)
+        .push_chain(LEAVE_CHAIN)
+        .nested_expressions()
+        .nested_elem()
+        .nested_data_fib()
+        .push_dreg(Registers::Reg1 as u32)
+        .push_result(FIB_RESULT_ADDRTYPE)
+        .push_flags(FibFlags::Daddr as u32)
+        .end_nested()
+        .end_nested();
+    let exprs = compare(exprs, &RTN_LOCAL.to_ne_bytes());
+    verdict(exprs, VerdictCode::Accept).end_nested();
+    let mut request = batch
+        .request()
+        .set_create()
+        .set_append()
+        .op_newrule_do(inet);
+    let exprs = request
+        .encode()
+        .push_table(TABLE)
+        .push_chain(LEAVE_CHAIN)
+        .nested_expressions()
+        .nested_elem()
+        .nested_data_log()
+        .push_group(GROUP)
+        .end_nested()
+        .end_nested();
+    verdict(exprs, VerdictCode::Drop).end_nested();
+}
+
+/// Ends the rule with `code` (accept, drop, return).
+fn verdict<P: Pusher>(exprs: PushExprListAttrs<P>, code: VerdictCode) -> PushExprListAttrs<P> {
+    exprs
+        .nested_elem()
+        .nested_data_immediate()
+        .push_dreg(Registers::RegVerdict as u32)
+        .nested_data()
+        .nested_verdict()
+        .push_code(code as u32)
+        .end_nested()
+        .end_nested()
+        .end_nested()
+        .end_nested()
+}
+
+/// Appends one rule's expressions: the family, the tests, the action.
+fn encode_rule<P: Pusher>(exprs: PushExprListAttrs<P>, rule: &Rule) -> PushExprListAttrs<P> {
+    let family = if rule.ipv6 {
+        NFPROTO_IPV6
+    } else {
+        NFPROTO_IPV4
+    };
+    let mut exprs = load_meta(exprs, MetaKeys::Nfproto);
+    exprs = compare(exprs, &[family]);
+    for test in rule.tests {
+        exprs = match test {
+            Test::Protocol(protocol) => compare(load_meta(exprs, MetaKeys::L4Proto), &[*protocol]),
+            Test::DestinationPort(port) => {
+                // The destination port is at offset 2 of both the UDP and the TCP header.
+                let loaded = load_payload(exprs, PayloadBase::TransportHeader, 2, 2);
+                compare(loaded, &port.to_be_bytes())
+            }
+            Test::DestinationPrefix(prefix) => {
+                // The destination address: offset 16 of the IPv4 header, 24 of the IPv6 one.
+                let offset = if rule.ipv6 { 24 } else { 16 };
+                let loaded = load_payload(exprs, PayloadBase::NetworkHeader, offset, prefix.len());
+                compare(loaded, prefix)
+            }
+        };
+    }
+    match rule.action {
+        Action::Return => verdict(exprs, VerdictCode::Return),
+        Action::Redirect(port) => {
+            let loopback: &[u8] = if rule.ipv6 {
+                &IPV6_LOOPBACK
+            } else {
+                &[127, 0, 0, 1]
+            };
+            let exprs = immediate(exprs, Registers::Reg1, loopback);
+            let exprs = immediate(exprs, Registers::Reg2, &port.to_be_bytes());
+            let family = if rule.ipv6 {
+                NFPROTO_IPV6
+            } else {
+                NFPROTO_IPV4
+            };
+            exprs
+                .nested_elem()
+                .nested_data_nat()
+                .push_type(NAT_DNAT)
+                .push_family(u32::from(family))
+                .push_reg_addr_min(Registers::Reg1 as u32)
+                .push_reg_proto_min(Registers::Reg2 as u32)
+                .push_flags(NatRangeFlags::MapIps as u32 | NatRangeFlags::ProtoSpecified as u32)
+                .end_nested()
+                .end_nested()
+        }
+    }
+}
+
+fn load_meta<P: Pusher>(exprs: PushExprListAttrs<P>, key: MetaKeys) -> PushExprListAttrs<P> {
+    exprs
+        .nested_elem()
+        .nested_data_meta()
+        .push_key(key as u32)
+        .push_dreg(Registers::Reg1 as u32)
+        .end_nested()
+        .end_nested()
+}
+
+fn load_payload<P: Pusher>(
+    exprs: PushExprListAttrs<P>,
+    base: PayloadBase,
+    offset: u32,
+    len: usize,
+) -> PushExprListAttrs<P> {
+    exprs
+        .nested_elem()
+        .nested_data_payload()
+        .push_dreg(Registers::Reg1 as u32)
+        .push_base(base as u32)
+        .push_offset(offset)
+        .push_len(len as u32)
+        .end_nested()
+        .end_nested()
+}
+
+/// Register 1 must equal `value`, or the rule ends here.
+fn compare<P: Pusher>(exprs: PushExprListAttrs<P>, value: &[u8]) -> PushExprListAttrs<P> {
+    exprs
+        .nested_elem()
+        .nested_data_cmp()
+        .push_sreg(Registers::Reg1 as u32)
+        .push_op(CmpOps::Eq as u32)
+        .nested_data()
+        .push_value(value)
+        .end_nested()
+        .end_nested()
+        .end_nested()
+}
+
+fn immediate<P: Pusher>(
+    exprs: PushExprListAttrs<P>,
+    register: Registers,
+    value: &[u8],
+) -> PushExprListAttrs<P> {
+    exprs
+        .nested_elem()
+        .nested_data_immediate()
+        .push_dreg(register as u32)
+        .nested_data()
+        .push_value(value)
+        .end_nested()
+        .end_nested()
+        .end_nested()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The ruleset the kernel holds after the netlink batch, as nft(8) prints it: the same
+    /// decisions as the text ruleset nft loaded before (`redirect to :PORT` is spelled
+    /// `dnat ip to 127.0.0.1:PORT` / `dnat ip6 to [::1]:PORT`). Loaded in a network
+    /// namespace of this test thread's own.
+    #[test]
+    fn the_kernel_holds_the_capture_ruleset() {
+        let listed = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            super::load_ruleset().expect("loading the ruleset");
+            let out = std::process::Command::new("nft")
+                .args(["list", "table", "inet", "agentuser"])
+                .output()
+                .expect("nft (apt-get install nftables) lists the table");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).expect("utf-8")
+        })
+        .join()
+        .expect("test thread");
+        let rules: Vec<&str> = listed.lines().map(str::trim).collect();
+        assert_eq!(
+            rules,
+            [
+                "table inet agentuser {",
+                "chain capture {",
+                "type nat hook output priority -100; policy accept;",
+                "meta nfproto ipv4 udp dport 53 dnat ip to 127.0.0.1:53",
+                "meta nfproto ipv6 udp dport 53 dnat ip6 to [::1]:53",
+                "ip daddr 127.0.0.0/8 return",
+                "ip6 daddr ::1 return",
+                "meta nfproto ipv4 meta l4proto tcp dnat ip to 127.0.0.1:3129",
+                "meta nfproto ipv6 meta l4proto tcp dnat ip6 to [::1]:3129",
+                "}",
+                "",
+                "chain leave {",
+                "type filter hook output priority filter; policy accept;",
+                "fib daddr type local accept",
+                "log group 7 drop",
+                "}",
+                "}",
+            ],
+            "{listed}"
         );
     }
-    Ok(())
 }

@@ -7,8 +7,9 @@
 //! connection (docs/threat-model.md row 27).
 //!
 //! The packets are the agent's own making: they are parsed by etherparse, never trusted, and
-//! only their protocol, destination address and port are logged. The ruleset limits how many
-//! reach the log per second; the log itself stops after `log::MAX_PER_RUN` lines.
+//! only their protocol, destination address and port are logged. The log stops after
+//! `log::MAX_PER_RUN` lines a run; in a flood the kernel drops reports (ENOBUFS) rather than
+//! queue them without bound.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -96,9 +97,8 @@ pub fn serve(fd: OwnedFd, shared: Arc<Shared>) -> std::io::Result<()> {
                             }
                         }
                     }
-                    // ENOBUFS: the kernel dropped reports in a flood; the ruleset's rate
-                    // limit and the log's cap bound what is lost to what would not have
-                    // been logged anyway.
+                    // ENOBUFS: the kernel dropped reports in a flood (the socket's buffer is
+                    // the bound); the next read goes on.
                     Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EINTR) => continue,
                     Err(_) => return,
                 }

@@ -25,8 +25,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, tcp};
 
 use super::allowlist::{Allowlist, DEFAULT_PORTS, Grant, Host, is_public};
 use super::dns::{self, Names};
@@ -202,23 +204,32 @@ impl Shared {
     }
 }
 
-/// Relays both directions until both are closed. When `name` is set (a connection made for
-/// a name), a TLS ClientHello from the client must carry that server name; anything that
-/// does not look like TLS passes (ssh, plain HTTP, other protocols to an allowed port).
-/// With brokered secrets, TLS to a bound name is terminated ([`crate::broker::intercept`]),
-/// and a stream that is not TLS is scanned for placeholders.
-pub async fn relay<C>(shared: &Shared, client: C, upstream: Upstream, name: Option<(&str, u16)>)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
+/// The agent's side of a connection: its socket, and what was read from it already (hyper
+/// may read past a CONNECT request when the client sends its first bytes right behind it).
+pub struct Client {
+    pub stream: TcpStream,
+    pub read_ahead: Bytes,
+}
+
+/// Relays both directions until both are closed; each direction that reaches end of file
+/// shuts the other side's write half (half-close passes through). When `name` is set (a
+/// connection made for a name), a TLS ClientHello from the client must carry that server
+/// name; anything that does not look like TLS passes (ssh, plain HTTP, other protocols to an
+/// allowed port). With brokered secrets, TLS to a bound name is terminated
+/// ([`crate::broker::intercept`]), and a stream that is not TLS is scanned for placeholders.
+/// Everything else is an untouched tunnel, spliced in the kernel when the destination is a
+/// direct TCP connection ([`super::splice`]).
+pub async fn relay(shared: &Shared, client: Client, upstream: Upstream, name: Option<(&str, u16)>) {
     let broker = shared.broker.as_ref().filter(|b| !b.secrets.is_empty());
-    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut client_r, client_w) = client.stream.into_split();
+    let mut read_ahead = client.read_ahead.to_vec();
     // A bound name: the client speaks first (TLS or HTTP), so its first bytes are read
     // before anything else to decide whether to terminate TLS.
     let mut first = None;
     if let (Some(broker), Some((name, port))) = (broker, name) {
         if broker.secrets.binds(name) {
-            let Ok(bytes) = first_bytes(&mut client_r).await else {
+            let Ok(bytes) = first_bytes(std::mem::take(&mut read_ahead), &mut client_r).await
+            else {
                 return;
             };
             if let Err(reason) = check_hello(&bytes, name) {
@@ -238,48 +249,145 @@ where
             first = Some(bytes);
         }
     }
-    let (upstream_r, mut upstream_w) = tokio::io::split(upstream);
-    let down = async {
-        let mut reader = BufReader::with_capacity(COPY_BUFFER, upstream_r);
-        let _ = tokio::io::copy_buf(&mut reader, &mut client_w).await;
-        let _ = client_w.shutdown().await;
+    let tunnel = Tunnel {
+        shared,
+        broker,
+        name,
+        first,
+        read_ahead,
+        client_r,
+        client_w,
     };
-    let up = async {
-        let first = match (first, name) {
-            (Some(first), _) => first,
-            (None, Some((name, port))) => {
-                let first = first_bytes(&mut client_r).await?;
-                if let Err(reason) = check_hello(&first, name) {
-                    shared.refuse("connect", format!("{name}:{port}"), reason, None);
-                    return Err(());
-                }
-                first
-            }
-            (None, None) => Vec::new(),
-        };
-        let scan = broker.filter(|_| tls::inspect(&first) == Hello::NotTls || first.is_empty());
-        let dest = name.map_or_else(|| "a raw address".to_owned(), |(n, p)| format!("{n}:{p}"));
-        if let Some(broker) = scan {
-            scanned_copy(shared, broker, &dest, first, &mut client_r, &mut upstream_w).await?;
-        } else {
-            upstream_w.write_all(&first).await.map_err(drop)?;
-            let mut reader = BufReader::with_capacity(COPY_BUFFER, &mut client_r);
-            let _ = tokio::io::copy_buf(&mut reader, &mut upstream_w).await;
+    match upstream.into_tcp() {
+        Ok(tcp) => {
+            let (read, write) = tcp.into_split();
+            tunnel.run(read, write).await;
         }
-        let _ = upstream_w.shutdown().await;
-        Ok(())
-    };
-    tokio::pin!(up, down);
-    tokio::select! {
-        result = &mut up => {
-            if result.is_ok() {
-                down.await;
-            }
-        }
-        () = &mut down => {
-            let _ = up.await;
+        Err(stream) => {
+            let (read, write) = tokio::io::split(stream);
+            tunnel.run(read, write).await;
         }
     }
+}
+
+/// A connection that is not terminated here: checked (SNI), maybe scanned, else relayed
+/// untouched.
+struct Tunnel<'a> {
+    shared: &'a Shared,
+    broker: Option<&'a crate::broker::Broker>,
+    name: Option<(&'a str, u16)>,
+    /// The client's first bytes, when a bound name made the relay read them already.
+    first: Option<Vec<u8>>,
+    read_ahead: Vec<u8>,
+    client_r: tcp::OwnedReadHalf,
+    client_w: tcp::OwnedWriteHalf,
+}
+
+impl Tunnel<'_> {
+    async fn run<R, W>(self, mut upstream_r: R, mut upstream_w: W)
+    where
+        R: AsyncRead + Unpin + Side,
+        W: AsyncWrite + Unpin + Side,
+    {
+        let Tunnel {
+            shared,
+            broker,
+            name,
+            first,
+            read_ahead,
+            mut client_r,
+            mut client_w,
+        } = self;
+        let down = pump(&mut upstream_r, &mut client_w);
+        let up = async {
+            let first = match (first, name) {
+                (Some(first), _) => first,
+                (None, Some((name, port))) => {
+                    let first = first_bytes(read_ahead, &mut client_r).await?;
+                    if let Err(reason) = check_hello(&first, name) {
+                        shared.refuse("connect", format!("{name}:{port}"), reason, None);
+                        return Err(());
+                    }
+                    first
+                }
+                (None, None) => read_ahead,
+            };
+            let scan = broker.filter(|_| tls::inspect(&first) == Hello::NotTls || first.is_empty());
+            let dest = name.map_or_else(|| "a raw address".to_owned(), |(n, p)| format!("{n}:{p}"));
+            if let Some(broker) = scan {
+                scanned_copy(shared, broker, &dest, first, &mut client_r, &mut upstream_w).await?;
+                let _ = upstream_w.shutdown().await;
+            } else {
+                upstream_w.write_all(&first).await.map_err(drop)?;
+                pump(&mut client_r, &mut upstream_w).await;
+            }
+            Ok(())
+        };
+        tokio::pin!(up, down);
+        tokio::select! {
+            result = &mut up => {
+                if result.is_ok() {
+                    down.await;
+                }
+            }
+            () = &mut down => {
+                let _ = up.await;
+            }
+        }
+    }
+}
+
+/// A half of a stream, which may be a TCP socket's.
+trait Side {
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Side for tcp::OwnedReadHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl Side for tcp::OwnedWriteHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> Side for ReadHalf<T> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<T> Side for WriteHalf<T> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// Copies `from` to `to` until `from` ends (or either fails), then shuts down `to`'s write
+/// side, so the peer sees the same end of file. Between two TCP sockets the bytes are
+/// spliced in the kernel (if a pipe can be had); otherwise copied through a buffer.
+async fn pump<R, W>(from: &mut R, to: &mut W)
+where
+    R: AsyncRead + Unpin + Side,
+    W: AsyncWrite + Unpin + Side,
+{
+    let sockets = from.tcp().zip(to.tcp());
+    if let Some((source, _)) = sockets {
+        // The pipe only once there is something to move: an idle connection holds none of
+        // agentuser-net's pipe budget.
+        let _ = source.readable().await;
+    }
+    let pipe = sockets.and_then(|_| super::splice::Pipe::new().ok());
+    if let (Some((source, sink)), Some(pipe)) = (sockets, pipe) {
+        let _ = pipe.copy(source, sink).await;
+    } else {
+        let mut reader = BufReader::with_capacity(COPY_BUFFER, from);
+        let _ = tokio::io::copy_buf(&mut reader, to).await;
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Copies a stream that is not TLS, refusing it (closing both ways) when a placeholder goes
@@ -294,8 +402,8 @@ async fn scanned_copy<R, W>(
     writer: &mut W,
 ) -> Result<(), ()>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let keep = broker.secrets.longest().saturating_sub(1);
     let mut window: Vec<u8> = Vec::with_capacity(COPY_BUFFER + keep);
@@ -322,19 +430,22 @@ where
     }
 }
 
-/// Reads until the first bytes can be classified (a complete ClientHello, or not TLS).
-async fn first_bytes<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, ()> {
-    let mut buf = Vec::with_capacity(4096);
+/// Reads until the first bytes can be classified (a complete ClientHello, or not TLS),
+/// starting from what was read already.
+async fn first_bytes<R: AsyncRead + Unpin>(
+    mut buf: Vec<u8>,
+    reader: &mut R,
+) -> Result<Vec<u8>, ()> {
     loop {
+        if !buf.is_empty() && tls::inspect(&buf) != Hello::Incomplete {
+            return Ok(buf);
+        }
         let mut chunk = [0u8; 4096];
         let n = reader.read(&mut chunk).await.map_err(drop)?;
         if n == 0 {
             return if buf.is_empty() { Err(()) } else { Ok(buf) };
         }
         buf.extend_from_slice(&chunk[..n]);
-        if tls::inspect(&buf) != Hello::Incomplete {
-            return Ok(buf);
-        }
     }
 }
 
@@ -403,7 +514,11 @@ async fn captured(stream: TcpStream, shared: &Shared, ipv6: bool) {
         Host::Name(n) => Some((n.as_str(), port)),
         Host::Address(_) => None,
     };
-    relay(shared, stream, upstream, name).await;
+    let client = Client {
+        stream,
+        read_ahead: Bytes::new(),
+    };
+    relay(shared, client, upstream, name).await;
 }
 
 /// The DNS stub on one socket.
@@ -540,11 +655,19 @@ async fn connect(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> 
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
+        // The connection hyper served: the agent's TCP socket (served in `serve_proxy`).
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return;
+        };
+        let client = Client {
+            stream: parts.io.into_inner(),
+            read_ahead: parts.read_buf,
+        };
         let name = match &host {
             Host::Name(n) if n != "localhost" => Some((n.as_str(), port)),
             _ => None,
         };
-        relay(&shared, TokioIo::new(upgraded), upstream, name).await;
+        relay(&shared, client, upstream, name).await;
     });
     Response::new(
         http_body_util::Empty::new()
@@ -594,5 +717,126 @@ async fn forward(mut req: Request<Incoming>, shared: &Shared) -> Response<Body> 
     match sender.send_request(req).await {
         Ok(response) => response.map(|b| b.boxed()),
         Err(e) => text_response(StatusCode::BAD_GATEWAY, format!("agentuser: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{Client, Shared, relay};
+    use crate::network::upstream::Upstream;
+
+    fn shared() -> Shared {
+        Shared {
+            run: "test".into(),
+            allowlist: Default::default(),
+            names: Default::default(),
+            upstream: None,
+            syslog_prefix: String::new(),
+            log: std::sync::Mutex::new(
+                std::fs::File::options()
+                    .write(true)
+                    .open("/dev/null")
+                    .expect("/dev/null"),
+            ),
+            logged: Default::default(),
+            broker: None,
+        }
+    }
+
+    /// A connected pair of sockets on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let near = TcpStream::connect(listener.local_addr().expect("addr"));
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.expect("connect"), far.expect("accept").0)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Half-close passes through both ways, in both orders, and the bytes hyper read ahead
+    /// go first: (1) the agent sends a request and shuts down its write side; the server
+    /// reads it to end of file and only then answers, and the agent reads the whole answer;
+    /// (2) the server sends a banner and shuts down first; the agent reads to end of file,
+    /// then still sends. Several MiB each way, so the splice loop runs many rounds. Run
+    /// over a direct TCP destination (spliced) and a wrapped one (copied).
+    async fn half_close_passes_through(spliced: bool) {
+        let shared = shared();
+        for server_first in [false, true] {
+            let (mut agent, client) = pair().await;
+            let (to_server, mut server) = pair().await;
+            let upstream: Upstream = if spliced {
+                Box::new(to_server)
+            } else {
+                let wrapped = hyper_util::rt::TokioIo::new(hyper_util::rt::TokioIo::new(to_server));
+                Box::new(wrapped)
+            };
+            let client = Client {
+                stream: client,
+                read_ahead: Bytes::from_static(b"early "),
+            };
+            let request = pattern(3 << 20, 1);
+            let answer = pattern(5 << 20, 2);
+            let agent_side = async {
+                let mut got = Vec::new();
+                if server_first {
+                    agent.read_to_end(&mut got).await.expect("agent reads");
+                    agent.write_all(&request).await.expect("agent writes");
+                    agent.shutdown().await.expect("agent shuts down");
+                } else {
+                    agent.write_all(&request).await.expect("agent writes");
+                    agent.shutdown().await.expect("agent shuts down");
+                    agent.read_to_end(&mut got).await.expect("agent reads");
+                }
+                got
+            };
+            let server_side = async {
+                let mut got = Vec::new();
+                if server_first {
+                    server.write_all(&answer).await.expect("server writes");
+                    server.shutdown().await.expect("server shuts down");
+                    server.read_to_end(&mut got).await.expect("server reads");
+                } else {
+                    server.read_to_end(&mut got).await.expect("server reads");
+                    server.write_all(&answer).await.expect("server writes");
+                    server.shutdown().await.expect("server shuts down");
+                }
+                got
+            };
+            let all = async {
+                tokio::join!(
+                    relay(&shared, client, upstream, None),
+                    agent_side,
+                    server_side
+                )
+            };
+            let ((), agent_got, server_got) = tokio::time::timeout(Duration::from_secs(60), all)
+                .await
+                .expect("a direction's end of file did not pass through (hang)");
+            assert_eq!(agent_got.len(), answer.len());
+            assert!(agent_got == answer, "the answer arrived altered");
+            let expected = [b"early ".as_slice(), &request].concat();
+            assert_eq!(server_got.len(), expected.len());
+            assert!(server_got == expected, "the request arrived altered");
+        }
+    }
+
+    #[tokio::test]
+    async fn spliced_tunnel_passes_half_close_and_read_ahead() {
+        half_close_passes_through(true).await;
+    }
+
+    #[tokio::test]
+    async fn copied_tunnel_passes_half_close_and_read_ahead() {
+        half_close_passes_through(false).await;
     }
 }

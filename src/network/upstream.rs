@@ -2,6 +2,7 @@
 //! (`upstream_proxy` in config.toml) with CONNECT, for hosts whose egress needs one.
 #![forbid(unsafe_code)]
 
+use std::any::Any;
 use std::io;
 use std::net::SocketAddr;
 
@@ -13,8 +14,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// A byte stream to the destination.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket itself when the stream is one (a direct connection, which the relay
+    /// can splice), else the stream back (a tunnel through `upstream_proxy`).
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Upstream>;
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {
+    fn into_tcp(self: Box<Self>) -> Result<TcpStream, Upstream> {
+        if !(&*self as &dyn Any).is::<TcpStream>() {
+            return Err(self);
+        }
+        let any: Box<dyn Any> = self;
+        any.downcast::<TcpStream>()
+            .map(|tcp| *tcp)
+            .map_err(|_| unreachable!("the type was checked above"))
+    }
+}
+
 pub type Upstream = Box<dyn Stream>;
 
 /// `upstream_proxy = "http://HOST:PORT"`.

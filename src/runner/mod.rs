@@ -391,6 +391,11 @@ fn tear_down(
         guard,
     } = running;
     drop(raw);
+    if let (Ok(_), Some(point)) = (&status, &prepared.point) {
+        // The command's status means the namespace is empty: no process of the agent is
+        // left to use the network. The policy point dies meanwhile; `finish` reaps it.
+        point.kill();
+    }
     let closed = pam.close();
     // init is gone or going (its namespaces are torn down meanwhile): reap it.
     let _ = waitpid(tree.child, None);
