@@ -34,7 +34,7 @@ pub struct Report {
 
 pub struct Watcher {
     stop: OwnedFd,
-    thread: JoinHandle<Report>,
+    thread: JoinHandle<(Report, Watch)>,
 }
 
 /// Everything the watcher thread owns.
@@ -104,15 +104,28 @@ impl Watcher {
     /// agent is left: then nothing the agent did is missed.
     pub fn finish(self) -> Report {
         drop(self.stop);
-        self.thread.join().unwrap_or_else(|_| Report {
-            incomplete: Some("the repository watcher failed".into()),
-            ..Report::default()
-        })
+        match self.thread.join() {
+            Ok((report, watch)) => {
+                // Its last close waits for the kernel (an SRCU grace period): not here.
+                crate::sys::spawn::close_detached(watch.into_fd());
+                report
+            }
+            Err(_) => Report {
+                incomplete: Some("the repository watcher failed".into()),
+                ..Report::default()
+            },
+        }
     }
 }
 
 impl Scope {
-    fn run(self, stop: OwnedFd) -> Report {
+    /// Handles events until `stop` closes; gives the group back (see [`Watcher::finish`]).
+    fn run(self, stop: OwnedFd) -> (Report, Watch) {
+        let report = self.handle_until(stop);
+        (report, self.watch)
+    }
+
+    fn handle_until(&self, stop: OwnedFd) -> Report {
         let mut report = Report::default();
         loop {
             let mut fds = [
