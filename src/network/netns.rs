@@ -18,7 +18,7 @@ use std::net::Ipv6Addr;
 use anyhow::{Context, Result, anyhow};
 use netlink_bindings::nftables::{
     Chained, CmpOps, FibFlags, MetaKeys, NatRangeFlags, Nfgenmsg, PayloadBase, PushExprListAttrs,
-    Registers, VerdictCode,
+    PushRuleAttrs, Registers, VerdictCode,
 };
 use netlink_bindings::traits::Pusher;
 
@@ -179,17 +179,7 @@ fn transaction(first_seq: u32) -> Chained<'static> {
         .push_priority(PRIORITY_DSTNAT)
         .end_nested();
     for rule in &RULES {
-        let mut request = batch
-            .request()
-            .set_create()
-            .set_append()
-            .op_newrule_do(&inet);
-        let exprs = request
-            .encode()
-            .push_table(TABLE)
-            .push_chain(CHAIN)
-            .nested_expressions();
-        encode_rule(exprs, rule).end_nested();
+        append_rule(&mut batch, &inet, CHAIN, |exprs| encode_rule(exprs, rule));
     }
     leave_chain(&mut batch, &inet);
     batch.request().op_batch_end_do(&begin);
@@ -217,6 +207,41 @@ fn leave_chain(batch: &mut Chained<'static>, inet: &Nfgenmsg) {
         .push_num(HOOK_OUTPUT)
         .push_priority(PRIORITY_FILTER)
         .end_nested();
+    append_rule(batch, inet, LEAVE_CHAIN, |exprs| {
+        let exprs = exprs
+            .nested_elem()
+            .nested_data_fib()
+            .push_dreg(Registers::Reg1 as u32)
+            .push_result(FIB_RESULT_ADDRTYPE)
+            .push_flags(FibFlags::Daddr as u32)
+            .end_nested()
+            .end_nested();
+        verdict(
+            compare(exprs, &RTN_LOCAL.to_ne_bytes()),
+            VerdictCode::Accept,
+        )
+    });
+    append_rule(batch, inet, LEAVE_CHAIN, |exprs| {
+        let exprs = exprs
+            .nested_elem()
+            .nested_data_log()
+            .push_group(GROUP)
+            .end_nested()
+            .end_nested();
+        verdict(exprs, VerdictCode::Drop)
+    });
+}
+
+/// A rule's expression list, as [`append_rule`] hands it to the code that fills it.
+type ExprList<'b> = PushExprListAttrs<PushRuleAttrs<&'b mut Vec<u8>>>;
+
+/// Appends a rule to `chain` of the table, its expressions written by `body`.
+fn append_rule(
+    batch: &mut Chained<'static>,
+    inet: &Nfgenmsg,
+    chain: &CStr,
+    body: impl for<'b> FnOnce(ExprList<'b>) -> ExprList<'b>,
+) {
     let mut request = batch
         .request()
         .set_create()
@@ -225,33 +250,9 @@ fn leave_chain(batch: &mut Chained<'static>, inet: &Nfgenmsg) {
     let exprs = request
         .encode()
         .push_table(TABLE)
-        .push_chain(LEAVE_CHAIN)
-        .nested_expressions()
-        .nested_elem()
-        .nested_data_fib()
-        .push_dreg(Registers::Reg1 as u32)
-        .push_result(FIB_RESULT_ADDRTYPE)
-        .push_flags(FibFlags::Daddr as u32)
-        .end_nested()
-        .end_nested();
-    let exprs = compare(exprs, &RTN_LOCAL.to_ne_bytes());
-    verdict(exprs, VerdictCode::Accept).end_nested();
-    let mut request = batch
-        .request()
-        .set_create()
-        .set_append()
-        .op_newrule_do(inet);
-    let exprs = request
-        .encode()
-        .push_table(TABLE)
-        .push_chain(LEAVE_CHAIN)
-        .nested_expressions()
-        .nested_elem()
-        .nested_data_log()
-        .push_group(GROUP)
-        .end_nested()
-        .end_nested();
-    verdict(exprs, VerdictCode::Drop).end_nested();
+        .push_chain(chain)
+        .nested_expressions();
+    body(exprs).end_nested();
 }
 
 /// Ends the rule with `code` (accept, drop, return).
