@@ -11,29 +11,11 @@ out=bench/results/network.md
 runs=${RUNS:-5}
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-unshare --net -- sleep 3600 & host_pid=$!
-unshare --net -- sleep 3600 & inet_pid=$!
-trap 'kill $host_pid $inet_pid 2>/dev/null; rm -rf "$BENCH_DIR"' EXIT
-sleep 0.3
-nsenter --net=/proc/$host_pid/ns/net -- sh -ec "
-ip link set lo up; ip link add vh type veth peer name vi; ip link set vi netns $inet_pid
-ip addr add 11.22.33.1/24 dev vh; ip link set vh up"
-nsenter --net=/proc/$inet_pid/ns/net -- sh -ec "
-ip link set lo up; ip addr add 11.22.33.2/24 dev vi; ip addr add 11.22.33.3/24 dev vi; ip link set vi up"
-echo "nameserver 11.22.33.2" > "$BENCH_DIR/etc/resolv.conf"
-sed -i 's/^hosts:.*/hosts: files dns/' "$BENCH_DIR/etc/nsswitch.conf"
+fake_internet
 truncate -s 1G "$BENCH_DIR/big"
-# DNS: big.test -> 11.22.33.3; HTTP: / is a few bytes, /big the 1 GiB file (sendfile);
+# DNS (bench/lib.sh): big.test -> 11.22.33.3; HTTP: / is a few bytes, /big the 1 GiB file (sendfile);
 # any connection that sends nothing stays open (for the memory figure).
-nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
-import socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("11.22.33.2", 53))
-while True:
-    d, p = s.recvfrom(512); end = d.index(b"\0", 12) + 5
-    a = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton("11.22.33.3") if d[end-4:end-2] == b"\0\1" else b""
-    s.sendto(d[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if a else 0, 0, 0) + d[12:end] + a, p)
-' &
-nsenter --net=/proc/$inet_pid/ns/net -- python3 -c '
+in_internet python3 -c '
 import os, socket, sys, threading
 big = sys.argv[1]
 def serve(c):
@@ -89,7 +71,7 @@ for s in /proc/[0-9]*/status; do
 done | sort -n | tail -1 > $BENCH_DIR/rss
 wait
 RUN
-nsenter --net=/proc/$host_pid/ns/net -- bash -c "$(declare -f in_sandbox); BENCH_DIR=$BENCH_DIR in_sandbox 'bash $BENCH_DIR/run.sh'"
+in_host bash -c "$(declare -f in_sandbox); BENCH_DIR=$BENCH_DIR in_sandbox 'bash $BENCH_DIR/run.sh'"
 
 read -r direct_median direct_p90 < "$BENCH_DIR/lat-direct"
 read -r point_median point_p90 < "$BENCH_DIR/lat-point"

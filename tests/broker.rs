@@ -96,6 +96,11 @@ fn with_stdin(sb: &Sandbox, args: &[&str], value: &str) -> Out {
 
 /// Stores REAL as coder's ANTHROPIC_API_KEY, brokered toward api.test.
 fn broker_real(sb: &Sandbox) {
+    broker_value(sb, REAL);
+}
+
+/// `cred env coder ANTHROPIC_API_KEY --host api.test` with `value`.
+fn broker_value(sb: &Sandbox, value: &str) {
     let args = [
         "cred",
         "env",
@@ -104,7 +109,7 @@ fn broker_real(sb: &Sandbox) {
         "--host",
         "api.test",
     ];
-    with_stdin(sb, &args, REAL).ok();
+    with_stdin(sb, &args, value).ok();
 }
 
 fn exec(sb: &Sandbox, script: &str) -> Out {
@@ -491,15 +496,7 @@ fn audit_finds_a_brokered_value_wherever_the_agent_can_read_it() {
     let (sb, _internet) = setup("broker-audit");
     // A value of this test's own: the other tests of this binary run at the same time and
     // put REAL in command lines of root's processes, which the audit's host view reads.
-    let args = [
-        "cred",
-        "env",
-        "coder",
-        "ANTHROPIC_API_KEY",
-        "--host",
-        "api.test",
-    ];
-    with_stdin(&sb, &args, AUDIT_REAL).ok();
+    broker_value(&sb, AUDIT_REAL);
     // Nothing leaked: no hit. A file holding the value that the agent cannot read (root's,
     // 0600, in its home) is no hit either: the search has the agent's rights, not root's.
     let home = "/var/lib/agentuser/homes/agent-coder";
