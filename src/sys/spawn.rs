@@ -233,6 +233,14 @@ pub fn close_detached(fd: OwnedFd) {
     let Ok((wait_r, wait_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         return drop(fd);
     };
+    // A thread just joined (the watcher's) may linger in /proc/self/task for a moment, and
+    // `fork` refuses while it shows: give it that moment.
+    for _ in 0..200 {
+        if thread_count().is_ok_and(|n| n == 1) {
+            break;
+        }
+        std::thread::yield_now();
+    }
     match fork() {
         Ok(ForkResult::Parent { child }) => {
             let _ = nix::sys::wait::waitpid(child, None);
