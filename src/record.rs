@@ -86,6 +86,10 @@ pub struct ShareRecord {
     pub allow_git_writes: bool,
     #[serde(default)]
     pub state: ShareState,
+    /// While `revoking`: the unshare (or delete) was asked to leave the agent's files its
+    /// own (`--keep-owner`), so the run that completes it does too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_owner: bool,
 }
 
 impl ShareRecord {

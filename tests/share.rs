@@ -815,3 +815,46 @@ fn exec_refuses_a_half_made_share_and_says_how_to_complete_it() {
     std::fs::write(&record, &text).unwrap();
     sb.as_user("alice", &["exec", "coder", "--", "true"]).ok();
 }
+
+/// An interrupted `unshare --keep-owner` is completed as it was asked: the journal keeps the
+/// flag with the `revoking` state, so a plain rerun leaves the agent's files its own, and
+/// exec's refusal names the command with it.
+#[test]
+fn an_interrupted_keep_owner_unshare_is_completed_keeping() {
+    let sb = Sandbox::new("share-keep-journal");
+    sb.alice_and_coder();
+    let record = sb.host_path("/var/lib/agentuser/agents/coder.toml");
+    let made = "/home/alice/proj/made-by-agent";
+    for keep in [false, true] {
+        sb.sh_as("alice", "rm -rf /home/alice/proj && mkdir /home/alice/proj")
+            .ok();
+        sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+            .ok();
+        sb.exec_sh("alice", "coder", &format!("touch {made}")).ok();
+        // The state an unshare leaves when it is killed during its walk.
+        let text = std::fs::read_to_string(&record).unwrap();
+        let journal = if keep {
+            "state = \"revoking\"\nkeep_owner = true"
+        } else {
+            "state = \"revoking\""
+        };
+        // The share's own state line is the one after [[shares]].
+        let (head, tail) = text.split_at(text.find("[[shares]]").expect("a share"));
+        let edited = format!("{head}{}", tail.replacen("state = \"ready\"", journal, 1));
+        std::fs::write(&record, edited).unwrap();
+        let needle = if keep {
+            "agentuser unshare coder /home/alice/proj --keep-owner'"
+        } else {
+            "agentuser unshare coder /home/alice/proj'"
+        };
+        sb.as_user("alice", &["exec", "coder", "--", "true"])
+            .fails(125, needle);
+        // The plain rerun completes it.
+        sb.as_user("alice", &["unshare", "coder", "/home/alice/proj"])
+            .ok();
+        let owner = sb.sh(&format!("stat -c %U {made}")).ok().stdout;
+        // Control (keep = false): without the journaled flag the file is handed back.
+        let expected = if keep { "agent-coder" } else { "alice" };
+        assert_eq!(owner.trim(), expected, "keep_owner journaled: {keep}");
+    }
+}

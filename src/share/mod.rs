@@ -116,6 +116,7 @@ fn wanted_share(
         tree_uid: target.stat.st_uid,
         allow_git_writes,
         state: ShareState::Granting,
+        keep_owner: false,
     }
 }
 
@@ -295,7 +296,12 @@ fn revoke(
     index: usize,
     hand_back: bool,
 ) -> Result<walk::Outcome> {
-    record.shares[index].state = ShareState::Revoking;
+    // Journaled with the state: an interrupted `--keep-owner` is completed the same way
+    // (keeping wins: files already handed back cannot be taken back).
+    let journaled = &mut record.shares[index];
+    let hand_back = hand_back && !(journaled.state == ShareState::Revoking && journaled.keep_owner);
+    journaled.keep_owner = !hand_back;
+    journaled.state = ShareState::Revoking;
     ctx.registry.save(lock, record)?;
     let share = record.shares[index].clone();
     let outcome = match refuse::open_exact(&share.path)? {
@@ -381,7 +387,15 @@ pub fn check_complete(record: &AgentRecord) -> Result<()> {
             }
             ShareState::Revoking => (
                 "unsharing",
-                format!("agentuser unshare {} {path}", record.name),
+                format!(
+                    "agentuser unshare {} {path}{}",
+                    record.name,
+                    if share.keep_owner {
+                        " --keep-owner"
+                    } else {
+                        ""
+                    }
+                ),
             ),
         };
         bail!(
