@@ -45,6 +45,40 @@ fn entries(state: &Path) -> Vec<(String, PathBuf)> {
     found
 }
 
+/// Removes the policy point's run files (`run-ca/NAME.PID-SECS.pem`, `run-ssh/...sock`)
+/// of agent `name` whose runner is gone (killed: a run that ends removes its own). Each
+/// `exec` in the allowlist mode calls it, so they do not pile up while the agent lives. A
+/// pid reused by another process keeps its file until a later run: never a live run's.
+pub fn remove_dead_run_files(ctx: &Context, name: &str) {
+    for place in ["run-ca", "run-ssh"] {
+        let Ok(dir) = std::fs::read_dir(ctx.registry.root().join(place)) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let file_name = entry.file_name();
+            let Some(rest) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(name))
+                .and_then(|n| n.strip_prefix('.'))
+            else {
+                continue;
+            };
+            let Some(pid) = rest
+                .split(['-', '.'])
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH);
+            if gone && pid > 0 {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// The entries of agent `name`.
 pub fn of_agent(ctx: &Context, name: &str) -> Vec<PathBuf> {
     entries(ctx.registry.root())

@@ -220,3 +220,23 @@ fn naming_agents_that_do_not_exist_makes_no_file() {
     after.retain(|p| !before.contains(p) && !p.ends_with("/locks/coder"));
     assert!(after.is_empty(), "new files: {after:?}");
 }
+
+/// The policy point's run files of a killed runner do not pile up while the agent lives:
+/// the next run in the allowlist mode removes those whose runner is gone.
+#[test]
+fn the_next_run_removes_the_run_files_a_killed_runner_left() {
+    let sb = Sandbox::new("leftovers-next-run");
+    let _internet = FakeInternet::start(&sb, &[("api.test", &["11.22.33.3"])]);
+    let uid = agent_with_state(&sb);
+    let run_files = || {
+        traces(&sb, "coder", uid)
+            .into_iter()
+            .filter(|t| t.starts_with("run-ca/") || t.starts_with("run-ssh/"))
+            .filter(|t| t.contains('.'))
+            .collect::<Vec<_>>()
+    };
+    // Control: the killed run left its CA bundle and ssh-agent socket.
+    assert!(run_files().len() >= 2, "{:?}", traces(&sb, "coder", uid));
+    sb.exec_sh("alice", "coder", "true").ok();
+    assert_eq!(run_files(), Vec::<String>::new());
+}

@@ -109,6 +109,7 @@ pub fn start(
         text => Some(upstream::parse_proxy(text).map_err(|e| anyhow!("upstream_proxy: {e}"))?),
     };
     let (log_file, log_start) = log::open_for_run(ctx, &record.name)?;
+    crate::leftovers::remove_dead_run_files(ctx, &record.name);
     // Named after the agent: run files a killed runner leaves go with the agent (leftovers).
     let run = format!(
         "{}.{}-{}",
