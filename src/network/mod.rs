@@ -104,40 +104,11 @@ pub fn start(
         .filter(|e| e.host == HostPattern::Localhost)
         .filter_map(|e| e.port)
         .collect();
-    let upstream = match ctx.config.upstream_proxy.as_str() {
-        "" => None,
-        text => Some(upstream::parse_proxy(text).map_err(|e| anyhow!("upstream_proxy: {e}"))?),
-    };
     let (log_file, log_start) = log::open_for_run(ctx, &record.name)?;
     crate::leftovers::remove_dead_run_files(ctx, &record.name);
-    // Named after the agent: run files a killed runner leaves go with the agent (leftovers).
-    let run = format!(
-        "{}.{}-{}",
-        record.name,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    );
-    let mut syslog_prefix = format!(
-        "caller={} uid={} agent={}",
-        ctx.caller.name, ctx.caller.uid, record.name
-    );
-    if ctx.caller.via_sudo {
-        syslog_prefix.push_str(" via=sudo");
-    }
+    let run = run_id(&record.name);
     let (to_init, init_end) = UnixStream::pair().context("socketpair")?;
-    let shared = proxy::Shared {
-        run: run.clone(),
-        allowlist,
-        names: dns::Names::default(),
-        upstream,
-        syslog_prefix,
-        log: std::sync::Mutex::new(log_file),
-        logged: AtomicU32::new(0),
-        broker: None,
-    };
+    let shared = shared_state(ctx, record, &run, allowlist, log_file)?;
     let secrets = crate::creds::brokered(ctx, record)?;
     let (ca_in, broker) = if secrets.is_empty() {
         (None, None)
@@ -178,6 +149,51 @@ pub fn start(
         point.ca_bundle = Some(trust::write_bundle(ctx, &point.run, ca_in)?);
     }
     Ok((point, init_end))
+}
+
+/// The run's id, `NAME.PID-SECS`: named after the agent, so run files a killed runner
+/// leaves go with the agent (leftovers).
+fn run_id(agent: &str) -> String {
+    format!(
+        "{agent}.{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    )
+}
+
+/// What the policy point's connections share: the allowlist, the stub's names, the
+/// upstream proxy, and where refusals go.
+fn shared_state(
+    ctx: &Context,
+    record: &AgentRecord,
+    run: &str,
+    allowlist: Allowlist,
+    log_file: std::fs::File,
+) -> Result<proxy::Shared> {
+    let upstream = match ctx.config.upstream_proxy.as_str() {
+        "" => None,
+        text => Some(upstream::parse_proxy(text).map_err(|e| anyhow!("upstream_proxy: {e}"))?),
+    };
+    let mut syslog_prefix = format!(
+        "caller={} uid={} agent={}",
+        ctx.caller.name, ctx.caller.uid, record.name
+    );
+    if ctx.caller.via_sudo {
+        syslog_prefix.push_str(" via=sudo");
+    }
+    Ok(proxy::Shared {
+        run: run.to_owned(),
+        allowlist,
+        names: dns::Names::default(),
+        upstream,
+        syslog_prefix,
+        log: std::sync::Mutex::new(log_file),
+        logged: AtomicU32::new(0),
+        broker: None,
+    })
 }
 
 impl PolicyPoint {
