@@ -12,12 +12,21 @@ use nix::unistd::ForkResult;
 /// run ordinary Rust code: no lock (allocator, stdio, environment) can be held by a thread
 /// that does not exist in the child.
 ///
-/// agentuser does start threads: the share walk runs scoped workers (`share::walk`). They
-/// are joined before the walk returns, and today no command forks after a walk (`delete`
-/// stops the agent's processes before it revokes shares). Nothing in the types keeps it
-/// that way, so the thread count is checked here, at run time, before every fork.
+/// agentuser does start threads: the share walk and the share index's check run scoped
+/// workers (`share::walk`, `share::index`), and the runner forks after the latter. Scoped
+/// threads are joined before they return, but a joined thread, done with every lock, still
+/// shows in `/proc/self/task` for a moment while the kernel ends it: the count is given up
+/// to about a millisecond to settle, then a thread still there refuses the fork. Nothing in
+/// the types keeps threads away from forks, hence this check at run time, before every one.
 pub fn fork() -> Result<ForkResult> {
-    let threads = thread_count()?;
+    let mut threads = thread_count()?;
+    for _ in 0..200 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::yield_now();
+        threads = thread_count()?;
+    }
     if threads != 1 {
         bail!(
             "refusing to fork with {threads} threads alive (the child could inherit a held lock)"
@@ -233,14 +242,7 @@ pub fn close_detached(fd: OwnedFd) {
     let Ok((wait_r, wait_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         return drop(fd);
     };
-    // A thread just joined (the watcher's) may linger in /proc/self/task for a moment, and
-    // `fork` refuses while it shows: give it that moment.
-    for _ in 0..200 {
-        if thread_count().is_ok_and(|n| n == 1) {
-            break;
-        }
-        std::thread::yield_now();
-    }
+    // The watcher's thread was just joined: `fork` waits for it to leave /proc/self/task.
     match fork() {
         Ok(ForkResult::Parent { child }) => {
             let _ = nix::sys::wait::waitpid(child, None);
