@@ -648,6 +648,37 @@ fn the_agent_runs_under_its_pam_limits() {
     );
 }
 
+#[test]
+fn pam_setcred_never_falls_through_to_the_other_service() {
+    let sb = setup("runner-pam-other");
+    // A host whose fallback service refuses everything, as Fedora's /etc/pam.d/other does.
+    sb.sh(
+        "printf 'auth required pam_deny.so\\naccount required pam_deny.so\\n\
+         password required pam_deny.so\\nsession required pam_deny.so\\n' > /etc/pam.d/other",
+    )
+    .ok();
+    let out = exec(&sb, "coder", "echo RAN").ok();
+    assert!(out.stdout.contains("RAN"), "{out:#?}");
+    let out = sb
+        .as_user(
+            "alice",
+            &["exec", "coder", "--", "/bin/sh", "-c", "echo RAN"],
+        )
+        .ok();
+    assert!(out.stdout.contains("RAN"), "{out:#?}");
+    let doctor = sb.root(&["doctor"]);
+    assert!(!doctor.stdout.contains("no auth lines"), "{doctor:#?}");
+    // Control: the service file without its auth lines (as installed before 2026-12-02)
+    // sends pam_setcred to `other`, which refuses the run; doctor says so.
+    sb.sh("sed -i '/^auth/d' /etc/pam.d/agentuser").ok();
+    let out = exec(&sb, "coder", "echo RAN");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(!out.stdout.contains("RAN"), "{out:#?}");
+    let doctor = sb.root(&["doctor"]);
+    assert!(doctor.stdout.contains("no auth lines"), "{doctor:#?}");
+    assert!(sb.processes_in_range().is_empty());
+}
+
 /// Prints, between markers, what the test expects dropped (OSC 52 write and read, the title
 /// and icon reports, DECRQSS, a 7-bit sequence split across two writes, an 8-bit one) and
 /// what TUIs need (cursor position and colour queries, a hyperlink).

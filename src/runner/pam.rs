@@ -1,6 +1,7 @@
 //! The PAM session of a run (docs/design.md section 4 step 3): service `agentuser`, account and
-//! session stacks only. There is no authentication step on purpose: agentuser has already
-//! authorized the caller (root or the agent's owner), as runuser(1) does.
+//! session stacks, and setcred (the service's auth stack is there for it alone). There is no
+//! authentication step on purpose: agentuser has already authorized the caller (root or the
+//! agent's owner), as runuser(1) does.
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};

@@ -78,21 +78,7 @@ fn pam_service(out: &mut Vec<Finding>) {
     match std::fs::symlink_metadata(PAM_FILE) {
         Ok(meta) if meta.is_file() && meta.uid() == 0 && meta.mode() & 0o022 == 0 => {
             let text = std::fs::read_to_string(PAM_FILE).unwrap_or_default();
-            let systemd = text
-                .lines()
-                .any(|l| !l.trim_start().starts_with('#') && l.contains("pam_systemd"));
-            out.push(if systemd {
-                Finding::new(
-                    Severity::High,
-                    "pam",
-                    PAM_FILE,
-                    "loads pam_systemd: logind would start a user manager for the agent outside \
-                     its namespaces, running units from its writable home",
-                )
-                .fix(format!("remove the pam_systemd line from {PAM_FILE}"))
-            } else {
-                Finding::new(Severity::Info, "pam", PAM_FILE, "present, root-owned")
-            });
+            out.push(pam_service_text(&text));
         }
         Ok(_) => out.push(
             Finding::new(
@@ -117,6 +103,39 @@ fn pam_service(out: &mut Vec<Finding>) {
             )),
         ),
     }
+}
+
+/// What the PAM service's lines say: pam_systemd is refused; a file without an auth stack
+/// (as installed before 2026-12-02) sends every pam_setcred through /etc/pam.d/other.
+fn pam_service_text(text: &str) -> Finding {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    if lines.iter().any(|l| l.contains("pam_systemd")) {
+        return Finding::new(
+            Severity::High,
+            "pam",
+            PAM_FILE,
+            "loads pam_systemd: logind would start a user manager for the agent outside \
+             its namespaces, running units from its writable home",
+        )
+        .fix(format!("remove the pam_systemd line from {PAM_FILE}"));
+    }
+    if !lines.iter().any(|l| l.starts_with("auth")) {
+        return Finding::new(
+            Severity::Medium,
+            "pam",
+            PAM_FILE,
+            "no auth lines: every run's pam_setcred goes through /etc/pam.d/other's auth \
+             stack (slow on Debian, a refused run where it is pam_deny)",
+        )
+        .fix(format!(
+            "install -o root -g root -m 0644 pam/agentuser {PAM_FILE}"
+        ));
+    }
+    Finding::new(Severity::Info, "pam", PAM_FILE, "present, root-owned")
 }
 
 /// The config (already validated by `Config::load`) and the root-owned state directories.
