@@ -287,6 +287,16 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
     let sb = Sandbox::new("planted-concurrent");
     setup(&sb);
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    // One run after another takes the same marker slot again: no file is made per run.
+    for _ in 0..3 {
+        sb.as_user(
+            "alice",
+            &["exec", "coder", "--network", "none", "--", "/bin/true"],
+        )
+        .ok();
+    }
+    let slots = sb.sh("ls -A /var/lib/agentuser/runs").ok().stdout;
+    assert_eq!(slots.trim(), "coder.0.json", "{slots}");
     // The race is narrow (between a marker's creation and its lock): several rounds.
     for _ in 0..3 {
         let children: Vec<_> = (0..40)
@@ -305,11 +315,21 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
             assert!(!stderr.contains("ended without its runner"), "{stderr}");
         }
     }
-    // Nothing is left in the runs directory: no marker, no temporary one.
-    assert_eq!(
-        sb.sh("ls -A /var/lib/agentuser/runs").ok().stdout.trim(),
-        ""
+    // Nothing in the runs directory records a run (the slots are empty), and no temporary
+    // marker is left.
+    let left = sb
+        .sh("cd /var/lib/agentuser/runs && for f in $(ls -A); do echo \"$f $(stat -c %s $f)\"; done")
+        .ok()
+        .stdout;
+    assert!(
+        !left.is_empty(),
+        "no marker slot: the runs recorded nothing"
     );
+    for line in left.lines() {
+        let (name, size) = line.split_once(' ').unwrap();
+        assert!(!name.starts_with('.'), "temporary marker left: {left}");
+        assert_eq!(size, "0", "a marker still records a run: {left}");
+    }
 }
 
 /// Deleting the agent after its runner was killed searches like the next exec would have:

@@ -271,8 +271,12 @@ fn stat_recorded(
             .map(|d| stat_dir(root, d.path.bytes(), device))
             .collect()
     };
+    if dirs.len() < STAT_ALONE {
+        return stat_all(dirs);
+    }
+    // Asked only here: std reads the cgroup's CPU quota from /proc and /sys for it.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if dirs.len() < STAT_ALONE || threads < 2 {
+    if threads < 2 {
         return stat_all(dirs);
     }
     let chunk = dirs.len().div_ceil(threads);

@@ -109,7 +109,12 @@ fn leftovers(ctx: &Context, out: &mut Vec<Finding>) {
         return;
     }
     for (agent, paths) in crate::leftovers::orphans(ctx) {
-        let unsearched = paths.iter().any(|p| p.starts_with("runs/"));
+        // An empty marker is a free slot; one that records a run was never recovered.
+        let state = ctx.registry.root();
+        let unsearched = paths.iter().any(|p| {
+            p.starts_with("runs/")
+                && std::fs::symlink_metadata(state.join(p)).is_ok_and(|m| m.len() > 0)
+        });
         let (severity, why) = if unsearched {
             (
                 Severity::Medium,

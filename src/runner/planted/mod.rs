@@ -8,10 +8,13 @@
 //!   ends ([`sweep`]): repository-shaped entries that are not the owner's known ones (the
 //!   `.git` entries found when the run started) and in which anything changed during the
 //!   run.
-//! - Each run leaves a marker in the state directory, locked before it appears under its
-//!   name (so a concurrent run never finds it unlocked) and for as long as the runner
-//!   lives. A marker nobody holds is a run whose runner was killed: the next `exec` or
-//!   `shell` of that agent sweeps its shares first ([`recover`]).
+//! - Each run records itself in a marker in the state directory, locked before it holds the
+//!   run (so a concurrent run never finds it unlocked) and for as long as the runner lives.
+//!   A marker that records a run and that nobody holds is a run whose runner was killed: the
+//!   next `exec` or `shell` of that agent sweeps its shares first ([`recover`]). Markers are
+//!   slots (`NAME.N.json`), emptied at the end of a run and taken again by the next one:
+//!   creating and removing a file at every run cost more than the rest of the marker (a
+//!   new inode, and the runs directory's lock shared by every concurrent run).
 //!
 //! Repositories the owner makes while no agent runs are never touched: their changes lie
 //! outside every run's window. The start-up cost stays independent of the shares' size: the
@@ -23,9 +26,8 @@ mod sweep;
 mod watch;
 
 use std::fs::File;
-use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt as _, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,8 +64,8 @@ struct RunRecord {
 pub struct Guard<'a> {
     ctx: &'a Context,
     agent: String,
+    /// The marker slot, locked and holding this run.
     marker: Option<Flock<File>>,
-    marker_path: PathBuf,
     start: SystemTime,
     shares: Vec<PathBuf>,
     known: Known,
@@ -136,9 +138,8 @@ impl<'a> Guard<'a> {
             shares: shares.clone(),
             known: known.iter().copied().collect(),
         };
-        let marker_path =
-            runs_dir(ctx)?.join(format!("{}.{}.json", record.name, std::process::id()));
-        let marker = write_marker(&marker_path, &run).context("recording the run")?;
+        let marker =
+            take_marker(&runs_dir(ctx)?, &record.name, &run).context("recording the run")?;
         let roots = open_roots(&shares);
         let state = ctx.registry.root();
         let quiet = [
@@ -154,7 +155,6 @@ impl<'a> Guard<'a> {
             ctx,
             agent: record.name.clone(),
             marker: Some(marker),
-            marker_path,
             start,
             shares,
             known,
@@ -202,17 +202,81 @@ impl Drop for Guard<'_> {
             ));
         }
         report(self.ctx, &self.agent, &findings);
-        let _ = std::fs::remove_file(&self.marker_path);
-        drop(self.marker.take());
+        // Emptied while still locked: the slot is free again, and records no run.
+        if let Some(marker) = self.marker.take() {
+            let _ = marker.set_len(0);
+        }
     }
 }
 
-/// Writes and locks the marker under a temporary name (`.NAME.PID.json.tmp`) and only then
-/// renames it into place: a concurrent `exec` of the same agent must never find a live
-/// run's marker unlocked and take that run for one whose runner died (it would sweep the
-/// shares under the running agent and steal the marker's lock).
-fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
-    let tmp = marker_temp(path)?;
+/// Takes a free marker slot of `agent` in `dir` and records `run` in it: the first slot
+/// that exists, that no runner holds, and that records no run (one that does is a run whose
+/// runner died, left for [`recover`]); a new slot when none is free.
+fn take_marker(dir: &Path, agent: &str, run: &RunRecord) -> Result<Flock<File>> {
+    let record = serde_json::to_vec(run)?;
+    // Named by the runner, not the slot: two runners may make the same slot at once.
+    let temp = dir.join(format!(".{agent}.{}.json.tmp", std::process::id()));
+    let mut slot = 0u32;
+    // Each pass either takes a slot, moves to the next, or (a slot made or removed by
+    // another command meanwhile) looks at the same one again; the slots are finite.
+    for _ in 0..10_000 {
+        let path = dir.join(format!("{agent}.{slot}.json"));
+        let taken = match open_slot(&path)? {
+            Slot::Missing => create_slot(&path, &temp)?,
+            Slot::Busy => {
+                slot += 1;
+                continue;
+            }
+            Slot::Free(locked) => Some(locked),
+        };
+        let Some(locked) = taken else {
+            continue;
+        };
+        // Not synced: a crash that loses it ends the agent's processes too, and exec stays
+        // cheap.
+        locked
+            .write_all_at(&record, 0)
+            .with_context(|| format!("{}", path.display()))?;
+        return Ok(locked);
+    }
+    anyhow::bail!("no free run marker for '{agent}' in {}", dir.display())
+}
+
+enum Slot {
+    Missing,
+    /// Held by a live runner, or recording the run of a dead one.
+    Busy,
+    /// Locked by us, empty, and still the file at its path.
+    Free(Flock<File>),
+}
+
+fn open_slot(path: &Path) -> Result<Slot> {
+    let file = match File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Slot::Missing),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return Ok(Slot::Busy);
+    };
+    let meta = locked.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        // Removed or replaced since it was opened (recovered, or the agent deleted).
+        Ok(now) if now.ino() != meta.ino() => Ok(Slot::Busy),
+        Err(_) => Ok(Slot::Missing),
+        Ok(_) if meta.len() > 0 => Ok(Slot::Busy),
+        Ok(_) => Ok(Slot::Free(locked)),
+    }
+}
+
+/// Makes the slot at `path`, empty and locked before it appears under its name, so a
+/// concurrent command never finds it unlocked. None when another command made it first.
+fn create_slot(path: &Path, tmp: &Path) -> Result<Option<Flock<File>>> {
     let file = File::options()
         .read(true)
         .write(true)
@@ -220,26 +284,19 @@ fn write_marker(path: &Path, run: &RunRecord) -> Result<Flock<File>> {
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
+        .open(tmp)
         .with_context(|| format!("{}", tmp.display()))?;
-    let mut locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+    let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", tmp.display()))?;
-    // Not synced: a crash that loses it ends the agent's processes too, and exec stays
-    // cheap.
-    let written = locked
-        .write_all(&serde_json::to_vec(run)?)
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}", path.display()));
+    // A link never replaces a slot another runner made (and holds) meanwhile.
+    let linked = std::fs::hard_link(tmp, path);
+    let _ = std::fs::remove_file(tmp);
+    match linked {
+        Ok(()) => Ok(Some(locked)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
     }
-    Ok(locked)
-}
-
-fn marker_temp(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().context("marker path")?.to_string_lossy();
-    Ok(path.with_file_name(format!(".{name}.tmp")))
 }
 
 /// Removes the temporary marker of a runner killed before it renamed it into place (its
@@ -316,6 +373,10 @@ fn recover_one(ctx: &Context, agent: &str, fallback: &[PathBuf], path: &Path) ->
         _ => return Ok(()),
     }
     let text = std::fs::read(path).unwrap_or_default();
+    if text.is_empty() {
+        // A free slot: its last run ended, or its runner died before the agent started.
+        return Ok(());
+    }
     let (shares, known, start) = match serde_json::from_slice::<RunRecord>(&text) {
         Ok(run) => (
             run.shares,
