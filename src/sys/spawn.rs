@@ -232,37 +232,36 @@ pub fn join_new_session_keyring() -> Result<()> {
     }
 }
 
-/// Closes `fd` in a detached grandchild instead of here: the last close of some kernel
-/// objects blocks (a fanotify group with a file-system mark waits for an SRCU grace period,
-/// 10-20 ms measured), and nobody needs to wait for it. The grandchild holds nothing else
-/// (its standard streams and every other descriptor, locks included, are closed first),
-/// leaves the caller's session, waits until this process has dropped its own copy, and
-/// exits; it is orphaned at once, so nothing here reaps it. Without a fork, closes here.
+/// Closes `fd` in a detached child instead of here: the last close of some kernel objects
+/// blocks (a fanotify group with a file-system mark waits for an SRCU grace period, 10-20 ms
+/// measured), and nobody needs to wait for it. The child holds nothing else (its standard
+/// streams and every other descriptor, locks included, are closed first), leaves the
+/// caller's session, waits until this process has dropped its own copy, and exits. It is
+/// not waited for: this is the last thing a run does, and once this process exits whoever
+/// adopts the child reaps it (one fork, not two: each costs a copy of the page tables and
+/// its teardown, at every run). Without a fork, closes here.
 pub fn close_detached(fd: OwnedFd) {
     let Ok((wait_r, wait_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
         return drop(fd);
     };
     // The watcher's thread was just joined: `fork` waits for it to leave /proc/self/task.
     match fork() {
-        Ok(ForkResult::Parent { child }) => {
-            let _ = nix::sys::wait::waitpid(child, None);
+        Ok(ForkResult::Parent { .. }) => {
             drop(fd);
             drop(wait_w);
         }
         Ok(ForkResult::Child) => {
-            if let Ok(ForkResult::Child) = fork() {
-                let keep = [fd.as_raw_fd(), wait_r.as_raw_fd()];
-                let _ = nix::unistd::setsid();
-                for stream in 0..=2 {
-                    // SAFETY: closes a descriptor number; no Rust object in this process
-                    // refers to the standard streams (it only waits and exits).
-                    unsafe { libc::close(stream) };
-                }
-                if super::net::close_all_except(&keep).is_ok() {
-                    let mut byte = [0u8; 1];
-                    // Returns at EOF: the parent dropped its copy of `fd` and the pipe.
-                    while nix::unistd::read(&wait_r, &mut byte).is_err_and(|e| e == Errno::EINTR) {}
-                }
+            let keep = [fd.as_raw_fd(), wait_r.as_raw_fd()];
+            let _ = nix::unistd::setsid();
+            for stream in 0..=2 {
+                // SAFETY: closes a descriptor number; no Rust object in this process
+                // refers to the standard streams (it only waits and exits).
+                unsafe { libc::close(stream) };
+            }
+            if super::net::close_all_except(&keep).is_ok() {
+                let mut byte = [0u8; 1];
+                // Returns at EOF: the parent dropped its copy of `fd` and the pipe.
+                while nix::unistd::read(&wait_r, &mut byte).is_err_and(|e| e == Errno::EINTR) {}
             }
             exit_now(0)
         }
