@@ -339,13 +339,19 @@ fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> 
     let dir = runs_dir(ctx)?;
     let prefix = format!("{agent}.");
     for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with(&format!(".{prefix}")) {
             remove_dead_temp(&path, name);
             continue;
         }
         if !name.starts_with(&prefix) || !name.ends_with(".json") {
+            continue;
+        }
+        // A free slot, or one taken by a runner that has not recorded its run yet (its
+        // agent has not started): one stat instead of opening and locking it.
+        if entry.metadata().is_ok_and(|meta| meta.len() == 0) {
             continue;
         }
         recover_one(ctx, agent, fallback, &path)?;
