@@ -612,16 +612,19 @@ fn the_callers_keyring_and_a_refused_account_stay_out() {
     // A key in the caller's session keyring is not possessed by the agent.
     let bin = sb.bin.display().to_string();
     let out = sb.sh(&format!(
-        "command -v keyctl >/dev/null || exit 77; keyctl new_session >/dev/null; \
+        "keyctl new_session >/dev/null; \
          keyctl add user canary-key canary-secret @s >/dev/null; \
+         setpriv --reuid agent-coder --regid agent-coder --clear-groups \
+           sh -c 'keyctl search @s user canary-key >/dev/null && echo CONTROL-FOUND'; \
          {bin} exec coder -- sh -c 'keyctl show @s; keyctl search @s user canary-key && echo FOUND'"
     ));
-    if out.code != 77 {
-        assert!(
-            !out.stdout.contains("FOUND") && !out.stdout.contains("canary-key"),
-            "{out:#?}"
-        );
-    }
+    // Control: a plain uid switch in the same session possesses the key.
+    assert!(out.stdout.contains("CONTROL-FOUND"), "{out:#?}");
+    let agent = out.stdout.replace("CONTROL-FOUND", "");
+    assert!(
+        !agent.contains("FOUND") && !agent.contains("canary-key"),
+        "{out:#?}"
+    );
     // An account PAM refuses (expired) is not run.
     sb.sh("chage -E 1 agent-coder").ok();
     let out = exec(&sb, "coder", "echo RAN");
