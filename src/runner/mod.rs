@@ -204,6 +204,13 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
     if !req.publish.is_empty() && network != Network::Allowlist {
         return Err(usage("--publish needs the allowlist network mode"));
     }
+    // Started as early as it can be: it builds the agent's network namespace while the rest
+    // of this, the view and the PAM session are made (init waits for the namespace). Killed
+    // when dropped, so on every early return.
+    let started = match network {
+        Network::Allowlist => Some(crate::network::start(ctx, &record, req.publish)?),
+        _ => None,
+    };
     // The shares' .git entries, once for the whole run, from their indexes.
     let contents = crate::share::Contents::of(ctx, &record);
     let mut plan = sandbox::plan(ctx, &record, network, &contents)?;
@@ -215,11 +222,8 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
     let not_found_hint = req
         .command
         .and_then(|cmd| missing::hint(ctx, &record, &cmd[0]));
-    // Started first: it builds the agent's network namespace while the view and the PAM
-    // session are made; dropped (killed) on every early return.
-    let point = match network {
-        Network::Allowlist => {
-            let (point, channel) = crate::network::start(ctx, &record, req.publish)?;
+    let point = match started {
+        Some((point, channel)) => {
             plan.join_net = Some(std::sync::Arc::new(channel));
             extra_env.splice(0..0, crate::network::agent_env());
             let (mounts, env) = point.trust();
@@ -227,7 +231,7 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
             extra_env.splice(0..0, env);
             Some(point)
         }
-        _ => None,
+        None => None,
     };
     for warning in &plan.warnings {
         eprintln!("agentuser: warning: {warning}");
