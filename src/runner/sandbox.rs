@@ -254,10 +254,16 @@ fn attach_inner(mut inner: Vec<Source>, warnings: &mut Vec<String>) -> Result<()
 
 /// Step 4: hide and privatize: one fresh tmpfs, a subdirectory of it bound over each place.
 /// Returns the places covered.
+///
+/// The tmpfs itself is attached too, under the first place it covers (beneath that place's
+/// own empty directory, so nothing of it shows): closing the last descriptor of a detached
+/// mount unmounts it and waits for an expedited RCU grace period, on init's path to the
+/// agent; attached, it goes with the rest of the view.
 fn hide_and_privatize(plan: &ViewPlan) -> Result<Vec<&Path>> {
     let scratch = fdmount::new_tmpfs(c"0755")
         .map_err(describe)
         .context("creating a tmpfs")?;
+    let mut parked = false;
     let mut covered: Vec<&Path> = Vec::new();
     let mut sorted: Vec<&PathBuf> = plan.hidden.iter().collect();
     sorted.sort_by_key(|p| p.components().count());
@@ -268,6 +274,9 @@ fn hide_and_privatize(plan: &ViewPlan) -> Result<Vec<&Path>> {
     for (i, (path, mode)) in places.enumerate() {
         if covered.iter().any(|c| path.starts_with(c)) {
             continue;
+        }
+        if !parked {
+            parked = park(&scratch, path)?;
         }
         if cover(&scratch, &format!("{i}"), path, mode)? {
             covered.push(path);
@@ -366,6 +375,20 @@ fn detached_copy(src: &OwnedFd, read_only: bool) -> Result<OwnedFd> {
         .map_err(describe)
         .context("mount_setattr")?;
     Ok(tree)
+}
+
+/// Attaches the scratch tmpfs at `path`, to be covered at once; false when `path` does not
+/// exist.
+fn park(scratch: &OwnedFd, path: &Path) -> Result<bool> {
+    let target = match open_beneath_root(path) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(describe(e)).with_context(|| format!("hiding {}", path.display())),
+    };
+    fdmount::attach(scratch.as_fd(), target.as_fd())
+        .map_err(describe)
+        .with_context(|| format!("covering {}", path.display()))?;
+    Ok(true)
 }
 
 /// Covers the directory `path` with a new directory `name` of the scratch tmpfs, of

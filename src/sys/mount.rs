@@ -89,7 +89,8 @@ const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 
 /// A new, detached tmpfs (fsopen/fsconfig/fsmount) with the given root mode, nosuid and
 /// nodev. One instance serves every hidden and private directory of a view: each tmpfs
-/// superblock costs an RCU grace period or two when the namespace goes away.
+/// superblock costs an RCU grace period or two when the namespace goes away (and a detached
+/// one another when its last descriptor closes: the runner attaches it).
 pub fn new_tmpfs(mode: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
     // SAFETY: fsopen reads a static C string and returns a new descriptor or -1.
     let fs = Errno::result(unsafe {
