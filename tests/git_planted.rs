@@ -315,10 +315,10 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
             assert!(!stderr.contains("ended without its runner"), "{stderr}");
         }
     }
-    // Nothing in the runs directory records a run (the slots are empty), and no temporary
+    // Nothing in the runs directory records a run (the slots are blank), and no temporary
     // marker is left.
     let left = sb
-        .sh("cd /var/lib/agentuser/runs && for f in $(ls -A); do echo \"$f $(stat -c %s $f)\"; done")
+        .sh("cd /var/lib/agentuser/runs && for f in $(ls -A); do echo \"$f $(tr -d ' ' < $f | wc -c)\"; done")
         .ok()
         .stdout;
     assert!(
@@ -328,7 +328,35 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
     for line in left.lines() {
         let (name, size) = line.split_once(' ').unwrap();
         assert!(!name.starts_with('.'), "temporary marker left: {left}");
-        assert_eq!(size, "0", "a marker still records a run: {left}");
+        assert_eq!(
+            size, "0",
+            "a marker still records a run (non-blank bytes): {left}"
+        );
+    }
+}
+
+/// The first runs of an agent, made at once, all start: the state directory they make on
+/// the way (`runs/`, for the markers) may be made by another of them meanwhile. The window
+/// is narrow: rounds of runs started together, each round on a state without `runs/`.
+#[test]
+fn first_runs_made_at_once_all_start() {
+    let sb = Sandbox::new("planted-first-runs");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let bin = sb.bin.display().to_string();
+    for round in 0..10 {
+        let out = sb.sh(&format!(
+            "rm -rf /var/lib/agentuser/runs; \
+             for i in $(seq 30); do \
+               {bin} exec coder --network host -- /bin/true 2>>/tmp/first-runs.err \
+                 || echo FAILED >>/tmp/first-runs.err & \
+             done; wait; cat /tmp/first-runs.err; rm -f /tmp/first-runs.err"
+        ));
+        assert!(
+            !out.stdout.contains("FAILED"),
+            "round {round}: {}",
+            out.stdout
+        );
     }
 }
 

@@ -109,11 +109,12 @@ fn leftovers(ctx: &Context, out: &mut Vec<Finding>) {
         return;
     }
     for (agent, paths) in crate::leftovers::orphans(ctx) {
-        // An empty marker is a free slot; one that records a run was never recovered.
+        // A blank marker is a free slot; one that records a run was never recovered.
         let state = ctx.registry.root();
         let unsearched = paths.iter().any(|p| {
             p.starts_with("runs/")
-                && std::fs::symlink_metadata(state.join(p)).is_ok_and(|m| m.len() > 0)
+                && std::fs::read(state.join(p))
+                    .is_ok_and(|text| !text.iter().all(u8::is_ascii_whitespace))
         });
         let (severity, why) = if unsearched {
             (

@@ -12,7 +12,7 @@
 //!   run (so a concurrent run never finds it unlocked) and for as long as the runner lives.
 //!   A marker that records a run and that nobody holds is a run whose runner was killed: the
 //!   next `exec` or `shell` of that agent sweeps its shares first ([`recover`]). Markers are
-//!   slots (`NAME.N.json`), emptied at the end of a run and taken again by the next one:
+//!   slots (`NAME.N.json`), blanked at the end of a run and taken again by the next one:
 //!   creating and removing a file at every run cost more than the rest of the marker (a
 //!   new inode, and the runs directory's lock shared by every concurrent run).
 //!
@@ -26,6 +26,7 @@ mod sweep;
 mod watch;
 
 use std::fs::File;
+use std::io::Read as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt as _, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -202,9 +203,12 @@ impl Drop for Guard<'_> {
             ));
         }
         report(self.ctx, &self.agent, &findings);
-        // Emptied while still locked: the slot is free again, and records no run.
+        // Blanked in place while still locked: the slot is free again and records no run.
+        // Not truncated: freeing the file's block means a synchronous discard at every run
+        // on a file system mounted with `discard`.
         if let Some(marker) = self.marker.take() {
-            let _ = marker.set_len(0);
+            let len = marker.metadata().map_or(0, |meta| meta.len());
+            let _ = marker.write_all_at(&vec![b' '; len as usize], 0);
         }
     }
 }
@@ -269,9 +273,23 @@ fn open_slot(path: &Path) -> Result<Slot> {
         // Removed or replaced since it was opened (recovered, or the agent deleted).
         Ok(now) if now.ino() != meta.ino() => Ok(Slot::Busy),
         Err(_) => Ok(Slot::Missing),
-        Ok(_) if meta.len() > 0 => Ok(Slot::Busy),
-        Ok(_) => Ok(Slot::Free(locked)),
+        Ok(_) => {
+            let mut text = Vec::new();
+            (&*locked)
+                .read_to_end(&mut text)
+                .with_context(|| format!("{}", path.display()))?;
+            Ok(if records_a_run(&text) {
+                Slot::Busy
+            } else {
+                Slot::Free(locked)
+            })
+        }
     }
+}
+
+/// A slot records a run unless it is empty or blank (a run blanks its slot when it ends).
+fn records_a_run(text: &[u8]) -> bool {
+    !text.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Makes the slot at `path`, empty and locked before it appears under its name, so a
@@ -350,8 +368,8 @@ fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> 
             continue;
         }
         // A free slot, or one taken by a runner that has not recorded its run yet (its
-        // agent has not started): one stat instead of opening and locking it.
-        if entry.metadata().is_ok_and(|meta| meta.len() == 0) {
+        // agent has not started): one read instead of opening and locking it.
+        if std::fs::read(&path).is_ok_and(|text| !records_a_run(&text)) {
             continue;
         }
         recover_one(ctx, agent, fallback, &path)?;
@@ -379,7 +397,7 @@ fn recover_one(ctx: &Context, agent: &str, fallback: &[PathBuf], path: &Path) ->
         _ => return Ok(()),
     }
     let text = std::fs::read(path).unwrap_or_default();
-    if text.is_empty() {
+    if !records_a_run(&text) {
         // A free slot: its last run ended, or its runner died before the agent started.
         return Ok(());
     }
