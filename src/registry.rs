@@ -513,15 +513,27 @@ fn remove_stale_temps(path: &Path) {
 pub fn ensure_root_dir(path: &Path, mode: u32) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .mode(mode)
-                .create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            match fs::DirBuilder::new().mode(mode).create(path) {
+                // Made by a concurrent command meanwhile (two first runs at once): checked
+                // like any that was there.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return check_root_dir(path);
+                }
+                made => made.with_context(|| format!("creating {}", path.display()))?,
+            }
             // The umask may have narrowed the mode; set it exactly.
             fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
                 .with_context(|| format!("chmod {}", path.display()))?;
             Ok(())
         }
+        Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
+        Ok(_) => check_root_dir(path),
+    }
+}
+
+/// A directory of root's that only root may write to.
+fn check_root_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
         Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
         Ok(meta) => {
             if !meta.is_dir() {
