@@ -153,6 +153,10 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     };
     let mut relay = master.map(|m| pty::Relay::new(m, ttys, filter));
     let start = running.tree.wait_for_start();
+    if let Some(guard) = running.guard.as_mut() {
+        // The agent started: init's mount namespace is the view's by now.
+        guard.hold_view(running.tree.child);
+    }
     let status = supervise(
         &running.tree,
         &sfd,
@@ -358,6 +362,10 @@ fn start<'a>(
             return Err(err);
         }
     };
+    if let Some(guard) = guard.as_mut() {
+        // Init cannot have left before its gate opens (see planted::Guard::hold_view).
+        guard.hold_view(started.child);
+    }
     if let Err(err) = tree::open_gate(gate) {
         let _ = kill(started.child, Signal::SIGKILL);
         let _ = waitpid(started.child, None);

@@ -232,26 +232,28 @@ pub fn join_new_session_keyring() -> Result<()> {
     }
 }
 
-/// Closes `fd` in a detached child instead of here: the last close of some kernel objects
+/// Closes `fds` in a detached child instead of here: the last close of some kernel objects
 /// blocks (a fanotify group with a file-system mark waits for an SRCU grace period, 10-20 ms
-/// measured), and nobody needs to wait for it. The child holds nothing else (its standard
+/// measured; a mount namespace, for an expedited RCU grace period), and nobody needs to wait
+/// for it. The child holds nothing else (its standard
 /// streams and every other descriptor, locks included, are closed first), leaves the
 /// caller's session, waits until this process has dropped its own copy, and exits. It is
 /// not waited for: this is the last thing a run does, and once this process exits whoever
 /// adopts the child reaps it (one fork, not two: each costs a copy of the page tables and
 /// its teardown, at every run). Without a fork, closes here.
-pub fn close_detached(fd: OwnedFd) {
+pub fn close_detached(fds: Vec<OwnedFd>) {
     let Ok((wait_r, wait_w)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
-        return drop(fd);
+        return drop(fds);
     };
     // The watcher's thread was just joined: `fork` waits for it to leave /proc/self/task.
     match fork() {
         Ok(ForkResult::Parent { .. }) => {
-            drop(fd);
+            drop(fds);
             drop(wait_w);
         }
         Ok(ForkResult::Child) => {
-            let keep = [fd.as_raw_fd(), wait_r.as_raw_fd()];
+            let mut keep: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            keep.push(wait_r.as_raw_fd());
             let _ = nix::unistd::setsid();
             for stream in 0..=2 {
                 // SAFETY: closes a descriptor number; no Rust object in this process
@@ -260,13 +262,20 @@ pub fn close_detached(fd: OwnedFd) {
             }
             if super::net::close_all_except(&keep).is_ok() {
                 let mut byte = [0u8; 1];
-                // Returns at EOF: the parent dropped its copy of `fd` and the pipe.
+                // Returns at EOF: the parent dropped its copies of `fds` and the pipe.
                 while nix::unistd::read(&wait_r, &mut byte).is_err_and(|e| e == Errno::EINTR) {}
             }
             exit_now(0)
         }
-        Err(_) => drop(fd),
+        Err(_) => drop(fds),
     }
+}
+
+/// The mount namespace of process `pid`, held open; None when it cannot be opened.
+pub fn open_mount_namespace(pid: nix::unistd::Pid) -> Option<OwnedFd> {
+    std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(OwnedFd::from)
 }
 
 /// Closes every descriptor from 3 up except `keep`.

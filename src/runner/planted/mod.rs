@@ -74,6 +74,9 @@ pub struct Guard<'a> {
     watcher: Option<watch::Watcher>,
     /// Why the watcher does not run, when it does not.
     unwatched: Option<String>,
+    /// The view's mount namespace, held so that init's exit does not tear it down (see
+    /// [`Guard::hold_view`]).
+    view: Option<OwnedFd>,
 }
 
 /// The shares in which planted repositories are neutralised: read-write, without
@@ -162,6 +165,7 @@ impl<'a> Guard<'a> {
             prepared,
             watcher: None,
             unwatched,
+            view: None,
         }))
     }
 
@@ -181,6 +185,30 @@ impl<'a> Guard<'a> {
     }
 }
 
+impl Guard<'_> {
+    /// Holds the mount namespace of `init` (the view) until the watcher's group is closed in
+    /// a detached child, which then closes this too. Its last reference would otherwise go
+    /// with init's exit, which tears the view down and waits for an expedited RCU grace
+    /// period while the runner waits for init. Only with a watcher: that child is forked
+    /// anyway. Call while init is sure to be alive (before its gate opens, and again once
+    /// the agent started): a namespace that is still this process's own is not held.
+    pub fn hold_view(&mut self, init: Pid) {
+        if self.watcher.is_none() || self.view.is_some() {
+            return;
+        }
+        let own = crate::sys::spawn::open_mount_namespace(nix::unistd::getpid());
+        let theirs = crate::sys::spawn::open_mount_namespace(init);
+        let ino = |fd: &Option<OwnedFd>| {
+            fd.as_ref()
+                .and_then(|fd| nix::sys::stat::fstat(fd.as_fd()).ok())
+                .map(|st| st.st_ino)
+        };
+        if ino(&theirs).is_some() && ino(&theirs) != ino(&own) {
+            self.view = theirs;
+        }
+    }
+}
+
 impl Drop for Guard<'_> {
     /// Ends the guard once no process of the agent is left: handles the last events,
     /// sweeps if the watcher missed any, tells the owner, removes the marker.
@@ -188,7 +216,7 @@ impl Drop for Guard<'_> {
         let mut findings = Findings::default();
         let mut incomplete = self.unwatched.take();
         if let Some(watcher) = self.watcher.take() {
-            let report = watcher.finish();
+            let report = watcher.finish(self.view.take().into_iter().collect());
             findings.extend(report.findings);
             incomplete = incomplete.or(report.incomplete);
         }

@@ -102,12 +102,15 @@ pub fn start(
 impl Watcher {
     /// Stops the watcher once everything queued is handled. Call when no process of the
     /// agent is left: then nothing the agent did is missed.
-    pub fn finish(self) -> Report {
+    /// `also`: descriptors whose last close blocks too, closed with the group's.
+    pub fn finish(self, also: Vec<OwnedFd>) -> Report {
         drop(self.stop);
         match self.thread.join() {
             Ok((report, watch)) => {
                 // Its last close waits for the kernel (an SRCU grace period): not here.
-                crate::sys::spawn::close_detached(watch.into_fd());
+                let mut fds = also;
+                fds.push(watch.into_fd());
+                crate::sys::spawn::close_detached(fds);
                 report
             }
             Err(_) => Report {
