@@ -45,6 +45,12 @@ fn entries(state: &Path) -> Vec<(String, PathBuf)> {
     found
 }
 
+/// Whether the run marker holding `text` (`runs/NAME.N.json`) records a run: a marker slot
+/// is blank between runs (a run blanks its slot when it ends, runner::planted).
+pub fn marker_records_a_run(text: &[u8]) -> bool {
+    !text.iter().all(u8::is_ascii_whitespace)
+}
+
 /// Removes the policy point's run files (`run-ca/NAME.PID-SECS.pem`, `run-ssh/...sock`)
 /// of agent `name` whose runner is gone (killed: a run that ends removes its own). Each
 /// `exec` in the allowlist mode calls it, so they do not pile up while the agent lives. A

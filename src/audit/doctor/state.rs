@@ -114,7 +114,7 @@ fn leftovers(ctx: &Context, out: &mut Vec<Finding>) {
         let unsearched = paths.iter().any(|p| {
             p.starts_with("runs/")
                 && std::fs::read(state.join(p))
-                    .is_ok_and(|text| !text.iter().all(u8::is_ascii_whitespace))
+                    .is_ok_and(|text| crate::leftovers::marker_records_a_run(&text))
         });
         let (severity, why) = if unsearched {
             (

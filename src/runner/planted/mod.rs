@@ -306,18 +306,13 @@ fn open_slot(path: &Path) -> Result<Slot> {
             (&*locked)
                 .read_to_end(&mut text)
                 .with_context(|| format!("{}", path.display()))?;
-            Ok(if records_a_run(&text) {
+            Ok(if crate::leftovers::marker_records_a_run(&text) {
                 Slot::Busy
             } else {
                 Slot::Free(locked)
             })
         }
     }
-}
-
-/// A slot records a run unless it is empty or blank (a run blanks its slot when it ends).
-fn records_a_run(text: &[u8]) -> bool {
-    !text.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Makes the slot at `path`, empty and locked before it appears under its name, so a
@@ -397,7 +392,7 @@ fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> 
         }
         // A free slot, or one taken by a runner that has not recorded its run yet (its
         // agent has not started): one read instead of opening and locking it.
-        if std::fs::read(&path).is_ok_and(|text| !records_a_run(&text)) {
+        if std::fs::read(&path).is_ok_and(|text| !crate::leftovers::marker_records_a_run(&text)) {
             continue;
         }
         recover_one(ctx, agent, fallback, &path)?;
@@ -425,7 +420,7 @@ fn recover_one(ctx: &Context, agent: &str, fallback: &[PathBuf], path: &Path) ->
         _ => return Ok(()),
     }
     let text = std::fs::read(path).unwrap_or_default();
-    if !records_a_run(&text) {
+    if !crate::leftovers::marker_records_a_run(&text) {
         // A free slot: its last run ended, or its runner died before the agent started.
         return Ok(());
     }
