@@ -360,6 +360,35 @@ fn first_runs_made_at_once_all_start() {
     }
 }
 
+/// The run's detached helper (it closes the watcher's fanotify group and holds the view's
+/// mount namespace so that init's exit need not tear it down) ends with the run: nothing
+/// started by `exec` is left once it returns, and the view goes with it.
+#[test]
+fn the_detached_closer_ends_with_the_run() {
+    let sb = Sandbox::new("planted-closer");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    // `[e]` keeps the pattern from matching the shell that runs pgrep.
+    let pattern = format!("{} [e]xec coder", sb.bin.display());
+    let running = || sb.sh(&format!("pgrep -f '{pattern}'")).code == 0;
+    // Control: the check sees a run's processes while it lasts.
+    let mut long = sb.spawn(sb.user_command(
+        "alice",
+        &["exec", "coder", "--", "/bin/sh", "-c", "sleep 2"],
+    ));
+    assert!(eventually(running), "the check does not see a run");
+    assert!(long.wait().unwrap().success());
+    assert!(eventually(|| !running()));
+    for _ in 0..3 {
+        sb.as_user("alice", &["exec", "coder", "--", "/bin/true"])
+            .ok();
+    }
+    assert!(
+        eventually(|| !running()),
+        "a process of the runs outlived them"
+    );
+}
+
 /// Deleting the agent after its runner was killed searches like the next exec would have:
 /// the shares are handed back, never with a plant still in them.
 #[test]
