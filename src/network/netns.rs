@@ -35,28 +35,28 @@ const CHAIN: &CStr = c"capture";
 /// the capture: UDP other than DNS, ICMP, any other protocol.
 const LEAVE_CHAIN: &CStr = c"leave";
 
-/// `NF_INET_LOCAL_OUT` of <linux/netfilter.h>: the output hook.
-const HOOK_OUTPUT: u32 = 3;
-/// `NF_IP_PRI_NAT_DST`: where nft's `priority -100` (dstnat) puts a nat chain.
-const PRIORITY_DSTNAT: i32 = -100;
-/// `NF_IP_PRI_FILTER`: a filter chain's priority, after the nat chain rewrote addresses.
-const PRIORITY_FILTER: i32 = 0;
-/// `NFT_FIB_RESULT_ADDRTYPE` of <linux/netfilter/nf_tables.h> (netlink-bindings' FibResult
-/// leaves out NFT_FIB_RESULT_UNSPEC and is off by one).
+// The kernel's constants from libc (as the integer types the bindings take), except the one
+// libc lacks.
+/// The output hook.
+const HOOK_OUTPUT: u32 = libc::NF_INET_LOCAL_OUT as u32;
+/// Where nft's `priority -100` (dstnat) puts a nat chain.
+const PRIORITY_DSTNAT: i32 = libc::NF_IP_PRI_NAT_DST;
+/// A filter chain's priority, after the nat chain rewrote addresses.
+const PRIORITY_FILTER: i32 = libc::NF_IP_PRI_FILTER;
+/// `NFT_FIB_RESULT_ADDRTYPE` of <linux/netfilter/nf_tables.h> (not in libc; netlink-bindings'
+/// FibResult leaves out NFT_FIB_RESULT_UNSPEC and is off by one).
 const FIB_RESULT_ADDRTYPE: u32 = 3;
-/// `RTN_LOCAL` of <linux/rtnetlink.h>: an address of this namespace (loopback, the agent's
-/// source address, and a connection the capture chain rewrote to the policy point).
-const RTN_LOCAL: u32 = 2;
-/// `NFT_NAT_DNAT` of <linux/netfilter/nf_tables.h>.
-const NAT_DNAT: u32 = 1;
-/// `NFPROTO_INET`, `NFPROTO_IPV4`, `NFPROTO_IPV6` of <linux/netfilter.h>.
-const NFPROTO_INET: u8 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-/// `NFNL_SUBSYS_NFTABLES`: a batch's res_id names the subsystem it is for.
-const SUBSYS_NFTABLES: u16 = 10;
-const UDP: u8 = 17;
-const TCP: u8 = 6;
+/// An address of this namespace (loopback, the agent's source address, and a connection
+/// the capture chain rewrote to the policy point).
+const RTN_LOCAL: u32 = libc::RTN_LOCAL as u32;
+const NAT_DNAT: u32 = libc::NFT_NAT_DNAT as u32;
+const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
+const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
+const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
+/// A batch's res_id names the subsystem it is for.
+const SUBSYS_NFTABLES: u16 = libc::NFNL_SUBSYS_NFTABLES as u16;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
+const TCP: u8 = libc::IPPROTO_TCP as u8;
 
 /// One rule of the capture chain, for one address family.
 struct Rule {
