@@ -45,6 +45,10 @@ getent group agentuser >/dev/null || groupadd --system agentuser
 getent passwd agentuser-net >/dev/null ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
         agentuser-net
+# The share tracker runs as this account between an agent's runs (src/share/track.rs).
+getent passwd agentuser-track >/dev/null ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+        agentuser-track
 # A locked password does not stop key logins under UsePAM, and an agent can write its own
 # ~/.ssh/authorized_keys: keep agent accounts (default template agent-{name}) out of sshd,
 # which would give them the host's view instead of agentuser's.

@@ -94,6 +94,7 @@ chmod 644 "$BENCH_DIR/latency.py" "$BENCH_DIR/upload.sh"
 cat > "$BENCH_DIR/run.sh" <<RUN
 set -e
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
 $BIN create bench >/dev/null
 $BIN net bench allow bound.test tunnel.test
 printf '%s' '$key' | $BIN cred env bench BENCH_KEY --host bound.test

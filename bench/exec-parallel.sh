@@ -14,6 +14,7 @@ runs=${RUNS:-10}
 batch() { echo "bash -c 'seq 200 | xargs -P50 -I{} $1 >/dev/null 2>&1'"; }
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
 useradd -m -d /home/benchowner -U benchowner
 mkdir /home/benchowner/work /home/benchowner/busy
 for d in \$(seq 10); do mkdir /home/benchowner/busy/d\$d; for f in \$(seq 100); do echo x > /home/benchowner/busy/d\$d/f\$f; done; done

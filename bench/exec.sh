@@ -12,6 +12,7 @@ runs=${RUNS:-300}
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
 $BIN create bench >/dev/null
 hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export-markdown $BENCH_DIR/table.md \
   -n setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \

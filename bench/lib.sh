@@ -8,7 +8,7 @@ bench_setup() {
     cd "$(dirname "$0")/.."
     cargo build --release --locked -q
     BENCH_DIR=$(mktemp -d /var/cache/agentuser-bench.XXXXXX)
-    trap 'rm -rf "$BENCH_DIR"' EXIT
+    trap 'stop_trackers; rm -rf "$BENCH_DIR"' EXIT
     chmod 755 "$BENCH_DIR"
     cp -a /etc "$BENCH_DIR/etc"
     mkdir -p "$BENCH_DIR/state" "$BENCH_DIR/home" "$BENCH_DIR/bin"
@@ -17,6 +17,22 @@ bench_setup() {
     install -m 644 pam/agentuser "$BENCH_DIR/etc/pam.d/agentuser"
     BIN=$BENCH_DIR/bin/agentuser
     export BIN BENCH_DIR
+}
+
+# Ends the agents' share trackers (src/share/track.rs), which outlive their runs: asking
+# one for its report ends it.
+stop_trackers() {
+    local sock
+    for sock in "$BENCH_DIR"/state/index/*/tracker.sock; do
+        [ -S "$sock" ] || continue
+        python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(2)
+try:
+    s.connect(sys.argv[1]); s.recv(1 << 20)
+except OSError:
+    pass' "$sock"
+    done
+    return 0
 }
 
 in_sandbox() {
@@ -54,7 +70,7 @@ fake_internet() {
     sleep 0.3
     host_ns=$(readlink /proc/$host_pid/ns/net)
     inet_ns=$(readlink /proc/$inet_pid/ns/net)
-    trap 'kill_in_namespaces "$host_ns" "$inet_ns"; rm -rf "$BENCH_DIR"' EXIT
+    trap 'kill_in_namespaces "$host_ns" "$inet_ns"; stop_trackers; rm -rf "$BENCH_DIR"' EXIT
     in_host sh -ec "
 ip link set lo up; ip link add vh type veth peer name vi; ip link set vi netns $inet_pid
 ip addr add 11.22.33.1/24 dev vh; ip link set vh up"

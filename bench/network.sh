@@ -54,6 +54,7 @@ chmod 644 "$BENCH_DIR"/*.py
 cat > "$BENCH_DIR/run.sh" <<RUN
 set -e
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
+getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
 $BIN create bench >/dev/null
 $BIN net bench allow big.test
 hyperfine -N --style basic --warmup 1 --runs $runs --export-json $BENCH_DIR/tp.json --export-markdown $BENCH_DIR/tp.md \

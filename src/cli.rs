@@ -72,7 +72,7 @@ Delete an agent.
 Kills every process of the agent, revokes its shares and credentials, removes its account, \
 group, home (unless --keep-home), crontab, the files it owns in /tmp, /var/tmp and /dev/shm, \
 and everything of it in /var/lib/agentuser: record, lock file, stored secrets, git \
-directories, share index, network log, run markers and run files. A run whose runner was \
+directories, share index (its share tracker ends), network log, run markers and run files. A run whose runner was \
 killed is handled first, as the next exec would: its read-write shares are searched for \
 repositories the agent planted. Its uid is kept as a tombstone and never reused. An \
 interrupted delete is completed by running it again.

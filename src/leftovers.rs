@@ -98,6 +98,8 @@ pub fn of_agent(ctx: &Context, name: &str) -> Vec<PathBuf> {
 /// processes are gone and the shares of its dead runs are searched (a run marker records
 /// what to search).
 pub fn remove(ctx: &Context, name: &str) -> Result<()> {
+    // The share tracker lives between runs: it ends before its directory goes.
+    crate::share::stop_tracker(ctx.registry.root(), name);
     for path in of_agent(ctx, name) {
         if cleanup::remove(&path, Select::All)? > 0 {
             bail!("could not remove {}", path.display());

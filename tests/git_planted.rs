@@ -362,7 +362,9 @@ fn first_runs_made_at_once_all_start() {
 
 /// The run's detached helper (it closes the watcher's fanotify group and holds the view's
 /// mount namespace so that init's exit need not tear it down) ends with the run: nothing
-/// started by `exec` is left once it returns, and the view goes with it.
+/// started by `exec` is left once it returns, and the view goes with it. The one process
+/// meant to outlive runs is the agent's share tracker, as agentuser-track
+/// (tests/share.rs checks it).
 #[test]
 fn the_detached_closer_ends_with_the_run() {
     let sb = Sandbox::new("planted-closer");
@@ -370,7 +372,13 @@ fn the_detached_closer_ends_with_the_run() {
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
     // `[e]` keeps the pattern from matching the shell that runs pgrep.
     let pattern = format!("{} [e]xec coder", sb.bin.display());
-    let running = || sb.sh(&format!("pgrep -f '{pattern}'")).code == 0;
+    let running = || {
+        let script = format!(
+            "t=$(id -u agentuser-track); for p in $(pgrep -f '{pattern}'); do \
+             [ \"$(stat -c %u /proc/$p)\" = \"$t\" ] || echo $p; done"
+        );
+        !sb.sh(&script).ok().stdout.trim().is_empty()
+    };
     // Control: the check sees a run's processes while it lasts.
     let mut long = sb.spawn(sb.user_command(
         "alice",

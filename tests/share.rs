@@ -422,6 +422,161 @@ fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run()
     assert_eq!(sb.sh(&format!("cat {config}")).ok().stdout, before);
 }
 
+/// The pid of this sandbox's share tracker (src/share/track.rs): a process of
+/// agentuser-track forked from this sandbox's own copy of agentuser; None when there is
+/// none. A tracker that was just replaced may take a moment to exit.
+fn tracker_pid(sb: &Sandbox) -> Option<u32> {
+    let mut pids = tracker_pids(sb);
+    common::eventually(|| {
+        pids = tracker_pids(sb);
+        pids.len() <= 1
+    });
+    assert!(pids.len() <= 1, "more than one tracker: {pids:?}");
+    pids.first().copied()
+}
+
+fn tracker_pids(sb: &Sandbox) -> Vec<u32> {
+    let uid: u32 = sb
+        .sh("id -u agentuser-track")
+        .ok()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    let bin = sb.bin.to_str().unwrap().as_bytes().to_vec();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if status.contains(&format!("Uid:\t{uid}\t")) && cmdline.starts_with(&bin) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The inode of the agent's only share index.
+fn index_inode(sb: &Sandbox, agent: &str) -> String {
+    sb.sh(&format!(
+        "stat -c %i /var/lib/agentuser/index/{agent}/*.index"
+    ))
+    .ok()
+    .stdout
+}
+
+/// Between runs the agent's share tracker notes which directories changed, so a run lists
+/// only those (issue 15 item 9). It must never let a repository the owner made between
+/// runs go uncovered, and it is no way in: its own account, no capability, no-new-privs,
+/// not dumpable, out of the agent's reach.
+#[test]
+fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
+    let sb = Sandbox::new("share-tracker");
+    sb.alice_and_coder();
+    sb.sh_as(
+        "alice",
+        "chmod 711 /home/alice && mkdir -p /home/alice/proj/a/b/c /home/alice/proj/d && cd /home/alice/proj/d && git init -q",
+    )
+    .ok();
+    sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])
+        .ok();
+    let exec = |script: &str| sb.exec_sh("alice", "coder", script);
+    exec("true").ok();
+    let pid = tracker_pid(&sb).expect("no tracker after a run");
+    let status = sb.sh(&format!("cat /proc/{pid}/status")).ok().stdout;
+    let uid = sb
+        .sh("id -u agentuser-track")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(
+        status.contains(&format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}")),
+        "{status}"
+    );
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("CapPrm:\t0000000000000000"), "{status}");
+    // Not dumpable: another process of its own account cannot read its memory map.
+    // Control: that account can read a dumpable process of its own.
+    let peek = "sleep 5 & p=$!; cat /proc/$p/maps >/dev/null && echo control-ok; kill $p";
+    let control = sb.sh(&format!(
+        "setpriv --reuid={uid} --regid={uid} --clear-groups sh -c '{peek}'"
+    ));
+    assert!(control.ok().stdout.contains("control-ok"));
+    let peek_tracker =
+        format!("setpriv --reuid={uid} --regid={uid} --clear-groups cat /proc/{pid}/maps");
+    assert_ne!(sb.sh(&peek_tracker).code, 0, "the tracker is dumpable");
+    // The agent can neither signal it nor read it (the tracker is the same process
+    // throughout: no run happens in between).
+    assert_ne!(sb.sh_as("agent-coder", &format!("kill -9 {pid}")).code, 0);
+    let read = sb.sh_as("agent-coder", &format!("cat /proc/{pid}/maps"));
+    assert_ne!(read.code, 0, "{read:?}");
+    assert_eq!(tracker_pid(&sb), Some(pid));
+
+    // A file made where the tracker looks: the next run lists that directory only and
+    // keeps the index as it was (same file), and the same tracker goes on.
+    let index = index_inode(&sb, "coder");
+    sb.sh_as("alice", "touch /home/alice/proj/a/b/new-file")
+        .ok();
+    exec("true").ok();
+    assert_eq!(
+        index_inode(&sb, "coder"),
+        index,
+        "the tracker's report was not used"
+    );
+    assert_eq!(tracker_pid(&sb), Some(pid));
+
+    // A repository the owner makes between runs, deep in the tree and at once (no settling
+    // needed): the next run sees the directory changed shape and covers it.
+    sb.sh_as(
+        "alice",
+        "umask 002 && cd /home/alice/proj/a/b/c && git init -q",
+    )
+    .ok();
+    let config = "/home/alice/proj/a/b/c/.git/config";
+    // Control: outside the view the agent can write it; only the view stands in the way.
+    sb.sh_as("agent-coder", &format!("test -w {config}")).ok();
+    let before = sb.sh(&format!("cat {config}")).ok().stdout;
+    exec(&format!("echo '[core]fsmonitor=evil' >> {config}"));
+    assert_eq!(
+        sb.sh(&format!("cat {config}")).ok().stdout,
+        before,
+        "a .git made between runs was writable in the view"
+    );
+    // That run checked everything and handed over to a new tracker.
+    let second = tracker_pid(&sb).expect("no tracker after the check");
+    assert_ne!(second, pid);
+    // And in a directory made since, moved into place with its repository.
+    sb.sh_as(
+        "alice",
+        "umask 002 && mkdir -p /home/alice/x/y && cd /home/alice/x/y && git init -q && mv /home/alice/x /home/alice/proj/a/x",
+    )
+    .ok();
+    let moved = "/home/alice/proj/a/x/y/.git/config";
+    let before = sb.sh(&format!("cat {moved}")).ok().stdout;
+    exec(&format!("echo '[core]fsmonitor=evil' >> {moved}"));
+    assert_eq!(sb.sh(&format!("cat {moved}")).ok().stdout, before);
+
+    // Without a tracker every directory is checked again: a change rewrites the index.
+    // (Control for the first part: the same change with the tracker kept the file.)
+    let pid = tracker_pid(&sb).expect("no tracker");
+    sb.sh(&format!("kill -9 {pid}")).ok();
+    assert!(common::eventually(|| tracker_pid(&sb).is_none()));
+    let index = index_inode(&sb, "coder");
+    sb.sh_as("alice", "touch /home/alice/proj/a/b/other-file")
+        .ok();
+    exec("true").ok();
+    assert_ne!(index_inode(&sb, "coder"), index);
+
+    // Deleting the agent ends its tracker.
+    assert!(tracker_pid(&sb).is_some());
+    sb.root(&["delete", "coder"]).ok();
+    assert!(common::eventually(|| tracker_pid(&sb).is_none()));
+}
+
 #[test]
 fn unshare_and_delete_leave_no_entry_for_the_agent() {
     let sb = Sandbox::new("share-revoke");

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Gid, Pid, Uid, setresgid, setresuid, setsid};
+use nix::unistd::{ForkResult, Pid, setsid};
 
 use super::proxy::{self, Shared};
 use super::{CAPTURE_PORT, DNS_PORT, PROXY_PORT};
@@ -202,22 +202,8 @@ fn bind_listeners(localhost: &[u16]) -> Result<Listeners> {
 
 /// The unprivileged identity, for good, and the fences around it.
 fn drop_privileges(account: Account, parent: Pid) -> Result<()> {
-    if account.uid == 0 || account.gid == 0 {
-        bail!("refusing to run the policy point as root");
-    }
-    let (uid, gid) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
-    nix::unistd::setgroups(&[]).context("setgroups")?;
-    setresgid(gid, gid, gid).context("setresgid")?;
-    setresuid(uid, uid, uid).context("setresuid")?;
-    let ids = nix::unistd::getresuid().context("getresuid")?;
-    if [ids.real, ids.effective, ids.saved] != [uid; 3]
-        || !crate::sys::spawn::has_no_capabilities()
-        || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
-    {
-        bail!("the policy point's privilege drop did not hold");
-    }
-    nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
-    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    crate::sys::process::drop_for_good(account.uid, account.gid)
+        .context("the policy point's privilege drop")?;
     // The uid change cleared the parent-death signal: set it again, then make sure the
     // parent did not die in between.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;

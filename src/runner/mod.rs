@@ -216,7 +216,7 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
         _ => None,
     };
     // The shares' .git entries, once for the whole run, from their indexes.
-    let contents = crate::share::Contents::of(ctx, &record);
+    let contents = crate::share::Contents::for_run(ctx, &record);
     let mut plan = sandbox::plan(ctx, &record, network, &contents)?;
     // Before any thread starts (gitfiles are read with the owner's rights).
     let git = crate::git::prepare(ctx, &record, &contents)?;

@@ -44,7 +44,7 @@ use super::git::GitEntry;
 use super::refuse::open_exact;
 
 /// The index's layout; stored first, checked on load.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// What the index of format 1 (JSON) was called; removed when its successor is saved.
 const OLD_EXTENSION: &str = "json";
@@ -69,14 +69,22 @@ impl Name {
 
 /// A directory's `.git` entry (a directory, or a gitfile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct GitState {
+pub(super) struct GitState {
     ino: u64,
     uid: u32,
 }
 
+/// A directory's file handle as fanotify reports it (type and bytes; empty when the file
+/// system gives none): what the tracker ([`super::track`]) recognises it by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Handle {
+    kind: i32,
+    bytes: Vec<u8>,
+}
+
 /// One directory of the share, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DirState {
+pub(super) struct DirState {
     /// Relative to the share's root ("" for the root itself).
     path: Name,
     ino: u64,
@@ -84,24 +92,32 @@ struct DirState {
     ctime: (i64, i64),
     subdirs: Vec<Name>,
     git: Option<GitState>,
+    handle: Handle,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Index {
+pub(super) struct Index {
     /// [`FORMAT`]: an index of another layout is not read (it is rebuilt).
     format: u32,
     /// Device and inode of the share's root directory.
     root: (u64, u64),
+    /// The file system's id, as fanotify reports it with every handle.
+    fsid: [i32; 2],
     /// When the listing that made it started (seconds, nanoseconds since the epoch).
     taken: (i64, i64),
     dirs: Vec<DirState>,
 }
 
 /// Where the index of `agent`'s share `share` is kept.
-fn index_path(state: &Path, agent: &str, share: &Path) -> PathBuf {
+pub(super) fn index_path(state: &Path, agent: &str, share: &Path) -> PathBuf {
     let digest = Sha256::digest(share.as_os_str().as_bytes());
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    state.join("index").join(agent).join(format!("{hex}.index"))
+    agent_dir(state, agent).join(format!("{hex}.index"))
+}
+
+/// The directory of an agent's indexes (and of its tracker's socket and lock).
+pub(super) fn agent_dir(state: &Path, agent: &str) -> PathBuf {
+    state.join("index").join(agent)
 }
 
 /// The `.git` entries of the share at `share` (a directory; a file has none), from its
@@ -113,10 +129,26 @@ pub fn git_entries(
     share: &Path,
     rebuild: bool,
 ) -> Result<Vec<GitEntry>> {
+    check(state, agent, share, rebuild).map(|checked| checked.entries)
+}
+
+/// What a check of one share found.
+pub(super) struct Checked {
+    pub entries: Vec<GitEntry>,
+    /// The index file records the tree as checked (nothing to save, or saved): a tracker
+    /// may take it over. False for a file, and when the save failed.
+    pub settled: bool,
+}
+
+/// [`git_entries`], also saying whether the index file records the tree as checked.
+pub(super) fn check(state: &Path, agent: &str, share: &Path, rebuild: bool) -> Result<Checked> {
     let root = open_exact(share)?.ok_or_else(|| anyhow!("{}: missing", share.display()))?;
     let stat = fstat(root.as_fd())?;
     if kind(&stat) != SFlag::S_IFDIR {
-        return Ok(Vec::new());
+        return Ok(Checked {
+            entries: Vec::new(),
+            settled: false,
+        });
     }
     let path = index_path(state, agent, share);
     let identity = (stat.st_dev, stat.st_ino);
@@ -126,13 +158,154 @@ pub fn git_entries(
         .filter(|old| old.root == identity)
         .unwrap_or_default();
     let (index, listed) = refresh(root.as_fd(), &stat, old)?;
+    let mut settled = true;
     if listed {
         // Not fatal: the next run lists again what this one could not record.
         if let Err(e) = save(&path, &index) {
             eprintln!("agentuser: warning: {}", crate::error::one_line(&e));
+            settled = false;
         }
     }
-    Ok(entries_of(root.as_fd(), share, stat.st_dev, &index))
+    let entries = entries_of(root.as_fd(), share, stat.st_dev, index.git_states());
+    Ok(Checked { entries, settled })
+}
+
+/// An index file as it is on disk: device, inode, change time and size. Every save is a
+/// new file renamed into place, and nobody can set a ctime.
+pub(super) type FileId = (u64, u64, i64, i64, i64);
+
+pub(super) fn file_id(stat: &FileStat) -> FileId {
+    (
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_ctime,
+        stat.st_ctime_nsec,
+        stat.st_size,
+    )
+}
+
+/// What a tracker says of one share's index: which index file it loaded, whether it saw
+/// every change since (no lost event), the directories whose entries changed (as
+/// recorded), and the recorded `.git` entries.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct ShareReport {
+    pub share: PathBuf,
+    index_file: FileId,
+    root: (u64, u64),
+    complete: bool,
+    changed: Vec<DirState>,
+    git: Vec<(Name, GitState)>,
+}
+
+/// The `.git` entries of `share` as its tracker's `report` has them ([`super::track`]),
+/// when the report still holds: it is about the index file as it is now, for the same
+/// root, saw every change, and every directory it saw change has the same subdirectories
+/// and `.git` entry as recorded (only those are listed; the index is not read). A share
+/// that is not a directory has none. None otherwise: the caller then checks the way it
+/// does without a tracker.
+pub(super) fn vouched_entries(
+    state: &Path,
+    agent: &str,
+    share: &Path,
+    report: Option<&ShareReport>,
+) -> Option<Vec<GitEntry>> {
+    let root = open_exact(share).ok()??;
+    let root_stat = fstat(root.as_fd()).ok()?;
+    if kind(&root_stat) != SFlag::S_IFDIR {
+        return Some(Vec::new());
+    }
+    let path = index_path(state, agent, share);
+    let (root, root_stat, report) = (root.as_fd(), &root_stat, report?);
+    let now = nix::sys::stat::lstat(&path).ok()?;
+    if !report.complete
+        || report.index_file != file_id(&now)
+        || report.root != (root_stat.st_dev, root_stat.st_ino)
+    {
+        return None;
+    }
+    for recorded in &report.changed {
+        let listed = list(root, recorded.path.bytes(), root_stat.st_dev).ok()??;
+        if !same_shape(recorded, &listed) {
+            return None;
+        }
+    }
+    let git = report.git.iter().map(|(path, git)| (path.bytes(), git));
+    Some(entries_of(root, share, root_stat.st_dev, git))
+}
+
+/// Same inode, same subdirectories (in any order), same `.git` entry: the ctime may differ
+/// (files came and went).
+fn same_shape(recorded: &DirState, listed: &DirState) -> bool {
+    fn sorted(dirs: &[Name]) -> Vec<&[u8]> {
+        let mut names: Vec<&[u8]> = dirs.iter().map(Name::bytes).collect();
+        names.sort_unstable();
+        names
+    }
+    recorded.ino == listed.ino
+        && recorded.git == listed.git
+        && sorted(&recorded.subdirs) == sorted(&listed.subdirs)
+}
+
+impl Index {
+    /// The recorded `.git` entries: the directory's path and the entry's state.
+    fn git_states(&self) -> impl Iterator<Item = (&[u8], &GitState)> {
+        self.dirs
+            .iter()
+            .filter_map(|d| d.git.as_ref().map(|git| (d.path.bytes(), git)))
+    }
+
+    /// The file system's id, as recorded.
+    pub(super) fn fsid(&self) -> [i32; 2] {
+        self.fsid
+    }
+
+    /// Every directory's handle, in order; None when one has none (the tracker cannot
+    /// follow this share).
+    pub(super) fn handles(&self) -> Option<Vec<crate::sys::fanotify::DirHandle>> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                (!d.handle.bytes.is_empty()).then(|| {
+                    crate::sys::fanotify::DirHandle::new(
+                        self.fsid,
+                        d.handle.kind,
+                        d.handle.bytes.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The report of a tracker that loaded this index from `index_file` and saw the
+    /// directories at positions `changed` change.
+    pub(super) fn report(
+        &self,
+        share: PathBuf,
+        index_file: FileId,
+        complete: bool,
+        changed: impl Iterator<Item = usize>,
+    ) -> ShareReport {
+        ShareReport {
+            share,
+            index_file,
+            root: self.root,
+            complete,
+            changed: changed.filter_map(|i| self.dirs.get(i).cloned()).collect(),
+            git: self
+                .git_states()
+                .map(|(path, git)| (Name::new(path), git.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Reads an index from an open file (the tracker's, opened for it by root).
+pub(super) fn read(file: &mut std::fs::File) -> Option<Index> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(file, &mut bytes).ok()?;
+    postcard::from_bytes::<Index>(&bytes)
+        .ok()
+        .filter(|index| index.format == FORMAT)
 }
 
 /// Removes the index of a share (unshare) or, with `share` None, all of an agent's.
@@ -177,6 +350,7 @@ fn refresh(root: BorrowedFd, root_stat: &FileStat, old: Index) -> Result<(Index,
     let mut fresh = Index {
         format: FORMAT,
         root: (root_stat.st_dev, root_stat.st_ino),
+        fsid: crate::sys::fanotify::fsid(root).unwrap_or_default(),
         taken: (now.as_secs() as i64, now.subsec_nanos() as i64),
         dirs: Vec::with_capacity(recorded.len()),
     };
@@ -364,6 +538,15 @@ fn list(root: BorrowedFd, rel: &[u8], device: u64) -> Result<Option<DirState>> {
         ctime: (stat.st_ctime, stat.st_ctime_nsec),
         subdirs: Vec::new(),
         git: None,
+        handle: crate::sys::fanotify::handle_of(fd.as_fd())
+            .map(|h| {
+                let (kind, bytes) = h.parts();
+                Handle {
+                    kind,
+                    bytes: bytes.to_vec(),
+                }
+            })
+            .unwrap_or_default(),
     };
     read_entries(&fd, device, &mut state).with_context(|| printable(rel))?;
     Ok(Some(state))
@@ -406,11 +589,15 @@ fn read_entries(fd: &OwnedFd, device: u64, state: &mut DirState) -> Result<()> {
 
 /// The `.git` entries the index records, each checked again (one `statx`: an entry in an
 /// unchanged directory is the same inode, but its owner may have changed), sorted by path.
-fn entries_of(root: BorrowedFd, share: &Path, device: u64, index: &Index) -> Vec<GitEntry> {
+fn entries_of<'a>(
+    root: BorrowedFd,
+    share: &Path,
+    device: u64,
+    git_states: impl Iterator<Item = (&'a [u8], &'a GitState)>,
+) -> Vec<GitEntry> {
     let mut found = Vec::new();
-    for dir in &index.dirs {
-        let Some(git) = &dir.git else { continue };
-        let rel = join(dir.path.bytes(), b".git");
+    for (dir, git) in git_states {
+        let rel = join(dir, b".git");
         let Ok(path) = c_path(&rel) else { continue };
         let Ok(st) = fstatat(root, path.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue;
@@ -519,7 +706,7 @@ mod tests {
     }
 
     fn found(root: &OwnedFd, share: &Path, stat: &FileStat, index: &Index) -> Vec<PathBuf> {
-        entries_of(root.as_fd(), share, stat.st_dev, index)
+        entries_of(root.as_fd(), share, stat.st_dev, index.git_states())
             .into_iter()
             .map(|e| e.path.strip_prefix(share).unwrap().to_owned())
             .collect()

@@ -20,6 +20,7 @@ mod git;
 mod index;
 mod progress;
 mod refuse;
+mod track;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use crate::view::ViewMount;
 use crate::{eventlog, policy};
 
 pub use git::GitEntry;
+pub use track::{ACCOUNT as TRACKER_ACCOUNT, stop as stop_tracker};
 pub use walk::printable;
 
 pub use crate::record::{Access, ShareRecord, ShareState};
@@ -283,6 +285,7 @@ pub fn revoke_all(
         report_problems("unshare", &path, &outcome);
         handed_back += outcome.handed_back;
     }
+    stop_tracker(ctx.registry.root(), &record.name);
     index::forget(ctx.registry.root(), &record.name, None);
     Ok(handed_back)
 }
@@ -415,17 +418,53 @@ pub struct Contents {
 
 impl Contents {
     pub fn of(ctx: &Context, record: &AgentRecord) -> Contents {
-        let shares = record
-            .shares
-            .iter()
-            .filter(|s| s.state != ShareState::Revoking)
-            .filter(|s| !s.path.components().any(|c| c.as_os_str() == ".git"))
+        let shares = searched_shares(record)
             .map(|s| {
                 let found =
                     index::git_entries(ctx.registry.root(), &record.name, &s.path, false).ok();
                 (s.path.clone(), found)
             })
             .collect();
+        Contents { shares }
+    }
+
+    /// [`Contents::of`] for a run (root only), with the agent's share tracker ([`track`]):
+    /// when it vouches for every share, only the directories it saw change are listed;
+    /// otherwise every share is checked and a new tracker takes over.
+    pub fn for_run(ctx: &Context, record: &AgentRecord) -> Contents {
+        let state = ctx.registry.root();
+        let paths: Vec<&Path> = searched_shares(record).map(|s| s.path.as_path()).collect();
+        if paths.is_empty() {
+            return Contents { shares: Vec::new() };
+        }
+        let Some(mut tracking) = track::Tracking::begin(state, &record.name) else {
+            return Contents::of(ctx, record);
+        };
+        let vouched: Option<Vec<_>> = paths
+            .iter()
+            .map(|path| {
+                let report = tracking.report_for(path);
+                let entries = index::vouched_entries(state, &record.name, path, report)?;
+                Some((path.to_path_buf(), Some(entries)))
+            })
+            .collect();
+        if let Some(shares) = vouched {
+            tracking.keep_going();
+            return Contents { shares };
+        }
+        let watching = tracking.watch(&paths);
+        let mut settled = Vec::new();
+        let mut shares = Vec::new();
+        for path in paths {
+            let checked = index::check(state, &record.name, path, false).ok();
+            if checked.as_ref().is_some_and(|c| c.settled) {
+                settled.push(path);
+            }
+            shares.push((path.to_path_buf(), checked.map(|c| c.entries)));
+        }
+        if let Some(watching) = watching {
+            tracking.hand_over(watching, state, &record.name, &settled);
+        }
         Contents { shares }
     }
 
@@ -436,6 +475,15 @@ impl Contents {
             .find(|(p, _)| p == path)
             .and_then(|(_, found)| found.as_deref())
     }
+}
+
+/// The shares whose contents are searched: not being revoked, not inside a `.git`.
+fn searched_shares(record: &AgentRecord) -> impl Iterator<Item = &ShareRecord> {
+    record
+        .shares
+        .iter()
+        .filter(|s| s.state != ShareState::Revoking)
+        .filter(|s| !s.path.components().any(|c| c.as_os_str() == ".git"))
 }
 
 /// The bind mounts the runner adds to the agent's view for its shares, in mount order:

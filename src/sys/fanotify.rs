@@ -46,6 +46,28 @@ impl Watch {
         Ok(Watch { group })
     }
 
+    /// A group that reports only which directory had an entry made, removed or moved in
+    /// or out (`FAN_REPORT_DIR_FID`, no name, no process): events of one directory merge in
+    /// the queue, and reading them opens nothing. Needs CAP_SYS_ADMIN to make; reading
+    /// needs no privilege, so the reader can drop all of it.
+    pub fn new_dir_changes() -> Result<Watch, Errno> {
+        let flags = InitFlags::FAN_CLASS_NOTIF
+            | InitFlags::FAN_CLOEXEC
+            | InitFlags::FAN_NONBLOCK
+            | InitFlags::from_bits_retain(libc::FAN_REPORT_DIR_FID);
+        let group = Fanotify::init(flags, EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE)?;
+        Ok(Watch { group })
+    }
+
+    /// Takes over a group's descriptor (one made by [`Watch::new_dir_changes`], handed to
+    /// another process).
+    pub fn from_fd(fd: OwnedFd) -> Watch {
+        // SAFETY: the callers pass a descriptor they own that came from
+        // `new_dir_changes().into_fd()`, so it is a fanotify group.
+        let group = unsafe { Fanotify::from_owned_fd(fd) };
+        Watch { group }
+    }
+
     /// The group's descriptor, for a close off the critical path ([`super::spawn::close_detached`]):
     /// the last close of a group with a file-system mark waits for an SRCU grace period
     /// (10-20 ms measured here).
@@ -175,6 +197,61 @@ fn parse_dfid(info: &[u8]) -> Option<(DirHandle, Vec<u8>)> {
         },
         name,
     ))
+}
+
+impl DirHandle {
+    /// A handle as recorded earlier ([`handle_of`]), to compare with events' handles.
+    pub fn new(fsid: [i32; 2], handle_type: i32, bytes: Vec<u8>) -> DirHandle {
+        DirHandle {
+            fsid,
+            handle_type,
+            bytes,
+        }
+    }
+
+    /// The type and bytes of the handle, to record.
+    pub fn parts(&self) -> (i32, &[u8]) {
+        (self.handle_type, &self.bytes)
+    }
+}
+
+/// The largest handle the kernel encodes (MAX_HANDLE_SZ).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// The handle fanotify reports for the open directory `dir` in its directory records
+/// (name_to_handle_at(2) with `AT_HANDLE_FID`: the same encoding, needs no privilege).
+pub fn handle_of(dir: BorrowedFd) -> Result<DirHandle, Errno> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[] }, in u32
+    // words so its header is aligned.
+    let mut buffer = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    buffer[0] = MAX_HANDLE_SZ as u32;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buffer is a struct file_handle whose handle_bytes says how much room f_handle
+    // has (it has exactly that), aligned for it; mount_id is a valid c_int; the path is an
+    // empty C string with AT_EMPTY_PATH, so `dir` itself is meant. Nothing is kept.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            buffer.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH | libc::AT_HANDLE_FID,
+        )
+    };
+    Errno::result(rc)?;
+    let handle_bytes = (buffer[0] as usize).min(MAX_HANDLE_SZ);
+    let handle_type = buffer[1] as i32;
+    let bytes: Vec<u8> = buffer[2..]
+        .iter()
+        .flat_map(|word| word.to_ne_bytes())
+        .take(handle_bytes)
+        .collect();
+    Ok(DirHandle {
+        fsid: fsid(dir)?,
+        handle_type,
+        bytes,
+    })
 }
 
 /// Opens the directory `handle` names, on the file system `mount` lives on, with `flags`

@@ -100,6 +100,31 @@ pub fn reset_limits() -> Result<()> {
     Ok(())
 }
 
+/// Becomes `uid`/`gid` with no supplementary group, for good, then sets no-new-privs and
+/// clears dumpable (so no process of that uid can trace it or read its memory). Checks
+/// that the drop held: all three uids are `uid`, no capability is left, root cannot be
+/// taken back. Refuses root as the target. For the processes that live beside a run
+/// (policy point, share tracker), which never keep root.
+pub fn drop_for_good(uid: u32, gid: u32) -> Result<()> {
+    if uid == 0 || gid == 0 {
+        bail!("refusing to drop to root");
+    }
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setgroups(&[]).context("setgroups")?;
+    setresgid(gid, gid, gid).context("setresgid")?;
+    setresuid(uid, uid, uid).context("setresuid")?;
+    let ids = nix::unistd::getresuid().context("getresuid")?;
+    if [ids.real, ids.effective, ids.saved] != [uid; 3]
+        || !super::spawn::has_no_capabilities()
+        || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok()
+    {
+        bail!("the privilege drop did not hold");
+    }
+    nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
+    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    Ok(())
+}
+
 /// Kills every process whose real or saved uid is `uid`, including ones forked while we
 /// kill. A child switches to that uid and signals -1: the kernel then delivers SIGKILL to
 /// exactly the processes that uid may signal, in one pass, so a fork loop cannot outrun a

@@ -149,6 +149,12 @@ impl Sandbox {
              --home-dir /nonexistent --shell /usr/sbin/nologin agentuser-net",
         )
         .ok();
+        // The share tracker's account, as install.sh creates it.
+        self.sh(
+            "getent passwd agentuser-track >/dev/null || useradd --system --no-create-home \
+             --home-dir /nonexistent --shell /usr/sbin/nologin agentuser-track",
+        )
+        .ok();
     }
 
     /// Replaces the config with the sandbox's uid range plus `extra` TOML lines.
@@ -441,6 +447,7 @@ cat /tmp/log.txt"#
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        self.stop_share_trackers();
         for _ in 0..50 {
             let procs = self.processes_in_range();
             if procs.is_empty() {
@@ -457,6 +464,25 @@ impl Drop for Sandbox {
         if std::env::var_os("AGENTUSER_KEEP_SANDBOX").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
             let _ = fs::remove_dir(SANDBOX_ROOT);
+        }
+    }
+}
+
+impl Sandbox {
+    /// Ends the share trackers of this sandbox's agents (src/share/track.rs): they run as
+    /// a system account outside the sandbox's uid range and outlive their runs. Asking one
+    /// for its report ends it.
+    fn stop_share_trackers(&self) {
+        let Ok(agents) = fs::read_dir(self.dir.join("state/index")) else {
+            return;
+        };
+        for agent in agents.flatten() {
+            if let Ok(mut stream) =
+                std::os::unix::net::UnixStream::connect(agent.path().join("tracker.sock"))
+            {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub fn check(ctx: &Context, out: &mut Vec<Finding>) {
     binary(out);
     pam_service(out);
     network(out);
+    share_tracker(out);
     config_and_state(ctx, out);
     agent_homes(ctx, out);
 }
@@ -251,6 +252,35 @@ fn root_dir(path: &Path, mode: u32, out: &mut Vec<Finding>) {
             "chown root:root {shown} && chmod {mode:04o} {shown}"
         )),
     );
+}
+
+/// The share tracker's account: without it nothing is tracked between runs and every run
+/// checks every directory of the agent's shares (slower start-up, same protection). The
+/// tracker refuses uid or gid 0 itself.
+fn share_tracker(out: &mut Vec<Finding>) {
+    use crate::share::TRACKER_ACCOUNT as ACCOUNT;
+    match nix::unistd::User::from_name(ACCOUNT) {
+        Ok(Some(user)) if user.uid.as_raw() != 0 && user.gid.as_raw() != 0 => out.push(
+            Finding::new(Severity::Info, "share", ACCOUNT, format!("share tracker account, uid {}", user.uid)),
+        ),
+        Ok(Some(_)) => out.push(Finding::new(
+            Severity::Medium,
+            "share",
+            ACCOUNT,
+            "the share tracker account has uid or gid 0: nothing is tracked, every run checks every shared directory",
+        )),
+        _ => out.push(
+            Finding::new(
+                Severity::Info,
+                "share",
+                ACCOUNT,
+                "missing: nothing is tracked between runs, every run checks every shared directory (slower start-up)",
+            )
+            .fix(format!(
+                "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {ACCOUNT}"
+            )),
+        ),
+    }
 }
 
 /// What the allowlist network mode needs: the policy point's account (its netfilter rules
