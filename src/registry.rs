@@ -324,10 +324,19 @@ impl Registry {
         write_atomic(&path, text.as_bytes())
     }
 
-    /// Temp files of interrupted writes in the state directory (for `doctor`).
+    /// Temp files of interrupted writes in the state directory (for `doctor`), share
+    /// indexes and trackers' sockets (`index/NAME/`) included.
     pub fn stale_temps(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
-        for dir in [self.root.clone(), self.agents_dir()] {
+        let indexes = fs::read_dir(self.root.join("index"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        let dirs = [self.root.clone(), self.agents_dir()]
+            .into_iter()
+            .chain(indexes);
+        for dir in dirs {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };

@@ -568,8 +568,15 @@ fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
     let index = index_inode(&sb, "coder");
     sb.sh_as("alice", "touch /home/alice/proj/a/b/other-file")
         .ok();
+    // A socket name a killed run left half-placed: doctor reports it, and the run that
+    // places the next tracker's socket removes it.
+    let stale = "/var/lib/agentuser/index/coder/.tracker.sock.tmp.999999999";
+    sb.sh(&format!("touch {stale}")).ok();
+    let doctor = sb.root(&["doctor", "--json"]).json().to_string();
+    assert!(doctor.contains(stale), "{doctor}");
     exec("true").ok();
     assert_ne!(index_inode(&sb, "coder"), index);
+    sb.sh(&format!("! test -e {stale}")).ok();
 
     // Deleting the agent ends its tracker.
     assert!(tracker_pid(&sb).is_some());

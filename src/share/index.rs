@@ -649,7 +649,7 @@ fn save(path: &Path, index: &Index) -> Result<()> {
 }
 
 /// Removes `.*.tmp.PID` files whose writer is gone.
-fn remove_dead_temps(dir: &Path) {
+pub(super) fn remove_dead_temps(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

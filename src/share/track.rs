@@ -244,7 +244,10 @@ fn ask(dir: &Path) -> Result<(UnixStream, Report)> {
 /// A listening socket at `dir/tracker.sock`, bound under a name of its own and renamed over
 /// the old one, so a run never finds the place empty while another hands over.
 fn listen(dir: &Path) -> Result<UnixListener> {
-    let fresh = dir.join(format!(".{SOCKET}.{}", std::process::id()));
+    // Named like every temp file of the state directory: one a killed run left behind is
+    // removed here (its writer is gone) and reported by doctor meanwhile.
+    index::remove_dead_temps(dir);
+    let fresh = dir.join(format!(".{SOCKET}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
     let listener = UnixListener::bind(&fresh).context("binding the tracker's socket")?;
     std::fs::rename(&fresh, dir.join(SOCKET)).context("placing the tracker's socket")?;
