@@ -378,9 +378,9 @@ fn git_metadata_is_read_only_in_the_view() {
 }
 
 /// The runner does not walk the share at each run: it checks the index `share` made and the
-/// last run updated (src/share/index.rs). A repository the owner makes between runs, deep
-/// in a tree whose index has settled (no directory changed for a while), must still be found
-/// and covered at the next run.
+/// last run updated (src/share/index.rs), here without a share tracker. A repository the
+/// owner makes between runs, deep in a tree whose index has settled (no directory changed
+/// for a while), must still be found and covered at the next run.
 #[test]
 fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run() {
     let sb = Sandbox::new("share-git-index");
@@ -394,6 +394,8 @@ fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run()
         .ok();
     let exec = |script: &str| sb.exec_sh("alice", "coder", script);
     exec("true").ok();
+    // A tree this small is checked without a tracker (the_share_tracker_... tests that one).
+    assert_eq!(tracker_pid(&sb), None);
     // Older than the index's racy window (2 s): from now on unchanged directories are
     // trusted without being listed.
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -475,9 +477,11 @@ fn index_inode(sb: &Sandbox, agent: &str) -> String {
 fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
     let sb = Sandbox::new("share-tracker");
     sb.alice_and_coder();
+    // 1,000 more directories: a small tree is checked without a tracker.
     sb.sh_as(
         "alice",
-        "chmod 711 /home/alice && mkdir -p /home/alice/proj/a/b/c /home/alice/proj/d && cd /home/alice/proj/d && git init -q",
+        "chmod 711 /home/alice && mkdir -p /home/alice/proj/a/b/c /home/alice/proj/d /home/alice/proj/many \
+         && cd /home/alice/proj/d && git init -q && cd ../many && seq 1000 | xargs mkdir",
     )
     .ok();
     sb.as_user("alice", &["share", "coder", "/home/alice/proj", "--rw"])

@@ -132,6 +132,19 @@ pub fn git_entries(
     check(state, agent, share, rebuild).map(|checked| checked.entries)
 }
 
+/// Below this size (about 700 directories) an index is checked faster than a tracker
+/// answers (bench/results/exec-shares.md).
+const SMALL: i64 = 32 << 10;
+
+/// Whether the index of `share` is small or missing (a missing one is made by a walk; the
+/// next run sees its size).
+pub(super) fn is_small(state: &Path, agent: &str, share: &Path) -> bool {
+    match nix::sys::stat::lstat(&index_path(state, agent, share)) {
+        Ok(stat) => stat.st_size < SMALL,
+        Err(_) => true,
+    }
+}
+
 /// What a check of one share found.
 pub(super) struct Checked {
     pub entries: Vec<GitEntry>,

@@ -428,14 +428,20 @@ impl Contents {
         Contents { shares }
     }
 
-    /// [`Contents::of`] for a run (root only), with the agent's share tracker ([`track`]):
-    /// when it vouches for every share, only the directories it saw change are listed;
-    /// otherwise every share is checked and a new tracker takes over.
+    /// [`Contents::of`] for a run (root only), with the agent's share tracker ([`track`])
+    /// unless every share's index is small: when it vouches for every share, only the
+    /// directories it saw change are listed; otherwise every share is checked and a new
+    /// tracker takes over.
     pub fn for_run(ctx: &Context, record: &AgentRecord) -> Contents {
         let state = ctx.registry.root();
         let paths: Vec<&Path> = searched_shares(record).map(|s| s.path.as_path()).collect();
-        if paths.is_empty() {
-            return Contents { shares: Vec::new() };
+        // Small trees are checked faster than a tracker answers, and a tracker answers
+        // one run at a time: many runs at once would queue for it.
+        if paths
+            .iter()
+            .all(|p| index::is_small(state, &record.name, p))
+        {
+            return Contents::of(ctx, record);
         }
         let Some(mut tracking) = track::Tracking::begin(state, &record.name) else {
             return Contents::of(ctx, record);
