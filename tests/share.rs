@@ -377,6 +377,30 @@ fn git_metadata_is_read_only_in_the_view() {
     assert!(owner_config().contains("# ok"));
 }
 
+/// The owner makes a repository (`config` is its `.git/config`) between runs; the agent's
+/// next run writes to it. Returns the config, which must be unchanged.
+fn repository_made_between_runs(sb: &Sandbox, config: &str) -> String {
+    let repo = config.trim_end_matches("/.git/config");
+    sb.sh_as("alice", &format!("umask 002 && cd {repo} && git init -q"))
+        .ok();
+    // Control: outside the view the agent can write it (the new .git inherited the
+    // share's default entry), so only the view stands in the way.
+    sb.sh_as("agent-coder", &format!("test -w {config}")).ok();
+    let before = sb.sh(&format!("cat {config}")).ok().stdout;
+    // In the view the agent's own git directory covers it: what it writes goes there.
+    sb.exec_sh(
+        "alice",
+        "coder",
+        &format!("echo '[core]fsmonitor=evil' >> {config}"),
+    );
+    assert_eq!(
+        sb.sh(&format!("cat {config}")).ok().stdout,
+        before,
+        "a .git made between runs was writable in the view"
+    );
+    before
+}
+
 /// The runner does not walk the share at each run: it checks the index `share` made and the
 /// last run updated (src/share/index.rs), here without a share tracker. A repository the
 /// owner makes between runs, deep in a tree whose index has settled (no directory changed
@@ -400,23 +424,8 @@ fn a_repository_made_between_runs_in_a_settled_tree_is_covered_at_the_next_run()
     // trusted without being listed.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     exec("true").ok();
-    sb.sh_as(
-        "alice",
-        "umask 002 && cd /home/alice/proj/a/b/c && git init -q",
-    )
-    .ok();
     let config = "/home/alice/proj/a/b/c/.git/config";
-    // Control: outside the view the agent can write it (the new .git inherited the
-    // share's default entry), so only the view stands in the way.
-    sb.sh_as("agent-coder", &format!("test -w {config}")).ok();
-    let before = sb.sh(&format!("cat {config}")).ok().stdout;
-    // In the view the agent's own git directory covers it: what it writes goes there.
-    exec(&format!("echo '[core]fsmonitor=evil' >> {config}"));
-    assert_eq!(
-        sb.sh(&format!("cat {config}")).ok().stdout,
-        before,
-        "a .git made between runs was writable in the view"
-    );
+    let before = repository_made_between_runs(&sb, config);
     // Still covered once the index has learnt it and settled again.
     std::thread::sleep(std::time::Duration::from_millis(2500));
     exec("true").ok();
@@ -535,21 +544,8 @@ fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
 
     // A repository the owner makes between runs, deep in the tree and at once (no settling
     // needed): the next run sees the directory changed shape and covers it.
-    sb.sh_as(
-        "alice",
-        "umask 002 && cd /home/alice/proj/a/b/c && git init -q",
-    )
-    .ok();
     let config = "/home/alice/proj/a/b/c/.git/config";
-    // Control: outside the view the agent can write it; only the view stands in the way.
-    sb.sh_as("agent-coder", &format!("test -w {config}")).ok();
-    let before = sb.sh(&format!("cat {config}")).ok().stdout;
-    exec(&format!("echo '[core]fsmonitor=evil' >> {config}"));
-    assert_eq!(
-        sb.sh(&format!("cat {config}")).ok().stdout,
-        before,
-        "a .git made between runs was writable in the view"
-    );
+    repository_made_between_runs(&sb, config);
     // That run checked everything and handed over to a new tracker.
     let second = tracker_pid(&sb).expect("no tracker after the check");
     assert_ne!(second, pid);

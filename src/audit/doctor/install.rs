@@ -258,55 +258,51 @@ fn root_dir(path: &Path, mode: u32, out: &mut Vec<Finding>) {
 /// checks every directory of the agent's shares (slower start-up, same protection). The
 /// tracker refuses uid or gid 0 itself.
 fn share_tracker(out: &mut Vec<Finding>) {
-    use crate::share::TRACKER_ACCOUNT as ACCOUNT;
-    match nix::unistd::User::from_name(ACCOUNT) {
-        Ok(Some(user)) if user.uid.as_raw() != 0 && user.gid.as_raw() != 0 => out.push(
-            Finding::new(Severity::Info, "share", ACCOUNT, format!("share tracker account, uid {}", user.uid)),
-        ),
-        Ok(Some(_)) => out.push(Finding::new(
-            Severity::Medium,
-            "share",
-            ACCOUNT,
-            "the share tracker account has uid or gid 0: nothing is tracked, every run checks every shared directory",
-        )),
-        _ => out.push(
-            Finding::new(
-                Severity::Info,
-                "share",
-                ACCOUNT,
-                "missing: nothing is tracked between runs, every run checks every shared directory (slower start-up)",
-            )
-            .fix(format!(
-                "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {ACCOUNT}"
-            )),
-        ),
-    }
+    out.push(system_account(
+        crate::share::TRACKER_ACCOUNT,
+        "share",
+        "share tracker account",
+        Severity::Medium,
+        Severity::Info,
+        "nothing is tracked between runs, every run checks every shared directory (slower start-up)",
+    ));
 }
 
 /// What the allowlist network mode needs: the policy point's account (its netfilter rules
 /// go to the kernel over netlink, no nft(8) needed).
 fn network(out: &mut Vec<Finding>) {
-    use crate::network::ACCOUNT;
-    match nix::unistd::User::from_name(ACCOUNT) {
-        Ok(Some(user)) if user.uid.as_raw() != 0 && user.gid.as_raw() != 0 => out.push(
-            Finding::new(Severity::Info, "network", ACCOUNT, format!("policy point account, uid {}", user.uid)),
+    out.push(system_account(
+        crate::network::ACCOUNT,
+        "network",
+        "policy point account",
+        Severity::High,
+        Severity::Medium,
+        "exec in the allowlist network mode fails",
+    ));
+}
+
+/// A system account install.sh creates for a process beside the runs: fine (info), root
+/// (`as_root`), or missing (`missing`, saying `without` and how to make it).
+fn system_account(
+    account: &str,
+    category: &str,
+    role: &str,
+    as_root: Severity,
+    missing: Severity,
+    without: &str,
+) -> Finding {
+    match nix::unistd::User::from_name(account) {
+        Ok(Some(user)) if user.uid.as_raw() != 0 && user.gid.as_raw() != 0 => {
+            Finding::new(Severity::Info, category, account, format!("{role}, uid {}", user.uid))
+        }
+        Ok(Some(_)) => Finding::new(
+            as_root,
+            category,
+            account,
+            format!("the {role} has uid or gid 0"),
         ),
-        Ok(Some(_)) => out.push(Finding::new(
-            Severity::High,
-            "network",
-            ACCOUNT,
-            "the policy point account has uid or gid 0",
+        _ => Finding::new(missing, category, account, format!("missing: {without}")).fix(format!(
+            "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {account}"
         )),
-        _ => out.push(
-            Finding::new(
-                Severity::Medium,
-                "network",
-                ACCOUNT,
-                "missing: exec in the allowlist network mode fails",
-            )
-            .fix(format!(
-                "useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {ACCOUNT}"
-            )),
-        ),
     }
 }
