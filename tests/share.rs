@@ -542,6 +542,17 @@ fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
     );
     assert_eq!(tracker_pid(&sb), Some(pid));
 
+    // A directory removed and made again under the same name (no event inside the old
+    // one): a new inode the tracker did not follow, so that run checks everything, and a
+    // repository made in it afterwards is covered.
+    sb.sh_as(
+        "alice",
+        "rmdir /home/alice/proj/many/500 && mkdir /home/alice/proj/many/500",
+    )
+    .ok();
+    exec("true").ok();
+    repository_made_between_runs(&sb, "/home/alice/proj/many/500/.git/config");
+
     // A repository the owner makes between runs, deep in the tree and at once (no settling
     // needed): the next run sees the directory changed shape and covers it.
     let config = "/home/alice/proj/a/b/c/.git/config";

@@ -91,6 +91,9 @@ pub(super) struct DirState {
     /// Seconds and nanoseconds.
     ctime: (i64, i64),
     subdirs: Vec<Name>,
+    /// The inode of each subdirectory, in the same order (from the listing): a directory
+    /// removed and made again under the same name is a change of shape.
+    subdir_inodes: Vec<u64>,
     git: Option<GitState>,
     handle: Handle,
 }
@@ -246,17 +249,25 @@ pub(super) fn vouched_entries(
     Some(entries_of(root, share, root_stat.st_dev, git))
 }
 
-/// Same inode, same subdirectories (in any order), same `.git` entry: the ctime may differ
-/// (files came and went).
+/// Same inode, same subdirectories (names and inodes, in any order), same `.git` entry:
+/// the ctime may differ (files came and went). A subdirectory made anew under an old name
+/// (`rmdir x; mkdir x`: no event in the old `x`) is a new inode the tracker does not follow,
+/// so it must count as a change.
 fn same_shape(recorded: &DirState, listed: &DirState) -> bool {
-    fn sorted(dirs: &[Name]) -> Vec<&[u8]> {
-        let mut names: Vec<&[u8]> = dirs.iter().map(Name::bytes).collect();
-        names.sort_unstable();
-        names
+    fn sorted(dir: &DirState) -> Vec<(&[u8], u64)> {
+        let mut subdirs: Vec<(&[u8], u64)> = dir
+            .subdirs
+            .iter()
+            .map(Name::bytes)
+            .zip(dir.subdir_inodes.iter().copied())
+            .collect();
+        subdirs.sort_unstable();
+        subdirs
     }
     recorded.ino == listed.ino
         && recorded.git == listed.git
-        && sorted(&recorded.subdirs) == sorted(&listed.subdirs)
+        && recorded.subdirs.len() == recorded.subdir_inodes.len()
+        && sorted(recorded) == sorted(listed)
 }
 
 impl Index {
@@ -550,6 +561,7 @@ fn list(root: BorrowedFd, rel: &[u8], device: u64) -> Result<Option<DirState>> {
         ino: stat.st_ino,
         ctime: (stat.st_ctime, stat.st_ctime_nsec),
         subdirs: Vec::new(),
+        subdir_inodes: Vec::new(),
         git: None,
         handle: crate::sys::fanotify::handle_of(fd.as_fd())
             .map(|h| {
@@ -595,6 +607,7 @@ fn read_entries(fd: &OwnedFd, device: u64, state: &mut DirState) -> Result<()> {
         };
         if is_dir {
             state.subdirs.push(Name::new(name.to_bytes()));
+            state.subdir_inodes.push(entry.ino());
         }
     }
     Ok(())
