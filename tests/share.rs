@@ -589,6 +589,14 @@ fn the_share_tracker_spares_the_walk_but_never_a_new_repository() {
     assert_ne!(index_inode(&sb, "coder"), index);
     sb.sh(&format!("! test -e {stale}")).ok();
 
+    // Its socket removed behind its back (its directory removed: nobody could reach it any
+    // more): it ends. Control: it was there.
+    assert!(tracker_pid(&sb).is_some());
+    sb.sh("rm -rf /var/lib/agentuser/index/coder").ok();
+    assert!(common::eventually(|| tracker_pid(&sb).is_none()));
+    // The next run rebuilds the index; the one after finds it large and starts a tracker.
+    exec("true").ok();
+    exec("true").ok();
     // Deleting the agent ends its tracker.
     assert!(tracker_pid(&sb).is_some());
     sb.root(&["delete", "coder"]).ok();

@@ -41,7 +41,7 @@ use anyhow::{Context as _, Result, anyhow};
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::fanotify::MaskFlags;
-use nix::sys::inotify::{AddWatchFlags, InitFlags as InotifyFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags as InotifyFlags, Inotify, WatchDescriptor};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,8 @@ pub struct Watching {
     /// it, so changes made while it was away or after it came back go unseen) shows there
     /// as IN_UNMOUNT, a root removed or moved as IN_DELETE_SELF or IN_MOVE_SELF.
     roots: Inotify,
+    /// The watch on the tracker's socket file: when it goes, so does the tracker.
+    home: Option<WatchDescriptor>,
 }
 
 impl Tracking {
@@ -166,6 +168,7 @@ impl Tracking {
             watch,
             fsids,
             roots,
+            home: None,
         })
     }
 
@@ -188,6 +191,13 @@ impl Tracking {
             Ok(listener) if !indexes.is_empty() => listener,
             _ => return watching.close(),
         };
+        // Its socket unlinked (the agent deleted, its directory removed), moved or replaced:
+        // nobody can reach this tracker any more. The socket file, not the directory: the
+        // bound socket pins the directory, which then never reports its own deletion.
+        let mut watching = watching;
+        let gone =
+            AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+        watching.home = watching.roots.add_watch(&self.dir.join(SOCKET), gone).ok();
         match crate::sys::spawn::fork() {
             Ok(ForkResult::Child) => {
                 let code = match become_tracker(watching, listener, indexes) {
@@ -274,6 +284,7 @@ fn become_tracker(
         watch,
         fsids,
         roots,
+        home,
     } = watching;
     let _ = nix::unistd::setsid();
     let null = File::options().read(true).write(true).open("/dev/null")?;
@@ -315,6 +326,7 @@ fn become_tracker(
             complete: handles.is_some(),
         });
     }
+    let roots = (roots, home);
     serve(&watch, &roots, &listener, &by_handle, &mut followed)
 }
 
@@ -338,7 +350,7 @@ fn confine() -> Result<()> {
 /// to (forgetting what it reported) and returns otherwise.
 fn serve(
     watch: &Watch,
-    roots: &Inotify,
+    roots: &(Inotify, Option<WatchDescriptor>),
     listener: &UnixListener,
     by_handle: &HashMap<DirHandle, (usize, usize)>,
     followed: &mut [Followed],
@@ -347,7 +359,7 @@ fn serve(
         let mut fds = [
             PollFd::new(watch.fd(), PollFlags::POLLIN),
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(roots.as_fd(), PollFlags::POLLIN),
+            PollFd::new(roots.0.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::errno::Errno::EINTR) => continue,
@@ -355,8 +367,8 @@ fn serve(
         };
         let asked = fds[1].revents().is_some_and(|r| !r.is_empty());
         drain(watch, by_handle, followed)?;
-        if lost_a_root(roots) {
-            followed.iter_mut().for_each(|f| f.complete = false);
+        if roots_changed(roots, followed) == Roots::HomeGone {
+            return Ok(());
         }
         if !asked {
             continue;
@@ -367,8 +379,8 @@ fn serve(
         }
         // Everything a change made before the peer connected has been queued by then.
         drain(watch, by_handle, followed)?;
-        if lost_a_root(roots) {
-            followed.iter_mut().for_each(|f| f.complete = false);
+        if roots_changed(roots, followed) == Roots::HomeGone {
+            return Ok(());
         }
         let report = Report {
             shares: followed
@@ -393,11 +405,29 @@ fn serve(
     }
 }
 
-/// True when a share's root was unmounted, removed or moved (any event on the root
-/// watches: the kernel also ends a watch with IN_IGNORED). Which one does not matter: the
-/// next run checks everything.
-fn lost_a_root(roots: &Inotify) -> bool {
-    matches!(roots.read_events(), Ok(events) if !events.is_empty())
+#[derive(PartialEq)]
+enum Roots {
+    Same,
+    HomeGone,
+}
+
+/// Reads the root watches. A share's root unmounted, removed or moved (any event: the
+/// kernel also ends a watch with IN_IGNORED) makes every share incomplete, which one does
+/// not matter: the next run checks everything. Its socket file gone ends the tracker.
+fn roots_changed(
+    (roots, home): &(Inotify, Option<WatchDescriptor>),
+    followed: &mut [Followed],
+) -> Roots {
+    let Ok(events) = roots.read_events() else {
+        return Roots::Same;
+    };
+    if events.iter().any(|e| Some(e.wd) == *home) {
+        return Roots::HomeGone;
+    }
+    if !events.is_empty() {
+        followed.iter_mut().for_each(|f| f.complete = false);
+    }
+    Roots::Same
 }
 
 /// Reads every queued event: a followed directory is marked changed; a lost event makes
