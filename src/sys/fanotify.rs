@@ -219,7 +219,9 @@ impl DirHandle {
 const MAX_HANDLE_SZ: usize = 128;
 
 /// The handle fanotify reports for the open directory `dir` in its directory records
-/// (name_to_handle_at(2) with `AT_HANDLE_FID`: the same encoding, needs no privilege).
+/// (name_to_handle_at(2) with `AT_HANDLE_FID`, Linux 6.5+: the kernel's own encoding for
+/// fanotify, needs no privilege). No fallback to a plain handle: one encoded another way
+/// would match no event, and a tracker would then report changed directories as unchanged.
 pub fn handle_of(dir: BorrowedFd) -> Result<DirHandle, Errno> {
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[] }, in u32
     // words so its header is aligned.
