@@ -291,6 +291,8 @@ fn become_tracker(
     for stream in 0..=2 {
         crate::sys::spawn::dup_onto(null.as_fd(), stream)?;
     }
+    // Closed here, not by close_all_except behind its owner's back.
+    drop(null);
     let mut keep = vec![
         watch.fd().as_raw_fd(),
         listener.as_raw_fd(),
