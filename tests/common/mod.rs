@@ -472,16 +472,32 @@ impl Sandbox {
     /// Ends the share trackers of this sandbox's agents (src/share/track.rs): they run as
     /// a system account outside the sandbox's uid range and outlive their runs. Asking one
     /// for its report ends it.
+    /// A tracker whose socket a failed test removed is found by its command line (a fork
+    /// of this sandbox's own copy of agentuser) and killed.
     fn stop_share_trackers(&self) {
-        let Ok(agents) = fs::read_dir(self.dir.join("state/index")) else {
-            return;
-        };
-        for agent in agents.flatten() {
+        for agent in fs::read_dir(self.dir.join("state/index"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(mut stream) =
                 std::os::unix::net::UnixStream::connect(agent.path().join("tracker.sock"))
             {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+            }
+        }
+        let bin = self.bin.as_os_str().as_encoded_bytes();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if cmdline.starts_with(bin) && cmdline.get(bin.len()) == Some(&0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
