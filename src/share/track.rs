@@ -24,14 +24,16 @@
 //!   answers only a root peer. A lock serialises runs of the same agent while they talk to
 //!   it.
 //!
-//! Without the account, after a reboot, or when a group cannot be made, nothing is tracked
-//! and every run checks every directory as before: the tracker only ever saves work.
+//! Without the account, after a reboot, when a group cannot be made, or for a share on a
+//! file system that other machines can change (NFS, SMB, FUSE...: their changes make no
+//! event here), nothing is tracked and every run checks every directory as before: the
+//! tracker only ever saves work.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -151,6 +153,9 @@ impl Tracking {
             let Ok(root) = open_directory(share) else {
                 continue;
             };
+            if !changes_are_all_local(root.as_fd()) {
+                return None;
+            }
             watch.mark_filesystem(root.as_fd(), MASK).ok()?;
             fsids.push(crate::sys::fanotify::fsid(root.as_fd()).ok()?);
             // Through the descriptor: exactly the directory marked, whatever the path
@@ -219,6 +224,26 @@ impl Watching {
     fn close(self) {
         crate::sys::spawn::close_detached(vec![self.watch.into_fd()]);
     }
+}
+
+/// Whether every change to the file system `fd` is on goes through this kernel, so that
+/// fanotify sees it. Not so for network and cluster file systems (NFS, SMB, Ceph, 9p,
+/// FUSE such as sshfs...): another client's `git clone` there makes no event here, and a
+/// tracker would report the tree unchanged. Only local disk and memory file systems are
+/// tracked; every other share is checked at every run, as without a tracker.
+fn changes_are_all_local(fd: BorrowedFd) -> bool {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        fstatfs,
+    };
+    let local = [
+        EXT4_SUPER_MAGIC, // also ext2 and ext3
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+        F2FS_SUPER_MAGIC,
+        TMPFS_MAGIC,
+    ];
+    fstatfs(fd).is_ok_and(|fs| local.contains(&fs.filesystem_type()))
 }
 
 /// The directory at `path`, opened for reading without following a symlink anywhere.
@@ -459,5 +484,18 @@ fn drain(
                 share.changed.insert(position);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_file_systems_changed_through_this_kernel_are_tracked() {
+        let dir = |path: &str| open_directory(Path::new(path)).unwrap();
+        // /dev/shm is a tmpfs; /proc stands for every file system that is not on the list.
+        assert!(changes_are_all_local(dir("/dev/shm").as_fd()));
+        assert!(!changes_are_all_local(dir("/proc").as_fd()));
     }
 }
