@@ -498,6 +498,21 @@ fn writer_alive(temp_name: &str) -> bool {
         .is_some_and(|(_, pid)| Path::new("/proc").join(pid).exists())
 }
 
+/// Removes the temp files (`.NAME.tmp.PID`) in `dir` whose writer is gone, whatever they
+/// were for: for directories where several processes write without one lock covering all
+/// (share indexes, trackers' sockets).
+pub fn remove_dead_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_temp_name(&name) && !writer_alive(&name) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Removes the temp files interrupted writes of `path` left (`.NAME.tmp.PID`). Only called
 /// by writers of `path`, who hold the lock that covers it: no live writer can own them.
 fn remove_stale_temps(path: &Path) {

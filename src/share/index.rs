@@ -652,7 +652,7 @@ fn save(path: &Path, index: &Index) -> Result<()> {
     let base = dir.parent().context("index path")?;
     crate::registry::ensure_root_dir(base, 0o700)?;
     crate::registry::ensure_root_dir(dir, 0o700)?;
-    remove_dead_temps(dir);
+    crate::registry::remove_dead_temps(dir);
     let _ = std::fs::remove_file(path.with_extension(OLD_EXTENSION));
     let name = path.file_name().context("index path")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
@@ -672,27 +672,6 @@ fn save(path: &Path, index: &Index) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written.with_context(|| format!("saving {}", path.display()))
-}
-
-/// Removes `.*.tmp.PID` files whose writer is gone.
-pub(super) fn remove_dead_temps(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.starts_with('.'))
-            .and_then(|n| n.rsplit_once(".tmp."))
-            .and_then(|(_, pid)| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 #[cfg(test)]

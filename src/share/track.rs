@@ -281,7 +281,7 @@ fn ask(dir: &Path) -> Result<(UnixStream, Report)> {
 fn listen(dir: &Path) -> Result<UnixListener> {
     // Named like every temp file of the state directory: one a killed run left behind is
     // removed here (its writer is gone) and reported by doctor meanwhile.
-    index::remove_dead_temps(dir);
+    crate::registry::remove_dead_temps(dir);
     let fresh = dir.join(format!(".{SOCKET}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
     let listener = UnixListener::bind(&fresh).context("binding the tracker's socket")?;
