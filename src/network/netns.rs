@@ -134,7 +134,21 @@ pub fn configure() -> Result<()> {
     crate::sys::spawn::loopback_up().context("bringing up loopback")?;
     crate::sys::net::loopback_source_address(SOURCE_ADDRESS)?;
     crate::sys::net::default_routes_via_loopback()?;
+    no_pacing()?;
     load_ruleset()
+}
+
+/// Every TCP connection in the namespace is a loopback one (the agent's to the policy
+/// point, or among its own processes), and a lossless hop gains nothing from congestion
+/// control, but it pays for pacing: with the host's default of BBR (common, and this
+/// machine's) and no fq qdisc, TCP paces each socket by hrtimer, which cost a 1 GiB
+/// download through the policy point a third of its throughput (bench/results/network.md).
+/// Reno never paces, and is always built in and allowed. The upstream connections are made
+/// in the host's namespace, with the host's algorithm, as a direct connection would be.
+fn no_pacing() -> Result<()> {
+    const DEFAULT_ALGORITHM: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
+    std::fs::write(DEFAULT_ALGORITHM, "reno")
+        .with_context(|| format!("setting {DEFAULT_ALGORITHM} in the agent's namespace"))
 }
 
 /// Sends the table, its chain and its rules as one transaction and waits for the kernel's
@@ -387,6 +401,21 @@ mod tests {
     /// decisions as the text ruleset nft loaded before (`redirect to :PORT` is spelled
     /// `dnat ip to 127.0.0.1:PORT` / `dnat ip6 to [::1]:PORT`). Loaded in a network
     /// namespace of this test thread's own.
+    /// Connections made or accepted in the configured namespace (as the policy point's
+    /// listeners accept the agent's) take its default algorithm, which does not pace:
+    /// Reno, whatever the host's default.
+    #[test]
+    fn connections_in_the_namespace_do_not_pace() {
+        let algorithm = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            super::configure().expect("configuring the namespace");
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").expect("read")
+        })
+        .join()
+        .expect("test thread");
+        assert_eq!(algorithm.trim(), "reno");
+    }
+
     #[test]
     fn the_kernel_holds_the_capture_ruleset() {
         let listed = std::thread::spawn(|| {
