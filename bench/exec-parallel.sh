@@ -45,7 +45,8 @@ section() {
     cat "$BENCH_DIR/$1.md"
     echo
     for n in none host allowlist; do
-        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/$1.json" "agentuser --network $n" runuser)x**"
+        echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/$1.json" "agentuser --network $n" runuser)x**" \
+            "(CPU time: $(cpu_ratio "$BENCH_DIR/$1.json" "agentuser --network $n" runuser)x)"
     done
     echo
 }
@@ -58,6 +59,8 @@ section() {
     echo
     section quiet "Quiet"
     section busy "While another agent's share/unshare of 1,000 files loops in the background"
-    echo "Target: at most 1.5x runuser for none and host."
+    echo "Target: at most 1.5x runuser for none and host (wall time). CPU time is user + system"
+    echo "of every process the batch waited for (hyperfine's figures): it leaves out the kernel's"
+    echo "deferred work (namespace teardown), and unlike wall time it moves little with the machine's load."
 } > "$out"
 cat "$out"

@@ -58,6 +58,17 @@ print(f"{runs[sys.argv[2]] / runs[sys.argv[3]]:.2f}")
 PY
 }
 
+# cpu_ratio JSON NAME_A NAME_B: CPU time (user + system of the command and every process it
+# waited for, as hyperfine reports it) of A over B. Unlike wall time it does not move with
+# what else the machine runs, so it tells a change in cost from a noisy neighbour.
+cpu_ratio() {
+    python3 - "$@" <<'PY'
+import json, sys
+cpu = {r["command"]: r["user"] + r["system"] for r in json.load(open(sys.argv[1]))["results"]}
+print(f"{cpu[sys.argv[2]] / cpu[sys.argv[3]]:.2f}")
+PY
+}
+
 # fake_internet: two network namespaces joined by a veth pair, as tests/common/net.rs
 # builds. The host one (11.22.33.1) is where the benchmark runs (in_host CMD...); the
 # internet has a DNS server on 11.22.33.2 that answers every name with 11.22.33.3, where the
