@@ -246,7 +246,7 @@ pub fn join_new_session_keyring() -> Result<()> {
 /// The child shares this process's memory (`CLONE_VM`, as posix_spawn's child does) instead
 /// of getting a copy: a fork of the runner at its largest copied its page tables, faulted in
 /// copies of every page either side wrote, and tore the copy down again, about 0.3-0.5 ms of
-/// CPU at every run (5% of a run, measured 50 runs at a time). Such a child may run nothing
+/// CPU at every run (3-5% of a run, profiled 50 runs at a time). Such a child may run nothing
 /// that touches memory this process uses: [`closer_main`] makes system calls only, on a stack
 /// of its own, and reads only the leaked [`Closer`].
 pub fn close_detached(fds: Vec<OwnedFd>) {
