@@ -33,10 +33,14 @@ hyperfine -N --style basic --warmup 30 --runs $runs --export-json $json --export
     echo
     cat "$BENCH_DIR/table.md"
     echo
-    echo "**Ratio agentuser / runuser: $(ratio "$json" agentuser runuser)x** (target: at most 1.25x)."
+    echo "**Ratio agentuser / runuser: $(ratio "$json" agentuser runuser)x** (target: at most 1.25x;"
+    echo "medians: $(median_ratio "$json" agentuser runuser)x)."
     echo "**Ratio agentuser / sudo: $(ratio "$json" agentuser sudo)x** (target: below 1)."
     echo "Ratio agentuser / setpriv (floor): $(ratio "$json" agentuser setpriv)x;"
     echo "agentuser --network none / runuser: $(ratio "$json" 'agentuser --network none' runuser)x;"
-    echo "**agentuser --network allowlist (the default) / runuser: $(ratio "$json" 'agentuser --network allowlist' runuser)x** (target: at most 1.5x)."
+    echo "**agentuser --network allowlist (the default) / runuser: $(ratio "$json" 'agentuser --network allowlist' runuser)x** (target: at most 1.5x;"
+    echo "medians: $(median_ratio "$json" 'agentuser --network allowlist' runuser)x)."
+    echo
+    echo "Ratios are of means unless said otherwise."
 } > "$out"
 cat "$out"

@@ -58,6 +58,16 @@ print(f"{runs[sys.argv[2]] / runs[sys.argv[3]]:.2f}")
 PY
 }
 
+# median_ratio JSON NAME_A NAME_B: median(A)/median(B); one slow outlier (another tenant of
+# the machine) moves a mean, not a median.
+median_ratio() {
+    python3 - "$@" <<'PY'
+import json, sys
+runs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
+print(f"{runs[sys.argv[2]] / runs[sys.argv[3]]:.2f}")
+PY
+}
+
 # cpu_ratio JSON NAME_A NAME_B: CPU time (user + system of the command and every process it
 # waited for, as hyperfine reports it) of A over B. Unlike wall time it does not move with
 # what else the machine runs, so it tells a change in cost from a noisy neighbour.
