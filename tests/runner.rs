@@ -434,7 +434,8 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     ]));
     let probe = format!(
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1',{port}),timeout=3); print('CONNECTED')\" 2>/dev/null; \
-         python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print('LOOPBACK-UP')\""
+         python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print('LOOPBACK-UP')\"; \
+         echo \"congestion=$(cat /proc/sys/net/ipv4/tcp_congestion_control)\""
     );
     let host = sb.root(&[
         "exec",
@@ -467,6 +468,10 @@ fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
         "--network none reached the host: {none:#?}"
     );
     assert!(none.stdout.contains("LOOPBACK-UP"), "{none:#?}");
+    // Namespaces of agentuser's own have loopback connections only, which need no pacing
+    // (network/netns.rs); the host's keeps its own setting.
+    assert!(none.stdout.contains("congestion=reno"), "{none:#?}");
+    assert!(default.stdout.contains("congestion=reno"), "{default:#?}");
     drop(listener);
 
     // An abstract unix socket of root's (like X11's @/tmp/.X11-unix/X0) on the host network.

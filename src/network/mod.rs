@@ -256,6 +256,12 @@ impl Drop for PolicyPoint {
     }
 }
 
+/// For a namespace with loopback only (`none` mode): its TCP connections do not pace
+/// ([`netns::no_pacing`]). Call from inside the namespace.
+pub fn no_pacing() -> Result<()> {
+    netns::no_pacing()
+}
+
 /// init's side: receives the namespace from the policy point and joins it.
 pub fn join(channel: &Arc<OwnedFd>) -> Result<()> {
     use std::os::fd::AsFd;

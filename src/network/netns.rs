@@ -145,7 +145,7 @@ pub fn configure() -> Result<()> {
 /// download through the policy point a third of its throughput (bench/results/network.md).
 /// Reno never paces, and is always built in and allowed. The upstream connections are made
 /// in the host's namespace, with the host's algorithm, as a direct connection would be.
-fn no_pacing() -> Result<()> {
+pub(super) fn no_pacing() -> Result<()> {
     const DEFAULT_ALGORITHM: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
     std::fs::write(DEFAULT_ALGORITHM, "reno")
         .with_context(|| format!("setting {DEFAULT_ALGORITHM} in the agent's namespace"))
