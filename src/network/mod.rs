@@ -258,7 +258,7 @@ impl Drop for PolicyPoint {
 
 /// For a namespace with loopback only (`none` mode): its TCP connections do not pace
 /// ([`netns::no_pacing`]). Call from inside the namespace.
-pub fn no_pacing() -> Result<()> {
+pub fn no_pacing() {
     netns::no_pacing()
 }
 
