@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -543,15 +544,27 @@ pub async fn serve_dns(socket: UdpSocket, shared: Arc<Shared>) {
     }
 }
 
-/// A fixed forward: `localhost:PORT` into the view, or `--publish PORT` out of it.
+/// A fixed forward: `localhost:PORT` into the view, or `--publish PORT` out of it. Plain
+/// TCP between two loopback sockets, spliced both ways ([`pump`]: the end of one direction
+/// shuts the other side's write half).
 pub async fn serve_forward(listener: TcpListener, target: SocketAddr) {
     loop {
         let stream = accept(&listener).await;
         tokio::spawn(async move {
-            if let Ok(upstream) = upstream::direct(target).await {
-                let (mut a, mut b) = (stream, upstream);
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-            }
+            let Ok(upstream) = TcpStream::connect(target).await else {
+                return;
+            };
+            let _ = upstream.set_nodelay(true);
+            // One end of each forward is on the host's loopback, whose sockets take the
+            // host's algorithm: no pacing on this hop either.
+            crate::sys::net::without_pacing(stream.as_fd());
+            crate::sys::net::without_pacing(upstream.as_fd());
+            let (mut client_r, mut client_w) = stream.into_split();
+            let (mut target_r, mut target_w) = upstream.into_split();
+            tokio::join!(
+                pump(&mut client_r, &mut target_w),
+                pump(&mut target_r, &mut client_w)
+            );
         });
     }
 }
@@ -763,17 +776,55 @@ mod tests {
             .collect()
     }
 
-    /// Half-close passes through both ways, in both orders, and the bytes hyper read ahead
-    /// go first: (1) the agent sends a request and shuts down its write side; the server
-    /// reads it to end of file and only then answers, and the agent reads the whole answer;
-    /// (2) the server sends a banner and shuts down first; the agent reads to end of file,
-    /// then still sends. Several MiB each way, so the splice loop runs many rounds. Run
-    /// over a direct TCP destination (spliced) and a wrapped one (copied).
+    /// One exchange between the agent's end and the server's, several MiB each way (so a
+    /// splice loop runs many rounds): (1) the agent sends a request and shuts down its write
+    /// side; the server reads it to end of file and only then answers, and the agent reads
+    /// the whole answer; (2) with `server_first`, the server sends and shuts down first; the
+    /// agent reads to end of file, then still sends. Returns what each end read.
+    async fn exchange(
+        mut agent: TcpStream,
+        mut server: TcpStream,
+        server_first: bool,
+        request: &[u8],
+        answer: &[u8],
+    ) -> (Vec<u8>, Vec<u8>) {
+        let agent_side = async {
+            let mut got = Vec::new();
+            if server_first {
+                agent.read_to_end(&mut got).await.expect("agent reads");
+                agent.write_all(request).await.expect("agent writes");
+                agent.shutdown().await.expect("agent shuts down");
+            } else {
+                agent.write_all(request).await.expect("agent writes");
+                agent.shutdown().await.expect("agent shuts down");
+                agent.read_to_end(&mut got).await.expect("agent reads");
+            }
+            got
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            if server_first {
+                server.write_all(answer).await.expect("server writes");
+                server.shutdown().await.expect("server shuts down");
+                server.read_to_end(&mut got).await.expect("server reads");
+            } else {
+                server.read_to_end(&mut got).await.expect("server reads");
+                server.write_all(answer).await.expect("server writes");
+                server.shutdown().await.expect("server shuts down");
+            }
+            got
+        };
+        tokio::join!(agent_side, server_side)
+    }
+
+    /// Half-close passes through both ways, in both orders ([`exchange`]), and the bytes
+    /// hyper read ahead go first. Run over a direct TCP destination (spliced) and a wrapped
+    /// one (copied).
     async fn half_close_passes_through(spliced: bool) {
         let shared = shared();
         for server_first in [false, true] {
-            let (mut agent, client) = pair().await;
-            let (to_server, mut server) = pair().await;
+            let (agent, client) = pair().await;
+            let (to_server, server) = pair().await;
             let upstream: Upstream = if spliced {
                 Box::new(to_server)
             } else {
@@ -786,40 +837,13 @@ mod tests {
             };
             let request = pattern(3 << 20, 1);
             let answer = pattern(5 << 20, 2);
-            let agent_side = async {
-                let mut got = Vec::new();
-                if server_first {
-                    agent.read_to_end(&mut got).await.expect("agent reads");
-                    agent.write_all(&request).await.expect("agent writes");
-                    agent.shutdown().await.expect("agent shuts down");
-                } else {
-                    agent.write_all(&request).await.expect("agent writes");
-                    agent.shutdown().await.expect("agent shuts down");
-                    agent.read_to_end(&mut got).await.expect("agent reads");
-                }
-                got
-            };
-            let server_side = async {
-                let mut got = Vec::new();
-                if server_first {
-                    server.write_all(&answer).await.expect("server writes");
-                    server.shutdown().await.expect("server shuts down");
-                    server.read_to_end(&mut got).await.expect("server reads");
-                } else {
-                    server.read_to_end(&mut got).await.expect("server reads");
-                    server.write_all(&answer).await.expect("server writes");
-                    server.shutdown().await.expect("server shuts down");
-                }
-                got
-            };
             let all = async {
                 tokio::join!(
                     relay(&shared, client, upstream, None),
-                    agent_side,
-                    server_side
+                    exchange(agent, server, server_first, &request, &answer)
                 )
             };
-            let ((), agent_got, server_got) = tokio::time::timeout(Duration::from_secs(60), all)
+            let ((), (agent_got, server_got)) = tokio::time::timeout(Duration::from_secs(60), all)
                 .await
                 .expect("a direction's end of file did not pass through (hang)");
             assert_eq!(agent_got.len(), answer.len());
@@ -827,6 +851,31 @@ mod tests {
             let expected = [b"early ".as_slice(), &request].concat();
             assert_eq!(server_got.len(), expected.len());
             assert!(server_got == expected, "the request arrived altered");
+        }
+    }
+
+    /// A fixed forward (`localhost:PORT`, `--publish`) passes half-close both ways, in both
+    /// orders, bytes unaltered.
+    #[tokio::test]
+    async fn a_fixed_forward_passes_half_close() {
+        let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        tokio::spawn(super::serve_forward(
+            front,
+            target.local_addr().expect("addr"),
+        ));
+        for server_first in [false, true] {
+            let (agent, server) = tokio::join!(TcpStream::connect(front_addr), target.accept());
+            let (agent, server) = (agent.expect("connect"), server.expect("accept").0);
+            let request = pattern(3 << 20, 3);
+            let answer = pattern(5 << 20, 4);
+            let all = exchange(agent, server, server_first, &request, &answer);
+            let (agent_got, server_got) = tokio::time::timeout(Duration::from_secs(60), all)
+                .await
+                .expect("a direction's end of file did not pass through (hang)");
+            assert!(agent_got == answer, "the answer arrived altered");
+            assert!(server_got == request, "the request arrived altered");
         }
     }
 

@@ -256,3 +256,33 @@ pub fn close_all_except(keep: &[RawFd]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reno for one TCP socket: a hop over loopback gains nothing from congestion control and
+/// pays for pacing when the host's default is BBR (see `network::netns::no_pacing`). Best
+/// effort: Reno is always built in and allowed to any process, so this fails only on a
+/// socket that is not TCP.
+pub fn without_pacing(socket: BorrowedFd) {
+    let _ = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::TcpCongestion,
+        &std::ffi::OsString::from("reno"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    /// A socket made without pacing reports Reno, whatever the host's default.
+    #[test]
+    fn a_socket_without_pacing_is_reno() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let socket =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        super::without_pacing(socket.as_fd());
+        let algorithm =
+            nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::TcpCongestion)
+                .expect("TCP_CONGESTION");
+        assert_eq!(algorithm, "reno");
+    }
+}
