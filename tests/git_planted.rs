@@ -409,3 +409,36 @@ fn a_run_whose_runner_was_killed_is_swept_by_delete() {
     assert_eq!(planted_entries_left(&sb), Vec::<String>::new());
     assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
 }
+
+/// A run ends even when something writes on the share's file system for every system call
+/// of the repository watcher: strace, logging the run there. Its queue then never empties,
+/// and the watcher used to wait for that at the end of the run (a livelock: this run spun
+/// until killed). Now it handles what is queued for at most a second and the runner
+/// sweeps the share instead; a plant made during the run is still neutralised.
+#[test]
+fn a_run_ends_while_its_own_system_calls_are_logged_on_the_share_file_system() {
+    let sb = Sandbox::new("planted-strace");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    sb.sh_as(
+        "alice",
+        &format!("cat > {PROJ}/attack.sh <<'EOF'\n{}\nEOF", attack_script()),
+    )
+    .ok();
+    let script = format!(
+        "start=$(date +%s); \
+         timeout -s KILL 120 strace -f -qq -o /home/alice/strace.log {bin} exec coder -- /bin/sh {PROJ}/attack.sh; \
+         echo rc=$?; echo took=$(( $(date +%s) - start )); rm -f /home/alice/strace.log",
+        bin = sb.bin.display()
+    );
+    let out = sb.sh(&script);
+    assert!(out.stdout.contains("rc=0"), "{out:#?}");
+    let took: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("took="))
+        .and_then(|t| t.trim().parse().ok())
+        .expect("elapsed seconds");
+    assert!(took < 60, "the run took {took} s under strace: {out:#?}");
+    assert_eq!(planted_entries_left(&sb), Vec::<String>::new());
+}

@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result};
 use nix::fcntl::OFlag;
@@ -47,6 +47,13 @@ struct Scope {
     /// When the run started (for sweeps after lost events).
     start: SystemTime,
 }
+
+/// How long the events queued when the run ends may take to handle before the runner sweeps
+/// the shares instead (normally the queue empties within milliseconds).
+const FINAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Batches of events read between two looks at `stop`.
+const READS_PER_POLL: usize = 16;
 
 const MASK: MaskFlags = MaskFlags::FAN_CREATE
     .union(MaskFlags::FAN_MOVED_TO)
@@ -130,6 +137,9 @@ impl Scope {
 
     fn handle_until(&self, stop: OwnedFd) -> Report {
         let mut report = Report::default();
+        // Set when `stop` closes: every event of the agent is queued by then (none of its
+        // processes is left), and they are handled until the queue is empty or this passes.
+        let mut deadline: Option<Instant> = None;
         loop {
             let mut fds = [
                 PollFd::new(self.watch.fd(), PollFlags::POLLIN),
@@ -142,30 +152,16 @@ impl Scope {
                 report.incomplete = Some(format!("poll: {e}"));
                 return report;
             }
-            let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
-            let mut lost = false;
-            loop {
-                match self.watch.read() {
-                    Ok(events) if events.is_empty() => break,
-                    Ok(events) => {
-                        for event in &events {
-                            if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
-                                lost = true;
-                            } else {
-                                self.handle(event, &mut report.findings);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        report.incomplete = Some(format!("reading file events: {e}"));
-                        return report;
-                    }
-                }
+            if deadline.is_none() && fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                deadline = Some(Instant::now() + FINAL_DRAIN);
             }
+            let Some((emptied, lost)) = self.read_some(&mut report) else {
+                return report;
+            };
             if lost {
                 report.incomplete = Some("file events were lost (queue overflow)".into());
                 // Protection goes on during the run; the runner sweeps again at the end.
-                if !stopping {
+                if deadline.is_none() {
                     for share in &self.shares {
                         if let Ok(root) = open_dir_at(share.fd.as_fd(), c".") {
                             let window = Window::ChangedSince(self.start);
@@ -176,10 +172,46 @@ impl Scope {
                     }
                 }
             }
-            if stopping {
-                return report;
+            match deadline {
+                Some(_) if emptied => return report,
+                Some(at) if Instant::now() >= at => {
+                    // Something keeps writing on the shares' file systems (strace, say,
+                    // logging this thread's own system calls there): the runner sweeps
+                    // instead of waiting for a queue that never empties.
+                    report.incomplete = Some(
+                        "file events kept coming after the agent's processes were gone".into(),
+                    );
+                    return report;
+                }
+                _ => {}
             }
         }
+    }
+
+    /// Reads and handles up to [`READS_PER_POLL`] batches of events, so that `stop` is
+    /// looked at even while events keep coming. Returns whether the queue was found empty
+    /// and whether events were lost; None when reading failed (the report says why).
+    fn read_some(&self, report: &mut Report) -> Option<(bool, bool)> {
+        let mut lost = false;
+        for _ in 0..READS_PER_POLL {
+            match self.watch.read() {
+                Ok(events) if events.is_empty() => return Some((true, lost)),
+                Ok(events) => {
+                    for event in &events {
+                        if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
+                            lost = true;
+                        } else {
+                            self.handle(event, &mut report.findings);
+                        }
+                    }
+                }
+                Err(e) => {
+                    report.incomplete = Some(format!("reading file events: {e}"));
+                    return None;
+                }
+            }
+        }
+        Some((false, lost))
     }
 
     fn handle(&self, event: &Event, findings: &mut Findings) {
