@@ -102,11 +102,20 @@ impl Sandbox {
         name.hash(&mut hasher);
         std::process::id().hash(&mut hasher);
         let uid_base = 1_800_000_000 + (hasher.finish() % 90_000) as u32 * RANGE;
-        fs::create_dir_all(SANDBOX_ROOT).unwrap();
-        fs::set_permissions(SANDBOX_ROOT, fs::Permissions::from_mode(0o755)).unwrap();
         let dir = Path::new(SANDBOX_ROOT).join(format!("{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir).unwrap();
+        // A sandbox of another test, dropped meanwhile, removes the root when it is empty:
+        // possibly between making the root and making this directory in it. Once this
+        // directory exists the root is not empty and stays.
+        for attempt in 0.. {
+            fs::create_dir_all(SANDBOX_ROOT).unwrap();
+            match fs::create_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 100 => {}
+                Err(e) => panic!("{}: {e}", dir.display()),
+            }
+        }
+        fs::set_permissions(SANDBOX_ROOT, fs::Permissions::from_mode(0o755)).unwrap();
         let sandbox = Sandbox {
             bin: dir.join("bin/agentuser"),
             dir,
