@@ -393,6 +393,7 @@ fn serve(
             result => result?,
         };
         let asked = fds[1].revents().is_some_and(|r| !r.is_empty());
+        // Not emptied: the poll above returns at once and reading goes on after the checks.
         drain(watch, by_handle, followed)?;
         if roots_changed(roots, followed) == Roots::HomeGone {
             return Ok(());
@@ -404,8 +405,11 @@ fn serve(
         if getsockopt(&stream, PeerCredentials).map(|c| c.uid()) != Ok(0) {
             continue;
         }
-        // Everything a change made before the peer connected has been queued by then.
-        drain(watch, by_handle, followed)?;
+        // Everything a change made before the peer connected has been queued by then; if
+        // the queue does not empty, the report cannot vouch for anything.
+        if !drain(watch, by_handle, followed)? {
+            followed.iter_mut().for_each(|f| f.complete = false);
+        }
         if roots_changed(roots, followed) == Roots::HomeGone {
             return Ok(());
         }
@@ -457,17 +461,24 @@ fn roots_changed(
     Roots::Same
 }
 
-/// Reads every queued event: a followed directory is marked changed; a lost event makes
-/// every share incomplete.
+/// Batches of events read before the tracker looks at its socket and roots again.
+const READS_PER_DRAIN: usize = 16;
+
+/// Reads queued events, at most [`READS_PER_DRAIN`] batches: a followed directory is
+/// marked changed; a lost event makes every share incomplete. True when the queue was
+/// found empty.
 fn drain(
     watch: &Watch,
     by_handle: &HashMap<DirHandle, (usize, usize)>,
     followed: &mut [Followed],
-) -> Result<()> {
-    loop {
+) -> Result<bool> {
+    // Bounded, like the planted-repository watcher's: something writing on the file system
+    // at every system call of this process (an audit log there) would otherwise keep the
+    // queue from ever emptying, and the tracker from ever answering or noticing its end.
+    for _ in 0..READS_PER_DRAIN {
         let events = watch.read()?;
         if events.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         for event in events {
             if event.mask.contains(MaskFlags::FAN_Q_OVERFLOW) {
@@ -485,6 +496,7 @@ fn drain(
             }
         }
     }
+    Ok(false)
 }
 
 #[cfg(test)]
