@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -192,17 +192,17 @@ impl Tracking {
                 indexes.push((share.to_path_buf(), file));
             }
         }
-        let listener = match listen(&self.dir) {
-            Ok(listener) if !indexes.is_empty() => listener,
+        let (listener, own) = match listen(&self.dir) {
+            Ok(listening) if !indexes.is_empty() => listening,
             _ => return watching.close(),
         };
-        // Its socket unlinked (the agent deleted, its directory removed), moved or replaced:
-        // nobody can reach this tracker any more. The socket file, not the directory: the
-        // bound socket pins the directory, which then never reports its own deletion.
         let mut watching = watching;
-        let gone =
-            AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
-        watching.home = watching.roots.add_watch(&self.dir.join(SOCKET), gone).ok();
+        watching.home = watch_own_socket(&watching.roots, &self.dir, own);
+        if watching.home.is_none() {
+            // Replaced already, or not watchable: a tracker nobody reaches, or one that
+            // would never learn that nobody does.
+            return watching.close();
+        }
         match crate::sys::spawn::fork() {
             Ok(ForkResult::Child) => {
                 let code = match become_tracker(watching, listener, indexes) {
@@ -278,15 +278,37 @@ fn ask(dir: &Path) -> Result<(UnixStream, Report)> {
 
 /// A listening socket at `dir/tracker.sock`, bound under a name of its own and renamed over
 /// the old one, so a run never finds the place empty while another hands over.
-fn listen(dir: &Path) -> Result<UnixListener> {
+/// Also returns the socket file's inode, which tells it from the socket of a later run.
+fn listen(dir: &Path) -> Result<(UnixListener, u64)> {
     // Named like every temp file of the state directory: one a killed run left behind is
     // removed here (its writer is gone) and reported by doctor meanwhile.
     crate::registry::remove_dead_temps(dir);
     let fresh = dir.join(format!(".{SOCKET}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
     let listener = UnixListener::bind(&fresh).context("binding the tracker's socket")?;
+    let own = std::fs::symlink_metadata(&fresh)
+        .context("the tracker's socket")?
+        .ino();
     std::fs::rename(&fresh, dir.join(SOCKET)).context("placing the tracker's socket")?;
-    Ok(listener)
+    Ok((listener, own))
+}
+
+/// Watches the tracker's socket file for its end: unlinked (the agent deleted, its
+/// directory removed), moved or replaced by the next run's; nobody can reach this tracker
+/// then. The socket file, not the directory: the bound socket pins the directory, which
+/// then never reports its own deletion. None when the file in the place is not `own` (the
+/// inode [`listen`] bound) any more: another run placed its socket between the rename and
+/// the watch, and a watch on that one would keep this tracker alive, unreachable, until
+/// that one went.
+fn watch_own_socket(roots: &Inotify, dir: &Path, own: u64) -> Option<WatchDescriptor> {
+    let place = dir.join(SOCKET);
+    let gone =
+        AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+    let watched = roots.add_watch(&place, gone).ok()?;
+    // Looked at after the watch was made: a socket once replaced never comes back, so if
+    // the place still holds `own`, it held it when the watch resolved the path.
+    let found = std::fs::symlink_metadata(&place).ok()?;
+    (found.ino() == own).then_some(watched)
 }
 
 /// One share as the tracker follows it.
@@ -502,6 +524,21 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tracker_whose_socket_was_replaced_before_its_watch_does_not_start() {
+        let dir = std::env::temp_dir().join(format!("agentuser-track-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let roots = Inotify::init(InotifyFlags::IN_NONBLOCK | InotifyFlags::IN_CLOEXEC).unwrap();
+        let (_first, first) = listen(&dir).unwrap();
+        assert!(watch_own_socket(&roots, &dir, first).is_some());
+        // The next run hands over before this one watched its socket.
+        let (_second, second) = listen(&dir).unwrap();
+        assert_ne!(first, second);
+        assert!(watch_own_socket(&roots, &dir, first).is_none());
+        assert!(watch_own_socket(&roots, &dir, second).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn only_file_systems_changed_through_this_kernel_are_tracked() {
