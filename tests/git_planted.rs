@@ -171,6 +171,85 @@ fn a_plant_is_neutralised_while_the_agent_still_runs() {
     assert!(told.contains(&format!("{PROJ}/src/.git")), "{told}");
 }
 
+/// Live protection does not depend on the terminal: the agent floods its pty while the
+/// caller's terminal (a pty of `script`, whose own output nobody reads until the end) stops
+/// taking output, so the runner blocks writing to it (checked). The watcher, a thread of its
+/// own, goes on. (A watcher served by the runner's loop instead, tried on the way, left
+/// every plant usable for the whole run.)
+#[test]
+fn a_plant_is_neutralised_while_the_callers_terminal_is_stalled() {
+    let sb = Sandbox::new("planted-flood");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let agent_script = format!(
+        // Quiet itself: once a plant is neutralised, the next steps fail, and their errors
+        // would wait for the stalled terminal.
+        "yes flooding-the-terminal-while-planting & flood=$!\nsleep 0.5\n{{\n{}\n}} 2>/dev/null\ntouch {PROJ}/planted\n\
+         while [ ! -e {PROJ}/stop ]; do sleep 0.1; done\nkill $flood\n",
+        attack_script()
+    );
+    let script_path = format!("{PROJ}/flood.sh");
+    sb.sh_as(
+        "alice",
+        &format!("cat > {script_path} <<'EOF'\n{agent_script}EOF"),
+    )
+    .ok();
+    let command = format!("{} exec coder -- /bin/sh {script_path}", sb.bin.display());
+    let run = sb.spawn(sb.command_as(
+        "alice",
+        &["script", "-q", "-e", "-c", &command, "/dev/null"],
+    ));
+    let planted = eventually(|| sb.sh(&format!("test -e {PROJ}/planted")).code == 0);
+    let stalled = eventually(|| runner_below(run.id()).is_some_and(blocked_writing));
+    let left = eventually(|| planted_entries_left(&sb).is_empty());
+    let during = planted_entries_left(&sb);
+    sb.sh_as("alice", &format!("touch {PROJ}/stop")).ok();
+    let out = run.wait_with_output().unwrap();
+    assert!(planted, "the agent never finished planting: {out:?}");
+    assert!(
+        stalled,
+        "the runner never blocked on the terminal: the test proves nothing"
+    );
+    assert!(left, "still usable during the run: {during:?}");
+    assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+}
+
+/// The runner among the descendants of `ancestor`: a process called agentuser whose parent
+/// is not (init, its child, is called agentuser too).
+fn runner_below(ancestor: u32) -> Option<u32> {
+    let field = |pid: u32, name: &str| -> Option<String> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    let parent = |pid: u32| field(pid, "PPid:").and_then(|p| p.parse::<u32>().ok());
+    let below = |mut pid: u32| {
+        for _ in 0..16 {
+            match parent(pid) {
+                Some(p) if p == ancestor => return true,
+                Some(p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            field(pid, "Name:").as_deref() == Some("agentuser")
+                && parent(pid).and_then(|p| field(p, "Name:")).as_deref() != Some("agentuser")
+                && below(pid)
+        })
+}
+
+/// Whether `pid`'s main thread is in write(2) (/proc/PID/syscall: the number first).
+fn blocked_writing(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some("1"))
+}
+
 /// Shares `proj` read-write; a run plants while its runner is stopped (so it sees nothing),
 /// then the runner is killed (so it can sweep nothing either).
 fn plant_while_the_runner_is_stopped_then_kill_it(sb: &Sandbox) {

@@ -345,9 +345,6 @@ fn start<'a>(
         crate::git::init::run(&prepared.git_init);
         launch::exec(&prepared.command)
     })?;
-    if let Some(guard) = guard.as_mut() {
-        guard.watch(started.child);
-    }
     let gate = started.gate.take().context("no gate")?;
     // No lock is held from here on: a run in the background stops at the terminal (sudo).
     crate::sys::signals::default_terminal_stops()?;
@@ -363,6 +360,11 @@ fn start<'a>(
         }
     };
     if let Some(guard) = guard.as_mut() {
+        // The watcher's thread starts after the PAM session opened (loading its modules maps
+        // and protects memory: with a second thread alive, each change would shoot down
+        // another CPU's TLB), and before the gate, so before the agent exists: its group
+        // has queued every event since `Guard::begin`.
+        guard.watch(started.child);
         // Init cannot have left before its gate opens (see planted::Guard::hold_view).
         guard.hold_view(started.child);
     }
@@ -408,11 +410,13 @@ fn tear_down(
         // left to use the network. The policy point dies meanwhile; `finish` reaps it.
         point.kill();
     }
-    let closed = pam.close();
-    // init is gone or going (its namespaces are torn down meanwhile): reap it.
+    // init is gone or going: reap it. Its view is held by the guard's closer, so its exit
+    // does not wait for the view's teardown.
     let _ = waitpid(tree.child, None);
-    // No process of the agent is left: its last events are queued.
+    // No process of the agent is left: its last events are queued. Before the PAM session
+    // closes (unloading its modules), so that the watcher's thread is gone by then.
     drop(guard);
+    let closed = pam.close();
     // After the terminal is restored: what the policy point refused.
     for line in prepared.point.map(|p| p.finish(ctx)).unwrap_or_default() {
         eprintln!("{line}");
