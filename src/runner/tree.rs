@@ -334,9 +334,26 @@ fn supervise_as_init(agent: Pid, set: &SigSet, keep: &OwnedFd, report_stops: boo
     let code = wait_for_agent(agent, &sfd, status)?;
     // Everything the command left behind dies now (kill(-1) from pid 1 reaches every
     // other process of the namespace), and is reaped.
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    if has_children() {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    }
     while waitpid(None, None).is_ok() {}
     Ok(code)
+}
+
+/// Whether init has a child, alive or not yet reaped. Every process of the namespace
+/// descends from init, and an orphan becomes init's child (or a subreaper's, itself a
+/// descendant), so with no child nothing else is left in the namespace. kill(-1) looks at
+/// every process of the host, which 50 runs at once made a cost of each of them.
+fn has_children() -> bool {
+    use nix::sys::wait::{Id, waitid};
+    let flags = WaitPidFlag::WEXITED
+        | WaitPidFlag::WSTOPPED
+        | WaitPidFlag::WCONTINUED
+        | WaitPidFlag::WNOHANG
+        | WaitPidFlag::WNOWAIT;
+    // ECHILD: none. Anything else, including an error, is treated as a child.
+    waitid(Id::All, flags) != Err(nix::errno::Errno::ECHILD)
 }
 
 fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Result<u8> {
