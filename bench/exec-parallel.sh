@@ -10,7 +10,11 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bench_setup
 out=bench/results/exec-parallel.md
-runs=${RUNS:-10}
+# Rounds of a few runs of each command, in turn, pooled (bench/lib.sh pool): the machine's
+# speed drifts over minutes, and one command's runs all in a row would take the drift alone.
+rounds=${ROUNDS:-5}
+per_round=${PER_ROUND:-2}
+runs=$((rounds * per_round))
 batch() { echo "bash -c 'seq 200 | xargs -P50 -I{} $1 >/dev/null 2>&1'"; }
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
@@ -25,11 +29,14 @@ export SUDO_UID=\$(id -u benchowner)
 \$BIN share par /home/benchowner/work --rw >/dev/null 2>&1
 unset SUDO_UID
 run() {
-  hyperfine -N --style basic --warmup 1 --runs $runs --export-json \$1.json --export-markdown \$1.md \
-    -n runuser \"$(batch 'runuser -u agent-par -- /bin/true')\" \
-    -n 'agentuser --network none' \"$(batch '$BIN exec par --network none -- /bin/true')\" \
-    -n 'agentuser --network host' \"$(batch '$BIN exec par --network host -- /bin/true')\" \
-    -n 'agentuser --network allowlist' \"$(batch '$BIN exec par --network allowlist -- /bin/true')\" </dev/null
+  for round in \$(seq $rounds); do
+    warmup=0; [ \$round = 1 ] && warmup=1
+    hyperfine -N --style basic --warmup \$warmup --runs $per_round --export-json \$1.\$round.json \
+      -n runuser \"$(batch 'runuser -u agent-par -- /bin/true')\" \
+      -n 'agentuser --network none' \"$(batch '$BIN exec par --network none -- /bin/true')\" \
+      -n 'agentuser --network host' \"$(batch '$BIN exec par --network host -- /bin/true')\" \
+      -n 'agentuser --network allowlist' \"$(batch '$BIN exec par --network allowlist -- /bin/true')\" </dev/null
+  done
 }
 cd $BENCH_DIR
 run quiet
@@ -40,9 +47,10 @@ kill \$loop; wait \$loop 2>/dev/null || true
 "
 # section NAME TITLE: the table of batch NAME and each network mode's ratio to runuser.
 section() {
+    pool "$BENCH_DIR/$1.json" "$BENCH_DIR/$1".*.json
     echo "## $2"
     echo
-    cat "$BENCH_DIR/$1.md"
+    table "$BENCH_DIR/$1.json" ms
     echo
     for n in none host allowlist; do
         echo "- agentuser --network $n / runuser: **$(ratio "$BENCH_DIR/$1.json" "agentuser --network $n" runuser)x**" \
@@ -55,6 +63,7 @@ section() {
     echo "# exec, 50 in parallel, vs runuser"
     echo
     echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; hyperfine, $runs runs of each batch of 200"
+    echo "($rounds rounds of $per_round runs of each, in turn, pooled),"
     echo "commands run 50 at a time (xargs -P50); the agent has one empty read-write share."
     echo
     section quiet "Quiet"

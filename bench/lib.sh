@@ -124,3 +124,47 @@ kill_in_namespaces() {
     done
     return 0
 }
+
+# pool OUT IN...: one hyperfine JSON from several (rounds of the same commands): each
+# command's times put together, mean, median, deviation, min and max recomputed, CPU time
+# (user, system) weighted by runs. Rounds that alternate the commands keep a drift of the
+# machine's speed (other tenants of the host) from landing on one command only.
+pool() {
+    python3 - "$@" <<'PY'
+import json, statistics, sys
+out, inputs = sys.argv[1], sys.argv[2:]
+pooled = {}
+for path in inputs:
+    for r in json.load(open(path))["results"]:
+        p = pooled.setdefault(r["command"], {"command": r["command"], "times": [], "cpu": []})
+        p["times"] += r["times"]
+        p["cpu"] += [(r["user"], r["system"])] * len(r["times"])
+results = []
+for p in pooled.values():
+    t = p["times"]
+    results.append({
+        "command": p["command"], "times": t, "mean": statistics.mean(t),
+        "stddev": statistics.stdev(t) if len(t) > 1 else 0.0,
+        "median": statistics.median(t), "min": min(t), "max": max(t),
+        "user": statistics.mean(u for u, _ in p["cpu"]),
+        "system": statistics.mean(s for _, s in p["cpu"]),
+    })
+json.dump({"results": results}, open(out, "w"))
+PY
+}
+
+# table JSON UNIT: a markdown table of a (pooled) hyperfine JSON like hyperfine's own, times
+# in UNIT (ms or s), relative to the fastest mean.
+table() {
+    python3 - "$@" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+scale = {"ms": 1000, "s": 1}[sys.argv[2]]
+fastest = min(r["mean"] for r in results)
+print(f"| Command | Mean [{sys.argv[2]}] | Min [{sys.argv[2]}] | Max [{sys.argv[2]}] | Relative |")
+print("|:---|---:|---:|---:|---:|")
+for r in results:
+    f = lambda v: f"{v * scale:.1f}"
+    print(f"| `{r['command']}` | {f(r['mean'])} ± {f(r['stddev'])} | {f(r['min'])} | {f(r['max'])} | {r['mean'] / fastest:.2f} |")
+PY
+}
