@@ -410,13 +410,21 @@ fn tear_down(
         // left to use the network. The policy point dies meanwhile; `finish` reaps it.
         point.kill();
     }
-    // init is gone or going: reap it. Its view is held by the guard's closer, so its exit
-    // does not wait for the view's teardown.
-    let _ = waitpid(tree.child, None);
-    // No process of the agent is left: its last events are queued. Before the PAM session
-    // closes (unloading its modules), so that the watcher's thread is gone by then.
-    drop(guard);
-    let closed = pam.close();
+    // init is gone or going: reap it. Then no process of the agent is left, and its last
+    // events are queued for the guard.
+    let closed = if guard.is_some() {
+        // The watcher's thread must be gone before the session closes (unloading its
+        // modules). Init's exit does not wait for the view's teardown: the guard holds
+        // the view (`Guard::hold_view`).
+        let _ = waitpid(tree.child, None);
+        drop(guard);
+        pam.close()
+    } else {
+        // Closing the session first overlaps init's exit, which tears its namespaces down.
+        let closed = pam.close();
+        let _ = waitpid(tree.child, None);
+        closed
+    };
     // After the terminal is restored: what the policy point refused.
     for line in prepared.point.map(|p| p.finish(ctx)).unwrap_or_default() {
         eprintln!("{line}");
