@@ -246,8 +246,9 @@ fn runner_below(ancestor: u32) -> Option<u32> {
 
 /// Whether `pid`'s main thread is in write(2) (/proc/PID/syscall: the number first).
 fn blocked_writing(pid: u32) -> bool {
+    let write = libc::SYS_write.to_string();
     std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .is_ok_and(|s| s.split_whitespace().next() == Some("1"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some(write.as_str()))
 }
 
 /// Shares `proj` read-write; a run plants while its runner is stopped (so it sees nothing),
