@@ -10,12 +10,23 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bench_setup
 out=bench/results/exec-parallel.md
-# Rounds of a few runs of each command, in turn, pooled (bench/lib.sh pool): the machine's
-# speed drifts over minutes, and one command's runs all in a row would take the drift alone.
+# Rounds of a few runs of each command, each round in an order of its own, pooled
+# (bench/lib.sh rounds_script, pool): the machine's speed drifts over minutes, and one
+# command's runs all in a row would take the drift alone.
 rounds=${ROUNDS:-5}
 per_round=${PER_ROUND:-2}
 runs=$((rounds * per_round))
 batch() { echo "bash -c 'seq 200 | xargs -P50 -I{} $1 >/dev/null 2>&1'"; }
+for phase in quiet busy; do
+    # One warm-up batch of each command per round: a round's first batch would otherwise
+    # pay for the caches the previous command left cold.
+    rounds_script "$BENCH_DIR/$phase" "$rounds" "$per_round" 1 \
+        runuser "$(batch 'runuser -u agent-par -- /bin/true')" \
+        'agentuser --network none' "$(batch "$BIN exec par --network none -- /bin/true")" \
+        'agentuser --network host' "$(batch "$BIN exec par --network host -- /bin/true")" \
+        'agentuser --network allowlist' "$(batch "$BIN exec par --network allowlist -- /bin/true")" \
+        >"$BENCH_DIR/$phase.sh"
+done
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
 getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
@@ -28,21 +39,11 @@ export SUDO_UID=\$(id -u benchowner)
 \$BIN create other --owner benchowner >/dev/null
 \$BIN share par /home/benchowner/work --rw >/dev/null 2>&1
 unset SUDO_UID
-run() {
-  for round in \$(seq $rounds); do
-    warmup=0; [ \$round = 1 ] && warmup=1
-    hyperfine -N --style basic --warmup \$warmup --runs $per_round --export-json \$1.\$round.json \
-      -n runuser \"$(batch 'runuser -u agent-par -- /bin/true')\" \
-      -n 'agentuser --network none' \"$(batch '$BIN exec par --network none -- /bin/true')\" \
-      -n 'agentuser --network host' \"$(batch '$BIN exec par --network host -- /bin/true')\" \
-      -n 'agentuser --network allowlist' \"$(batch '$BIN exec par --network allowlist -- /bin/true')\" </dev/null
-  done
-}
 cd $BENCH_DIR
-run quiet
+bash $BENCH_DIR/quiet.sh
 ( export SUDO_UID=\$(id -u benchowner); while :; do \$BIN share other /home/benchowner/busy --rw; \$BIN unshare other /home/benchowner/busy; done >/dev/null 2>&1 ) &
 loop=\$!
-run busy
+bash $BENCH_DIR/busy.sh
 kill \$loop; wait \$loop 2>/dev/null || true
 "
 # section NAME TITLE: the table of batch NAME and each network mode's ratio to runuser.
@@ -63,7 +64,7 @@ section() {
     echo "# exec, 50 in parallel, vs runuser"
     echo
     echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $(cut -d" " -f1-3 /proc/loadavg) at the end; hyperfine, $runs runs of each batch of 200"
-    echo "($rounds rounds of $per_round runs of each, in turn, pooled),"
+    echo "($rounds rounds of $per_round runs of each, after one warm-up, each round in its own order, pooled),"
     echo "commands run 50 at a time (xargs -P50); the agent has one empty read-write share."
     echo
     section quiet "Quiet"

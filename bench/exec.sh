@@ -8,32 +8,32 @@ set -euo pipefail
 bench_setup
 out=bench/results/exec.md
 json=$BENCH_DIR/exec.json
-# Rounds of 30 runs of each command, in turn, pooled (bench/lib.sh pool): the machine's speed
-# drifts over minutes, and 300 runs of one command in a row would take the drift alone.
+# Rounds of 30 runs of each command, in an order of their own, pooled (bench/lib.sh
+# rounds_script, pool): the machine's speed drifts over minutes, and 300 runs of one command
+# in a row would take the drift alone.
 rounds=${ROUNDS:-10}
 per_round=${PER_ROUND:-30}
 runs=$((rounds * per_round))
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+rounds_script "$BENCH_DIR/exec" "$rounds" "$per_round" 5 \
+    setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \
+    runuser 'runuser -u agent-bench -- /bin/true' \
+    agentuser "$BIN exec bench --network host -- /bin/true" \
+    'agentuser --network none' "$BIN exec bench --network none -- /bin/true" \
+    'agentuser --network allowlist' "$BIN exec bench --network allowlist -- /bin/true" \
+    sudo 'sudo -u agent-bench /bin/true' >"$BENCH_DIR/rounds.sh"
 in_sandbox "
 getent passwd agentuser-net >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-net
 getent passwd agentuser-track >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin agentuser-track
 $BIN create bench >/dev/null
-for round in \$(seq $rounds); do
-hyperfine -N --style basic --warmup 5 --runs $per_round --export-json $BENCH_DIR/exec.\$round.json \
-  -n setpriv 'setpriv --reuid agent-bench --regid agent-bench --init-groups /bin/true' \
-  -n runuser 'runuser -u agent-bench -- /bin/true' \
-  -n agentuser '$BIN exec bench --network host -- /bin/true' \
-  -n 'agentuser --network none' '$BIN exec bench --network none -- /bin/true' \
-  -n 'agentuser --network allowlist' '$BIN exec bench --network allowlist -- /bin/true' \
-  -n sudo 'sudo -u agent-bench /bin/true' </dev/null
-done
+bash $BENCH_DIR/rounds.sh
 "
 pool "$json" "$BENCH_DIR"/exec.*.json
 {
     echo "# exec vs runuser, sudo and setpriv"
     echo
     echo "$(date -u +%F), $(nproc) cores, $(uname -r), load average $load_before before and"
-    echo "$(cut -d' ' -f1-3 /proc/loadavg) after; $runs runs of each with hyperfine ($rounds rounds of $per_round, in turn, pooled),"
+    echo "$(cut -d' ' -f1-3 /proc/loadavg) after; $runs runs of each with hyperfine ($rounds rounds of $per_round, each round in its own order, pooled),"
     echo "stdio not a terminal, as root. agentuser opens a PAM session (service agentuser), builds"
     echo "the mount/pid/IPC namespaces and the view, drops privileges and waits for the namespace"
     echo "to be torn down; runuser and sudo open PAM sessions; setpriv is the bare uid switch."

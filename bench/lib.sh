@@ -154,11 +154,11 @@ PY
 }
 
 # table JSON UNIT: a markdown table of a (pooled) hyperfine JSON like hyperfine's own, times
-# in UNIT (ms or s), relative to the fastest mean.
+# in UNIT (ms or s), fastest first, relative to the fastest mean.
 table() {
     python3 - "$@" <<'PY'
 import json, sys
-results = json.load(open(sys.argv[1]))["results"]
+results = sorted(json.load(open(sys.argv[1]))["results"], key=lambda r: r["mean"])
 scale = {"ms": 1000, "s": 1}[sys.argv[2]]
 fastest = min(r["mean"] for r in results)
 print(f"| Command | Mean [{sys.argv[2]}] | Min [{sys.argv[2]}] | Max [{sys.argv[2]}] | Relative |")
@@ -167,4 +167,28 @@ for r in results:
     f = lambda v: f"{v * scale:.1f}"
     print(f"| `{r['command']}` | {f(r['mean'])} ± {f(r['stddev'])} | {f(r['min'])} | {f(r['max'])} | {r['mean'] / fastest:.2f} |")
 PY
+}
+
+# rounds_script PREFIX ROUNDS PER_ROUND WARMUP NAME COMMAND [NAME COMMAND]...: prints a bash
+# script that runs ROUNDS rounds, each running every command PER_ROUND times (after WARMUP
+# runs) in an order of its own (shuf), exporting PREFIX.ROUND.I.json for `pool`. The order
+# changes from round to round because the command that runs first in a row pays for caches
+# the others left cold.
+rounds_script() {
+    local prefix=$1 rounds=$2 per=$3 warmup=$4
+    shift 4
+    echo "set -e"
+    echo "names=(); commands=()"
+    while [ $# -gt 0 ]; do
+        printf 'names+=(%q); commands+=(%q)\n' "$1" "$2"
+        shift 2
+    done
+    cat <<SCRIPT
+for round in \$(seq $rounds); do
+    for i in \$(shuf -i 0-\$((\${#names[@]} - 1))); do
+        hyperfine -N --style none --warmup $warmup --runs $per --export-json $prefix.\$round.\$i.json \\
+            -n "\${names[\$i]}" "\${commands[\$i]}" </dev/null >/dev/null
+    done
+done
+SCRIPT
 }
