@@ -173,9 +173,10 @@ fn a_plant_is_neutralised_while_the_agent_still_runs() {
 
 /// Live protection does not depend on the terminal: the agent floods its pty while the
 /// caller's terminal (a pty of `script`, whose own output nobody reads until the end) stops
-/// taking output, so the runner blocks writing to it (checked). The watcher, a thread of its
-/// own, goes on. (A watcher served by the runner's loop instead, tried on the way, left
-/// every plant usable for the whole run.)
+/// taking output, so the runner blocks writing to it. The agent plants only once the runner
+/// is seen blocked, and the runner is still blocked when the plants are found neutralised.
+/// The watcher, a thread of its own, goes on. (A watcher served by the runner's loop
+/// instead, tried on the way, left every plant usable for the whole run.)
 #[test]
 fn a_plant_is_neutralised_while_the_callers_terminal_is_stalled() {
     let sb = Sandbox::new("planted-flood");
@@ -184,7 +185,8 @@ fn a_plant_is_neutralised_while_the_callers_terminal_is_stalled() {
     let agent_script = format!(
         // Quiet itself: once a plant is neutralised, the next steps fail, and their errors
         // would wait for the stalled terminal.
-        "yes flooding-the-terminal-while-planting & flood=$!\nsleep 0.5\n{{\n{}\n}} 2>/dev/null\ntouch {PROJ}/planted\n\
+        "yes flooding-the-terminal-while-planting & flood=$!\n\
+         while [ ! -e {PROJ}/go ]; do sleep 0.05; done\n{{\n{}\n}} 2>/dev/null\ntouch {PROJ}/planted\n\
          while [ ! -e {PROJ}/stop ]; do sleep 0.1; done\nkill $flood\n",
         attack_script()
     );
@@ -199,16 +201,26 @@ fn a_plant_is_neutralised_while_the_callers_terminal_is_stalled() {
         "alice",
         &["script", "-q", "-e", "-c", &command, "/dev/null"],
     ));
+    let runner = {
+        let pid = run.id();
+        move || runner_below(pid).is_some_and(blocked_writing)
+    };
+    let stalled = eventually(&runner);
+    sb.sh_as("alice", &format!("touch {PROJ}/go")).ok();
     let planted = eventually(|| sb.sh(&format!("test -e {PROJ}/planted")).code == 0);
-    let stalled = eventually(|| runner_below(run.id()).is_some_and(blocked_writing));
     let left = eventually(|| planted_entries_left(&sb).is_empty());
     let during = planted_entries_left(&sb);
+    let still_stalled = runner();
     sb.sh_as("alice", &format!("touch {PROJ}/stop")).ok();
     let out = run.wait_with_output().unwrap();
     assert!(planted, "the agent never finished planting: {out:?}");
     assert!(
         stalled,
         "the runner never blocked on the terminal: the test proves nothing"
+    );
+    assert!(
+        still_stalled,
+        "the runner went on before the plants were neutralised: the test proves nothing"
     );
     assert!(left, "still usable during the run: {during:?}");
     assert_eq!(owner_git_runs(&sb), Vec::<String>::new());

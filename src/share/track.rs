@@ -302,8 +302,11 @@ fn listen(dir: &Path) -> Result<(UnixListener, u64)> {
 /// that one went.
 fn watch_own_socket(roots: &Inotify, dir: &Path, own: u64) -> Option<WatchDescriptor> {
     let place = dir.join(SOCKET);
-    let gone =
-        AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+    // Not followed: the place is root's alone, but a symlink there would move the watch.
+    let gone = AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_DONT_FOLLOW;
     let watched = roots.add_watch(&place, gone).ok()?;
     // Looked at after the watch was made: a socket once replaced never comes back, so if
     // the place still holds `own`, it held it when the watch resolved the path.
