@@ -626,9 +626,10 @@ values); a refused run is logged with the reason.
 Terminal: when any standard stream is a terminal, the command gets a pseudo-terminal of its \
 own, owned by the agent, and agentuser relays it (your terminal is in raw mode meanwhile and \
 restored afterwards; window-size changes follow; Ctrl-C and Ctrl-Z go to the agent's \
-foreground job). When the command stops (Ctrl-Z), agentuser restores your terminal and stops \
-with it, so your shell shows the job stopped; fg resumes it in raw mode and sends it SIGWINCH \
-to redraw. The agent never holds a descriptor of your terminal, so it cannot push \
+foreground job). When the command stops (Ctrl-Z), agentuser stops every process of the agent \
+(its background ones too), restores your terminal and stops with it, so your shell shows the \
+job stopped; fg continues them, in raw mode, with a SIGWINCH to redraw. A run in the \
+background that reads your terminal stops the same way. The agent never holds a descriptor of your terminal, so it cannot push \
 input into your shell (TIOCSTI). Its output passes a filter that drops the control sequences \
 a terminal answers with text the agent chose (title and icon reports CSI 20/21 t, DECRQSS, \
 OSC 50 font queries, unchecked XTGETTCAP), or that act outside the screen (OSC 52 clipboard, \

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Sandbox, eventually};
+use common::{Sandbox, eventually, on_a_terminal_in};
 
 const PROJ: &str = "/home/alice/proj";
 
@@ -224,6 +224,122 @@ fn a_plant_is_neutralised_while_the_callers_terminal_is_stalled() {
     );
     assert!(left, "still usable during the run: {during:?}");
     assert_eq!(owner_git_runs(&sb), Vec::<String>::new());
+}
+
+/// The agent's script for the stop tests: a planter in the background that waits for `go`,
+/// then the command announces itself and (with `stop`) stops itself, as a TUI suspending
+/// does. Written into the share by the owner; returns its path.
+fn stopping_script(sb: &Sandbox, stop: &str) -> String {
+    let script = format!(
+        "( while [ ! -e {PROJ}/go ]; do sleep 0.05; done
+{{
+{}
+}} 2>/dev/null
+         touch {PROJ}/planted ) &
+echo started-$((1+1))
+{stop}
+wait
+",
+        attack_script()
+    );
+    let path = format!("{PROJ}/stopping.sh");
+    sb.sh_as("alice", &format!("cat > {path} <<'EOF'\n{script}EOF"))
+        .ok();
+    path
+}
+
+/// What the owner types while the run is stopped: `go` for the planter, a wait for its
+/// work to show (at most 3 s: with the agent stopped, it never does), then git in every
+/// planted place.
+fn while_stopped() -> String {
+    format!(
+        "touch {PROJ}/go; for i in $(seq 30); do test -e {PROJ}/planted && break; sleep 0.1; \
+         done; test -e {PROJ}/planted && echo PLANTED-during-$((2+2)); \
+         (cd {PROJ}/src && git status; cd {PROJ}/lib && git status; cd {PROJ}/app && git status; \
+         cd {PROJ}/data && git -c safe.bareRepository=all fetch origin) >/dev/null 2>&1; \
+         ls /home/alice | sed -n 's/^PWN/ran-PWN/p'; echo w-$((1+3))\n"
+    )
+}
+
+/// Asserts that nothing the agent did ran while its run was stopped, and that the planter
+/// did work once continued (else the test proves nothing).
+fn assert_nothing_ran_while_stopped(sb: &Sandbox, transcript: &str) {
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    let during = steps.iter().find(|s| s.contains("w-4")).unwrap();
+    assert!(!during.contains("PLANTED-during-4"), "{transcript}");
+    assert!(!during.contains("ran-PWNED"), "{transcript}");
+    assert!(
+        sb.sh(&format!("test -e {PROJ}/planted")).code == 0,
+        "the planter never ran, even after fg: the test proves nothing\n{transcript}"
+    );
+    assert_eq!(planted_entries_left(sb), Vec::<String>::new());
+    assert_eq!(owner_git_runs(sb), Vec::<String>::new());
+}
+
+/// The owner's interactive bash on a terminal of its own.
+const ALICE_BASH: [&str; 9] = [
+    "/usr/bin/setpriv",
+    "setpriv",
+    "--reuid=alice",
+    "--regid=alice",
+    "--init-groups",
+    "/bin/bash",
+    "--norc",
+    "--noprofile",
+    "-i",
+];
+
+#[test]
+fn nothing_of_the_agent_runs_while_its_command_is_stopped() {
+    let sb = Sandbox::new("planted-ctrlz");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = stopping_script(&sb, "kill -STOP $$");
+    let bin = sb.bin.display();
+    let transcript = on_a_terminal_in(
+        &sb,
+        &ALICE_BASH,
+        &[
+            (
+                &format!("{bin} exec coder -- /bin/sh {script}\n"),
+                "Stopped",
+            ),
+            (&while_stopped(), "w-4"),
+            ("fg; echo rc-$?-$((2+3))\n", "rc-0-5"),
+        ],
+    );
+    assert_nothing_ran_while_stopped(&sb, &transcript);
+}
+
+#[test]
+fn nothing_of_the_agent_runs_while_its_run_is_stopped_in_the_background() {
+    let sb = Sandbox::new("planted-bg");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = stopping_script(&sb, "");
+    let bin = sb.bin.display();
+    let transcript = on_a_terminal_in(
+        &sb,
+        &ALICE_BASH,
+        &[
+            (
+                &format!("{bin} exec coder -- /bin/sh {script} &\n"),
+                "started-2",
+            ),
+            // Typed while the shell runs `sleep` and reads nothing: the run, a job in the
+            // background, reads the terminal and stops.
+            ("sleep 3; jobs; echo j-$((1+2))\n", ""),
+            ("\n", "j-3"),
+            (&while_stopped(), "w-4"),
+            ("fg; echo rc-$?-$((2+3))\n", "rc-0-5"),
+        ],
+    );
+    let steps: Vec<&str> = transcript.split("<<mark>>").collect();
+    assert!(
+        steps[3].contains("Stopped"),
+        "the run did not stop at the terminal: {transcript}"
+    );
+    assert_nothing_ran_while_stopped(&sb, &transcript);
 }
 
 /// The runner among the descendants of `ancestor`: a process called agentuser whose parent

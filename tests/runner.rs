@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Background, Out, Sandbox, eventually};
+use common::{Background, Out, Sandbox, eventually, on_a_terminal_in};
 
 fn exec(sb: &Sandbox, agent: &str, script: &str) -> Out {
     sb.root(&["exec", agent, "--", "/bin/sh", "-c", script])
@@ -51,75 +51,6 @@ fn runs_as_the_agent_with_exit_codes() {
 /// resizes the terminal; `wait-job` waits until the shell gave the terminal to a job.
 fn on_a_terminal(sb: &Sandbox, steps: &[(&str, &str)]) -> String {
     on_a_terminal_in(sb, &["/bin/sh", "sh", "-i"], steps)
-}
-
-/// Like [`on_a_terminal`], with `shell` (program, then argv) as the interactive shell.
-fn on_a_terminal_in(sb: &Sandbox, shell: &[&str], steps: &[(&str, &str)]) -> String {
-    const DRIVER: &str = r#"
-import json, os, pty, select, signal, sys, time
-signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
-steps = json.loads(sys.argv[1])
-pid, fd = pty.fork()
-if pid == 0:
-    os.environ['PS1'] = '$ '
-    shell = json.loads(sys.argv[2])
-    os.execv(shell[0], shell[1:])
-out = b''
-def pump(until, timeout):
-    global out
-    end = time.time() + timeout
-    while time.time() < end:
-        r, _, _ = select.select([fd], [], [], 0.1)
-        if r:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                return False
-            if not data:
-                return False
-            out += data
-            if until and until.encode() in out.split(b'<<mark>>')[-1]:
-                return True
-    return until == ''
-for send, expect in steps:
-    out += b'<<mark>>'
-    if send == 'wait-job':
-        # Until the shell has given the terminal to a job (not a timed wait: bounded).
-        for _ in range(200):
-            if os.tcgetpgrp(fd) != pid:
-                break
-            time.sleep(0.1)
-        continue
-    if send.startswith('winsize:'):
-        import fcntl, struct, termios
-        rows, cols = map(int, send.split(':')[1:])
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
-    else:
-        os.write(fd, send.encode())
-    if not pump(expect, 20 if expect else 0.7):
-        sys.stdout.write(out.decode(errors='replace'))
-        sys.exit('timed out waiting for %r' % expect)
-os.write(fd, b'exit\n')
-pump('', 5)
-# Never hang the test run: a shell that did not exit is killed.
-for _ in range(50):
-    if os.waitpid(pid, os.WNOHANG)[0]:
-        break
-    time.sleep(0.1)
-else:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors='replace'))
-"#;
-    let steps: Vec<(String, String)> = steps
-        .iter()
-        .map(|(s, e)| (s.to_string(), e.to_string()))
-        .collect();
-    let json = serde_json::to_string(&steps).unwrap();
-    let shell = serde_json::to_string(shell).unwrap();
-    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json, &shell]));
-    assert_eq!(out.code, 0, "pty driver failed: {out:#?}");
-    out.stdout
 }
 
 /// Writes a file readable by everyone into the sandbox's work directory (visible in the

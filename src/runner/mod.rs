@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod environment;
+mod freeze;
 mod jobctl;
 mod launch;
 mod missing;
@@ -161,8 +162,11 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
         &running.tree,
         &sfd,
         relay.as_mut(),
-        ttys,
-        running.raw.as_ref(),
+        Terminal {
+            ttys,
+            raw: running.raw.as_ref(),
+        },
+        running.guard.as_ref(),
     );
     tear_down(ctx, prepared, running, start, status)
 }
@@ -346,8 +350,6 @@ fn start<'a>(
         launch::exec(&prepared.command)
     })?;
     let gate = started.gate.take().context("no gate")?;
-    // No lock is held from here on: a run in the background stops at the terminal (sudo).
-    crate::sys::signals::default_terminal_stops()?;
     let opened = pam::PamSession::open(&record.user, &ctx.caller.name, tty_name)
         .and_then(|pam| Ok((pam, pty::RawMode::enter(ttys)?)));
     let (pam, raw) = match opened {
@@ -448,19 +450,27 @@ fn report_failure(failure: &tree::Failure, not_found_hint: Option<&str>) {
     }
 }
 
+/// The caller's terminal: which of stdin, stdout and stderr are one, and its raw mode.
+struct Terminal<'a> {
+    ttys: [bool; 3],
+    raw: Option<&'a pty::RawMode>,
+}
+
 /// Relays the terminal and passes signals on until init reports the command's status
 /// (the namespace is empty by then) or dies. When the command stops, the runner stops too
-/// ([`jobctl`]).
+/// ([`jobctl`]), once every process of the agent is stopped and the watcher has handled
+/// what they did (`freeze`); so does a run in the background that reads the terminal.
 fn supervise(
     started: &tree::Started,
     sfd: &SignalFd,
     mut relay: Option<&mut pty::Relay>,
-    ttys: [bool; 3],
-    raw: Option<&pty::RawMode>,
+    terminal: Terminal,
+    guard: Option<&planted::Guard>,
 ) -> Result<u8> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let child = started.child;
-    let mut jobs = jobctl::JobControl::new(child, raw, ttys);
+    let ttys = terminal.ttys;
+    let mut jobs = jobctl::JobControl::new(child, terminal.raw, ttys);
     loop {
         let [signal_ready, status_ready] = match relay.as_deref_mut() {
             Some(relay) => relay.step([sfd.as_fd(), started.status.as_fd()])?,
@@ -474,9 +484,27 @@ fn supervise(
                 [ready(&fds[0]), ready(&fds[1])]
             }
         };
+        if relay
+            .as_deref_mut()
+            .is_some_and(|relay| relay.stop_request())
+        {
+            // Init stops the agent's processes, then reports the stop like the command's.
+            let _ = kill(child, Signal::SIGTTIN);
+        }
         if status_ready {
             match read_report(started)? {
-                tree::Report::Stopped(sig) => jobs.agent_stopped(sig, relay.as_deref()),
+                tree::Report::Stopped(sig, all) => {
+                    if !all {
+                        eprintln!("agentuser: warning: a process of the agent did not stop");
+                    }
+                    if let Some(guard) = guard {
+                        guard.settle();
+                    }
+                    jobs.agent_stopped(sig, relay.as_deref());
+                    if let Some(relay) = relay.as_deref_mut() {
+                        relay.resume_input();
+                    }
+                }
                 tree::Report::Exited(code) => {
                     if let Some(relay) = relay.as_deref_mut() {
                         relay.drain()?;
@@ -485,24 +513,40 @@ fn supervise(
                 }
             }
         }
-        if !signal_ready {
-            continue;
+        if signal_ready {
+            handle_signals(sfd, child, &mut jobs, relay.as_deref_mut(), ttys);
         }
-        while let Ok(Some(info)) = sfd.read_signal() {
-            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                continue;
-            };
-            match sig {
-                Signal::SIGCHLD => {}
-                Signal::SIGCONT => jobs.resume(relay.as_deref()),
-                Signal::SIGWINCH => {
-                    if let Some(relay) = relay.as_deref() {
-                        pty::forward_window_size(ttys, relay.master.as_fd());
-                    }
+    }
+}
+
+/// The runner's signals: SIGCONT continues the run, SIGWINCH passes the window size on, the
+/// others go to the agent's command.
+fn handle_signals(
+    sfd: &SignalFd,
+    child: nix::unistd::Pid,
+    jobs: &mut jobctl::JobControl,
+    mut relay: Option<&mut pty::Relay>,
+    ttys: [bool; 3],
+) {
+    while let Ok(Some(info)) = sfd.read_signal() {
+        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+            continue;
+        };
+        match sig {
+            Signal::SIGCHLD => {}
+            Signal::SIGCONT => {
+                jobs.resume(relay.as_deref());
+                if let Some(relay) = relay.as_deref_mut() {
+                    relay.resume_input();
                 }
-                other => {
-                    let _ = kill(child, other);
+            }
+            Signal::SIGWINCH => {
+                if let Some(relay) = relay.as_deref() {
+                    pty::forward_window_size(ttys, relay.master.as_fd());
                 }
+            }
+            other => {
+                let _ = kill(child, other);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! [`super::term_filter`] on its way to the caller's terminal (row 2).
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use anyhow::{Context, Result};
@@ -78,15 +79,20 @@ pub fn open(ttys: [bool; 3], uid: u32) -> Result<Pty> {
     })
 }
 
-/// The caller's terminal in raw mode; restored when dropped (every return path of the
-/// runner, error or not; signals are handled by the relay loop, never fatal).
+/// The caller's terminal in raw mode while the run is its foreground job; restored when
+/// dropped (every return path of the runner, error or not; signals are handled by the relay
+/// loop, never fatal). A job in the background never changes the settings of the shell's
+/// terminal (the runner ignores SIGTTOU, so the kernel would not stop it for trying).
 pub struct RawMode {
     saved: Termios,
     raw: Termios,
+    /// Whether the terminal is in `raw` by this run's doing.
+    applied: Cell<bool>,
 }
 
 impl RawMode {
-    /// Puts stdin in raw mode when it is a terminal.
+    /// Puts stdin in raw mode when it is a terminal and the run is in the foreground (else
+    /// that waits for [`RawMode::reenter`]).
     pub fn enter(ttys: [bool; 3]) -> Result<Option<RawMode>> {
         if !ttys[0] {
             return Ok(None);
@@ -95,31 +101,61 @@ impl RawMode {
         let saved = tcgetattr(fd.as_fd()).context("reading terminal settings")?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
-        tcsetattr(fd.as_fd(), SetArg::TCSADRAIN, &raw).context("setting raw mode")?;
-        Ok(Some(RawMode { saved, raw }))
+        let mode = RawMode {
+            saved,
+            raw,
+            applied: Cell::new(false),
+        };
+        if in_foreground(fd.as_fd()) {
+            tcsetattr(fd.as_fd(), SetArg::TCSADRAIN, &mode.raw).context("setting raw mode")?;
+            mode.applied.set(true);
+        }
+        Ok(Some(mode))
     }
 
     /// Gives the caller's terminal its own settings back while the run is stopped.
     pub fn leave(&self) {
-        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+        if self.applied.replace(false) {
+            let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+        }
     }
 
-    /// Raw mode again after a stop, when the run is the terminal's foreground job (a job
-    /// in the background must not change the settings of the shell's terminal).
+    /// Raw mode again after a stop, when the run is the terminal's foreground job.
     pub fn reenter(&self) {
         let stdin = std::io::stdin();
-        let foreground =
-            nix::unistd::tcgetpgrp(stdin.as_fd()).is_ok_and(|pgrp| pgrp == nix::unistd::getpgrp());
-        if foreground {
+        if in_foreground(stdin.as_fd()) {
             let _ = tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, &self.raw);
+            self.applied.set(true);
         }
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
+        self.leave();
     }
+}
+
+/// Whether the runner's process group is the foreground job of the terminal `fd`.
+fn in_foreground(fd: BorrowedFd) -> bool {
+    nix::unistd::tcgetpgrp(fd).is_ok_and(|pgrp| pgrp == nix::unistd::getpgrp())
+}
+
+/// Whether a read of the terminal `fd` that failed with EIO means the run must stop as a
+/// job in the background does at the terminal: the runner ignores SIGTTIN, so that the
+/// kernel never stops it by itself (the agent would run on, unwatched, see `freeze`), and
+/// a background read fails instead. Not for a group the kernel calls orphaned (its parent
+/// is gone from the session or shares its group), which nobody could continue: there EIO
+/// is the end of input, as it would be without agentuser.
+fn stops_at_terminal(fd: BorrowedFd) -> bool {
+    use nix::unistd::{getpgid, getppid, getsid};
+    if nix::unistd::tcgetpgrp(fd).is_err() || in_foreground(fd) {
+        return false;
+    }
+    let parent = getppid();
+    let own_group = nix::unistd::getpgrp();
+    getpgid(Some(parent)).is_ok_and(|group| group != own_group)
+        && getsid(Some(parent)).ok() == getsid(None).ok()
 }
 
 /// Copies the caller's window size to the agent's pty (on SIGWINCH).
@@ -139,6 +175,9 @@ pub struct Relay {
     ttys: [bool; 3],
     to_master: Vec<u8>,
     input_open: bool,
+    /// Input is not read while the run stops at the terminal (see [`Relay::stop_request`]).
+    input_paused: bool,
+    stop_requested: bool,
     master_open: bool,
     filter: TermFilter,
     /// What the filter let through of the last read.
@@ -154,6 +193,8 @@ impl Relay {
             ttys,
             to_master: Vec::new(),
             input_open: ttys[0],
+            input_paused: false,
+            stop_requested: false,
             master_open: true,
             filter: TermFilter::new(filter),
             filtered: Vec::with_capacity(BUF),
@@ -182,7 +223,7 @@ impl Relay {
             master_events |= PollFlags::POLLOUT;
         }
         fds.push(PollFd::new(self.master.as_fd(), master_events));
-        let want_input = self.input_open && self.to_master.len() < BUF;
+        let want_input = self.input_open && !self.input_paused && self.to_master.len() < BUF;
         if want_input {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
@@ -198,6 +239,10 @@ impl Relay {
         if input_ready {
             let mut buf = [0u8; 4096];
             match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                Err(Errno::EIO) if stops_at_terminal(stdin.as_fd()) => {
+                    self.input_paused = true;
+                    self.stop_requested = true;
+                }
                 Ok(0) | Err(Errno::EIO) | Err(Errno::EBADF) => self.input_open = false,
                 Ok(n) => self.to_master.extend_from_slice(&buf[..n]),
                 Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
@@ -211,6 +256,17 @@ impl Relay {
             self.pump_output()?;
         }
         Ok(extra_ready)
+    }
+
+    /// Whether the run, a job in the background, read the terminal and must stop (once).
+    /// The terminal is not read again before [`Relay::resume_input`].
+    pub fn stop_request(&mut self) -> bool {
+        std::mem::take(&mut self.stop_requested)
+    }
+
+    /// The run was continued: read the terminal again.
+    pub fn resume_input(&mut self) {
+        self.input_paused = false;
     }
 
     fn flush_to_master(&mut self) -> Result<()> {

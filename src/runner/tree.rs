@@ -39,6 +39,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, pipe2, setsid};
 
+use super::freeze::{self, Frozen};
 use super::sandbox::{self, ViewPlan};
 use crate::sys::spawn::{catch_signals, exit_now, fork};
 
@@ -93,19 +94,24 @@ pub fn runner_signals() -> SigSet {
 
 /// What init tells the runner on the status pipe, two bytes each.
 pub enum Report {
-    /// The agent's command stopped with this signal; init continues it on SIGCONT.
-    Stopped(Signal),
+    /// The agent's command stopped with this signal (or the runner asked for the stop with
+    /// it), and so did every process of the namespace, but for one that had not within
+    /// [`freeze`]'s deadline when the flag is false. Init continues them on SIGCONT.
+    Stopped(Signal, bool),
     /// The command's status; the namespace is empty.
     Exited(u8),
 }
 
 const STOPPED: u8 = b'S';
+const STOPPED_PARTLY: u8 = b's';
 const EXITED: u8 = b'X';
 
 impl Report {
     pub fn decode(message: [u8; 2]) -> Option<Report> {
         match message {
-            [STOPPED, sig] => Signal::try_from(i32::from(sig)).ok().map(Report::Stopped),
+            [kind @ (STOPPED | STOPPED_PARTLY), sig] => Signal::try_from(i32::from(sig))
+                .ok()
+                .map(|sig| Report::Stopped(sig, kind == STOPPED)),
             [EXITED, code] => Some(Report::Exited(code)),
             _ => None,
         }
@@ -270,6 +276,8 @@ fn init(
 ) -> ! {
     let mut set = runner_signals();
     set.remove(Signal::SIGWINCH);
+    // From the runner: stop the job (see `wait_for_agent`).
+    set.add(Signal::SIGTTIN);
     let setup = (|| -> Result<()> {
         // Should the runner die (SIGKILL), the whole namespace goes with it.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("PR_SET_PDEATHSIG")?;
@@ -357,7 +365,8 @@ fn has_children() -> bool {
 }
 
 fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Result<u8> {
-    let mut stopped = false;
+    // While the caller's shell has the terminal back: the namespace, stopped.
+    let mut frozen: Option<Frozen> = None;
     loop {
         // Reap first: the agent may already be gone.
         loop {
@@ -366,12 +375,11 @@ fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Resul
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == agent => {
                     return Ok(128u8.wrapping_add(sig as u8));
                 }
+                // Stopped by the freeze itself, or again while frozen: nothing new.
+                Ok(WaitStatus::Stopped(pid, _)) if pid == agent && frozen.is_some() => {}
                 Ok(WaitStatus::Stopped(pid, sig)) if pid == agent => match status {
                     // The runner stops like the agent and sends SIGCONT once continued.
-                    Some(status) => {
-                        stopped = true;
-                        let _ = nix::unistd::write(status.as_fd(), &[STOPPED, sig as u8]);
-                    }
+                    Some(status) => frozen = Some(stop_the_job(status, sig)),
                     None => continue_job(agent),
                 },
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -383,9 +391,16 @@ fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Resul
         };
         match Signal::try_from(info.ssi_signo as i32) {
             Ok(Signal::SIGCHLD) | Err(_) => {}
+            // The runner, in the background, met the terminal (`pty::Relay`): the whole job
+            // stops, as a shell's job would.
+            Ok(Signal::SIGTTIN) => {
+                if let (Some(status), None) = (status, &frozen) {
+                    frozen = Some(stop_the_job(status, Signal::SIGTTIN));
+                }
+            }
             Ok(Signal::SIGCONT) => {
-                if std::mem::take(&mut stopped) {
-                    continue_job(agent);
+                if let Some(frozen) = frozen.take() {
+                    freeze::thaw(frozen, agent);
                     // A redraw: TUIs repaint on a window-size change.
                     let _ = kill(Pid::from_raw(-agent.as_raw()), Signal::SIGWINCH);
                 }
@@ -393,12 +408,21 @@ fn wait_for_agent(agent: Pid, sfd: &SignalFd, status: Option<&OwnedFd>) -> Resul
             Ok(sig) => {
                 let _ = kill(agent, sig);
                 // A stopped command would not act on it before it is continued.
-                if std::mem::take(&mut stopped) {
-                    continue_job(agent);
+                if let Some(frozen) = frozen.take() {
+                    freeze::thaw(frozen, agent);
                 }
             }
         }
     }
+}
+
+/// Stops every process of the namespace, then reports the stop: the runner stops only
+/// once nothing of the agent runs.
+fn stop_the_job(status: &OwnedFd, sig: Signal) -> Frozen {
+    let (frozen, all) = freeze::freeze();
+    let kind = if all { STOPPED } else { STOPPED_PARTLY };
+    let _ = nix::unistd::write(status.as_fd(), &[kind, sig as u8]);
+    frozen
 }
 
 /// Continues the agent's process group (its command and what runs in its foreground with

@@ -5,6 +5,9 @@
 //!   its locks for as long as its caller likes. (SIGSTOP cannot be ignored, but only root
 //!   may send it to the helper: the caller's uid is gone after `become_root`.) Children
 //!   inherit the ignored dispositions; the runner resets them for the agent's command.
+//!   The runner of `exec` and `shell` keeps them ignored too: it stops only on purpose,
+//!   once the agent is stopped (`runner::freeze`); a run in the background that reads the
+//!   terminal sees EIO and stops itself that way (`runner::pty`).
 //! - SIGHUP, SIGINT, SIGTERM and SIGQUIT are blocked by commands that change state: they
 //!   stay pending, long operations look for them at safe points ([`pending_interrupt`]) and
 //!   stop there with the journal saying where, and a signal that arrives after the last
@@ -29,17 +32,6 @@ pub fn ignore_job_control() -> Result<()> {
     for sig in JOB_CONTROL {
         // SAFETY: SIG_IGN installs no handler; no Rust state can be observed half-updated.
         unsafe { signal(sig, SigHandler::SigIgn) }.with_context(|| format!("ignoring {sig}"))?;
-    }
-    Ok(())
-}
-
-/// Gives SIGTTIN and SIGTTOU back their default action. For `exec` and `shell` once no lock
-/// is held any more: a run started or put in the background must stop when it touches the
-/// terminal, as any job does, instead of reading EIO (which would end the relay's input).
-pub fn default_terminal_stops() -> Result<()> {
-    for sig in [Signal::SIGTTIN, Signal::SIGTTOU] {
-        // SAFETY: SIG_DFL installs no handler; no Rust state can be observed half-updated.
-        unsafe { signal(sig, SigHandler::SigDfl) }.with_context(|| format!("resetting {sig}"))?;
     }
     Ok(())
 }

@@ -619,3 +619,76 @@ fn run_host(cmd: &mut Command) {
     let status = cmd.status().expect("running a host command");
     assert!(status.success(), "{cmd:?} failed");
 }
+
+/// Runs the interactive `shell` (program, then argv) as root on a fresh pty (python3's pty
+/// module) inside the sandbox and types each step's text into it, waiting after each for
+/// the expected text to appear. Returns the transcript, with `<<mark>>` before each step's
+/// output. Special steps: `winsize:R:C` resizes the terminal; `wait-job` waits until the
+/// shell gave the terminal to a job. An empty expectation waits 0.7 s.
+pub fn on_a_terminal_in(sb: &Sandbox, shell: &[&str], steps: &[(&str, &str)]) -> String {
+    const DRIVER: &str = r#"
+import json, os, pty, select, signal, sys, time
+signal.alarm(300)  # a last resort against a hung driver; its pty's shell gets SIGHUP
+steps = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ['PS1'] = '$ '
+    shell = json.loads(sys.argv[2])
+    os.execv(shell[0], shell[1:])
+out = b''
+def pump(until, timeout):
+    global out
+    end = time.time() + timeout
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return False
+            if not data:
+                return False
+            out += data
+            if until and until.encode() in out.split(b'<<mark>>')[-1]:
+                return True
+    return until == ''
+for send, expect in steps:
+    out += b'<<mark>>'
+    if send == 'wait-job':
+        # Until the shell has given the terminal to a job (not a timed wait: bounded).
+        for _ in range(200):
+            if os.tcgetpgrp(fd) != pid:
+                break
+            time.sleep(0.1)
+        continue
+    if send.startswith('winsize:'):
+        import fcntl, struct, termios
+        rows, cols = map(int, send.split(':')[1:])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    else:
+        os.write(fd, send.encode())
+    if not pump(expect, 20 if expect else 0.7):
+        sys.stdout.write(out.decode(errors='replace'))
+        sys.exit('timed out waiting for %r' % expect)
+os.write(fd, b'exit\n')
+pump('', 5)
+# Never hang the test run: a shell that did not exit is killed.
+for _ in range(50):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors='replace'))
+"#;
+    let steps: Vec<(String, String)> = steps
+        .iter()
+        .map(|(s, e)| (s.to_string(), e.to_string()))
+        .collect();
+    let json = serde_json::to_string(&steps).unwrap();
+    let shell = serde_json::to_string(shell).unwrap();
+    let out = sb.run(sb.command(&["python3", "-c", DRIVER, &json, &shell]));
+    assert_eq!(out.code, 0, "pty driver failed: {out:#?}");
+    out.stdout
+}

@@ -186,6 +186,19 @@ impl<'a> Guard<'a> {
 }
 
 impl Guard<'_> {
+    /// Before the run stops with the agent (its processes all stopped): every event so far
+    /// is handled, so nothing planted before the stop stays usable while the caller's shell
+    /// has the terminal back.
+    pub fn settle(&self) {
+        if let Some(watcher) = &self.watcher
+            && !watcher.settle()
+        {
+            eprintln!(
+                "agentuser: warning: the repository watcher had not caught up when the run stopped"
+            );
+        }
+    }
+
     /// Holds the mount namespace of `init` (the view) until the watcher's group is closed in
     /// a detached child, which then closes this too. Its last reference would otherwise go
     /// with init's exit, which tears the view down and waits for an expedited RCU grace

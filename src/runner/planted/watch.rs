@@ -34,7 +34,17 @@ pub struct Report {
 
 pub struct Watcher {
     stop: OwnedFd,
+    /// A byte asks the thread to handle everything queued; it answers on `settled`.
+    settle: OwnedFd,
+    settled: OwnedFd,
     thread: JoinHandle<(Report, Watch)>,
+}
+
+/// The descriptors of the thread's side.
+struct Requests {
+    stop: OwnedFd,
+    settle: OwnedFd,
+    settled: OwnedFd,
 }
 
 /// Everything the watcher thread owns.
@@ -92,6 +102,14 @@ pub fn start(
 ) -> Result<Watcher> {
     let stat = fstat(agent_ns).context("fstat of the agent's pid namespace")?;
     let (stop_r, stop) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let flags = OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let (settle_r, settle) = nix::unistd::pipe2(flags).context("pipe")?;
+    let (settled, settled_w) = nix::unistd::pipe2(flags).context("pipe")?;
+    let requests = Requests {
+        stop: stop_r,
+        settle: settle_r,
+        settled: settled_w,
+    };
     let scope = Scope {
         watch,
         shares,
@@ -101,12 +119,46 @@ pub fn start(
     };
     let thread = std::thread::Builder::new()
         .name("repo-watch".into())
-        .spawn(move || scope.run(stop_r))
+        .spawn(move || scope.run(requests))
         .context("starting the repository watcher")?;
-    Ok(Watcher { stop, thread })
+    Ok(Watcher {
+        stop,
+        settle,
+        settled,
+        thread,
+    })
 }
 
+/// How long [`Watcher::settle`] waits for the thread.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
+
 impl Watcher {
+    /// Has the thread handle every event queued so far, and waits until it did (false when
+    /// it had not within [`SETTLE_DEADLINE`]). For a run about to stop with the agent's
+    /// processes stopped: what they did before the stop is handled before the caller's
+    /// shell gets the terminal back.
+    pub fn settle(&self) -> bool {
+        let mut stale = [0u8; 16];
+        while matches!(nix::unistd::read(self.settled.as_fd(), &mut stale), Ok(n) if n > 0) {}
+        if nix::unistd::write(&self.settle, &[1]).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
+            let mut fds = [PollFd::new(self.settled.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => return false,
+                Ok(_) => {
+                    return matches!(nix::unistd::read(self.settled.as_fd(), &mut stale), Ok(n) if n > 0);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Stops the watcher once everything queued is handled. Call when no process of the
     /// agent is left: then nothing the agent did is missed.
     /// `also`: descriptors whose last close blocks too, closed with the group's.
@@ -130,20 +182,23 @@ impl Watcher {
 
 impl Scope {
     /// Handles events until `stop` closes; gives the group back (see [`Watcher::finish`]).
-    fn run(self, stop: OwnedFd) -> (Report, Watch) {
-        let report = self.handle_until(stop);
+    fn run(self, requests: Requests) -> (Report, Watch) {
+        let report = self.handle_until(&requests);
         (report, self.watch)
     }
 
-    fn handle_until(&self, stop: OwnedFd) -> Report {
+    fn handle_until(&self, requests: &Requests) -> Report {
         let mut report = Report::default();
         // Set when `stop` closes: every event of the agent is queued by then (none of its
         // processes is left), and they are handled until the queue is empty or this passes.
         let mut deadline: Option<Instant> = None;
+        // A settle request waits for the queue to be found empty.
+        let mut settling = false;
         loop {
             let mut fds = [
                 PollFd::new(self.watch.fd(), PollFlags::POLLIN),
-                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(requests.stop.as_fd(), PollFlags::POLLIN),
+                PollFd::new(requests.settle.as_fd(), PollFlags::POLLIN),
             ];
             if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
                 if e == nix::errno::Errno::EINTR {
@@ -155,9 +210,20 @@ impl Scope {
             if deadline.is_none() && fds[1].revents().is_some_and(|r| !r.is_empty()) {
                 deadline = Some(Instant::now() + FINAL_DRAIN);
             }
+            if fds[2].revents().is_some_and(|r| !r.is_empty()) {
+                let mut bytes = [0u8; 16];
+                while matches!(nix::unistd::read(requests.settle.as_fd(), &mut bytes), Ok(n) if n > 0)
+                {
+                }
+                settling = true;
+            }
             let Some((emptied, lost)) = self.read_some(&mut report) else {
                 return report;
             };
+            if settling && emptied {
+                settling = false;
+                let _ = nix::unistd::write(&requests.settled, &[1]);
+            }
             if lost {
                 report.incomplete = Some("file events were lost (queue overflow)".into());
                 // Protection goes on during the run; the runner sweeps again at the end.
