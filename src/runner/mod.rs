@@ -122,7 +122,7 @@ fn finish(result: Result<u8>) -> u8 {
 }
 
 fn run(ctx: &Context, req: &Request) -> Result<u8> {
-    let prepared = prepare(ctx, req)?;
+    let mut prepared = prepare(ctx, req)?;
     let ttys = pty::terminal_streams();
     let pty = ttys
         .iter()
@@ -141,7 +141,7 @@ fn run(ctx: &Context, req: &Request) -> Result<u8> {
     let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
     let tty = slave.as_ref().map(|slave| slave.as_fd());
-    let mut running = match start(ctx, &prepared, &agent, tty, tty_name.as_deref(), ttys)? {
+    let mut running = match start(ctx, &mut prepared, &agent, tty, tty_name.as_deref(), ttys)? {
         Ok(running) => running,
         Err(code) => return Ok(code),
     };
@@ -181,6 +181,8 @@ struct Prepared {
     command: launch::Command,
     point: Option<crate::network::PolicyPoint>,
     not_found_hint: Option<String>,
+    /// Run marker slots the recovery found free, for the guard.
+    free_slots: planted::FreeSlots,
 }
 
 /// Phase 1: authorize, log, sync credentials, recover an interrupted run, plan the view,
@@ -207,7 +209,7 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
     let mut extra_env = explicit_env(req.env)?;
     crate::creds::sync_before_exec(ctx, &mut record)?;
     // Before the view is planned: nothing a killed run left may pass for the owner's.
-    planted::recover(ctx, &record)?;
+    let free_slots = planted::recover(ctx, &record)?;
     let network = req.network.or(record.network).unwrap_or(ctx.config.network);
     if !req.publish.is_empty() && network != Network::Allowlist {
         return Err(usage("--publish needs the allowlist network mode"));
@@ -253,6 +255,7 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
         command,
         point,
         not_found_hint,
+        free_slots,
     })
 }
 
@@ -332,7 +335,7 @@ struct Running<'a> {
 /// session opens), then the gate. `Err(code)` when init reported a failure before the gate.
 fn start<'a>(
     ctx: &'a Context,
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     agent: &Agent,
     tty: Option<std::os::fd::BorrowedFd>,
     tty_name: Option<&str>,
@@ -343,7 +346,8 @@ fn start<'a>(
     let known = prepared.plan.known_repositories.iter().copied().collect();
     // Dropped, it handles the last events and tells the owner: on every path, after init
     // has been reaped.
-    let mut guard = planted::Guard::begin(ctx, record, known)?;
+    let free_slots = std::mem::take(&mut prepared.free_slots);
+    let mut guard = planted::Guard::begin(ctx, record, known, free_slots)?;
     let mut started = tree::start(Some(&prepared.plan), true, tty, || {
         agent.prepare()?;
         crate::git::init::run(&prepared.git_init);

@@ -128,6 +128,7 @@ impl<'a> Guard<'a> {
         ctx: &'a Context,
         record: &AgentRecord,
         known: Known,
+        free: FreeSlots,
     ) -> Result<Option<Guard<'a>>> {
         let shares = guarded_shares(record);
         if shares.is_empty() {
@@ -143,7 +144,7 @@ impl<'a> Guard<'a> {
             known: known.iter().copied().collect(),
         };
         let marker =
-            take_marker(&runs_dir(ctx)?, &record.name, &run).context("recording the run")?;
+            take_marker(&runs_dir(ctx)?, &record.name, &run, free).context("recording the run")?;
         let roots = open_roots(&shares);
         let state = ctx.registry.root();
         let quiet = [
@@ -257,11 +258,27 @@ impl Drop for Guard<'_> {
 /// Takes a free marker slot of `agent` in `dir` and records `run` in it: the first slot
 /// that exists, that no runner holds, and that records no run (one that does is a run whose
 /// runner died, left for [`recover`]); a new slot when none is free.
-fn take_marker(dir: &Path, agent: &str, run: &RunRecord) -> Result<Flock<File>> {
+fn take_marker(dir: &Path, agent: &str, run: &RunRecord, free: FreeSlots) -> Result<Flock<File>> {
     let record = serde_json::to_vec(run)?;
+    // The slots found free first (another run may have taken one since), each runner from
+    // a place of its own in the list: runs started together saw the same free slots.
+    let FreeSlots {
+        free: mut found,
+        past_last,
+    } = free;
+    if !found.is_empty() {
+        let len = found.len();
+        found.rotate_left(std::process::id() as usize % len);
+    }
+    for slot in found {
+        if let Slot::Free(locked) = open_slot(&dir.join(format!("{agent}.{slot}.json")))? {
+            return write_marker(locked, &record, dir, slot);
+        }
+    }
     // Named by the runner, not the slot: two runners may make the same slot at once.
     let temp = dir.join(format!(".{agent}.{}.json.tmp", std::process::id()));
-    let mut slot = 0u32;
+    // Those below were busy when the recovery looked: a new slot, unless one was made since.
+    let mut slot = past_last;
     // Each pass either takes a slot, moves to the next, or (a slot made or removed by
     // another command meanwhile) looks at the same one again; the slots are finite.
     for _ in 0..10_000 {
@@ -269,7 +286,7 @@ fn take_marker(dir: &Path, agent: &str, run: &RunRecord) -> Result<Flock<File>> 
         let taken = match open_slot(&path)? {
             Slot::Missing => create_slot(&path, &temp)?,
             Slot::Busy => {
-                slot += 1;
+                slot = slot.wrapping_add(1);
                 continue;
             }
             Slot::Free(locked) => Some(locked),
@@ -277,14 +294,18 @@ fn take_marker(dir: &Path, agent: &str, run: &RunRecord) -> Result<Flock<File>> 
         let Some(locked) = taken else {
             continue;
         };
-        // Not synced: a crash that loses it ends the agent's processes too, and exec stays
-        // cheap.
-        locked
-            .write_all_at(&record, 0)
-            .with_context(|| format!("{}", path.display()))?;
-        return Ok(locked);
+        return write_marker(locked, &record, dir, slot);
     }
     anyhow::bail!("no free run marker for '{agent}' in {}", dir.display())
+}
+
+/// Records the run in the slot taken. Not synced: a crash that loses it ends the agent's
+/// processes too, and exec stays cheap.
+fn write_marker(locked: Flock<File>, record: &[u8], dir: &Path, slot: u32) -> Result<Flock<File>> {
+    locked
+        .write_all_at(record, 0)
+        .with_context(|| format!("{}: slot {slot}", dir.display()))?;
+    Ok(locked)
 }
 
 enum Slot {
@@ -375,23 +396,36 @@ fn sweep_shares(shares: &[PathBuf], known: &Known, window: Window) -> Findings {
     findings
 }
 
+/// Marker slots a [`recover`] pass found free (no runner held them, and they recorded no
+/// run): where [`Guard::begin`] looks first, instead of trying every slot from the first
+/// (each a live runner's, under load).
+#[derive(Debug, Default)]
+pub struct FreeSlots {
+    free: Vec<u32>,
+    /// Past every slot seen: with none free, the first to try (the slots below were busy).
+    past_last: u32,
+}
+
 /// Sweeps after every run of `record`'s agent whose runner died (its marker is not locked
 /// any more), then removes the marker. Called before the view is planned, so nothing the
 /// agent left is taken for one of the owner's repositories.
-pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<()> {
+pub fn recover(ctx: &Context, record: &AgentRecord) -> Result<FreeSlots> {
     recover_runs(ctx, &record.name, &guarded_shares(record))
 }
 
 /// [`recover`] for an agent without a record (`delete` of what it left): a marker cut short
 /// while being written names no shares, and none are searched for it.
 pub fn recover_without_record(ctx: &Context, agent: &str) -> Result<()> {
-    recover_runs(ctx, agent, &[])
+    recover_runs(ctx, agent, &[]).map(drop)
 }
 
-/// `fallback`: the shares to search for a marker cut short while being written.
-fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> {
+/// `fallback`: the shares to search for a marker cut short while being written. Each
+/// marker costs an open and a lock attempt: a live runner's lock fails and its marker is
+/// not read (with many runs at once, most are).
+fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<FreeSlots> {
     let dir = runs_dir(ctx)?;
     let prefix = format!("{agent}.");
+    let mut free = FreeSlots::default();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
         let entry = entry?;
         let path = entry.path();
@@ -400,44 +434,65 @@ fn recover_runs(ctx: &Context, agent: &str, fallback: &[PathBuf]) -> Result<()> 
             remove_dead_temp(&path, name);
             continue;
         }
-        if !name.starts_with(&prefix) || !name.ends_with(".json") {
+        let Some(slot) = name
+            .strip_prefix(&prefix)
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
             continue;
+        };
+        if let Ok(slot) = slot.parse::<u32>() {
+            free.past_last = free.past_last.max(slot.saturating_add(1));
         }
-        // A free slot, or one taken by a runner that has not recorded its run yet (its
-        // agent has not started): one read instead of opening and locking it.
-        if std::fs::read(&path).is_ok_and(|text| !crate::leftovers::marker_records_a_run(&text)) {
+        let Some((locked, text)) = lock_unheld(&path)? else {
             continue;
+        };
+        if crate::leftovers::marker_records_a_run(&text) {
+            recover_one(ctx, agent, fallback, &path, &locked, &text)?;
+        } else if let Ok(slot) = slot.parse() {
+            free.free.push(slot);
         }
-        recover_one(ctx, agent, fallback, &path)?;
     }
-    Ok(())
+    Ok(free)
 }
 
-fn recover_one(ctx: &Context, agent: &str, fallback: &[PathBuf], path: &Path) -> Result<()> {
+/// The marker at `path`, locked, and what it holds; None when a runner holds it, or it was
+/// removed or replaced meanwhile (another command recovered it: not ours to judge).
+fn lock_unheld(path: &Path) -> Result<Option<(Flock<File>, Vec<u8>)>> {
     let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     };
     let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         // Its runner is alive: that run guards itself.
-        return Ok(());
+        return Ok(None);
     };
-    // Removed and replaced meanwhile (another command recovered it): not ours to judge.
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.ino() == locked.metadata()?.ino() => {}
-        _ => return Ok(()),
+        _ => return Ok(None),
     }
-    let text = std::fs::read(path).unwrap_or_default();
-    if !crate::leftovers::marker_records_a_run(&text) {
-        // A free slot: its last run ended, or its runner died before the agent started.
-        return Ok(());
-    }
-    let (shares, known, start) = match serde_json::from_slice::<RunRecord>(&text) {
+    let mut text = Vec::new();
+    (&*locked)
+        .read_to_end(&mut text)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(Some((locked, text)))
+}
+
+/// Sweeps after the dead run `text` records (the marker at `path`, held in `locked`), then
+/// removes the marker.
+fn recover_one(
+    ctx: &Context,
+    agent: &str,
+    fallback: &[PathBuf],
+    path: &Path,
+    locked: &Flock<File>,
+    text: &[u8],
+) -> Result<()> {
+    let (shares, known, start) = match serde_json::from_slice::<RunRecord>(text) {
         Ok(run) => (
             run.shares,
             run.known.into_iter().collect(),
