@@ -289,51 +289,49 @@ const ALICE_BASH: [&str; 9] = [
     "-i",
 ];
 
-#[test]
-fn nothing_of_the_agent_runs_while_its_command_is_stopped() {
-    let sb = Sandbox::new("planted-ctrlz");
+/// Shares the project, writes the agent's script (with `stop` after its announcement) and
+/// has alice's shell on a terminal type `start` (given agentuser's path and the script's),
+/// then the steps of a stopped run: the owner's work while it is stopped, then `fg`.
+/// Returns the sandbox and the transcript (see `assert_nothing_ran_while_stopped`).
+fn a_stopped_run(
+    name: &str,
+    stop: &str,
+    start: impl Fn(&str, &str) -> Vec<(String, &'static str)>,
+) -> (Sandbox, String) {
+    let sb = Sandbox::new(name);
     setup(&sb);
     sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
-    let script = stopping_script(&sb, "kill -STOP $$");
-    let bin = sb.bin.display();
-    let transcript = on_a_terminal_in(
-        &sb,
-        &ALICE_BASH,
-        &[
-            (
-                &format!("{bin} exec coder -- /bin/sh {script}\n"),
-                "Stopped",
-            ),
-            (&while_stopped(), "w-4"),
-            ("fg; echo rc-$?-$((2+3))\n", "rc-0-5"),
-        ],
-    );
+    let script = stopping_script(&sb, stop);
+    let mut steps = start(&sb.bin.display().to_string(), &script);
+    steps.push((while_stopped(), "w-4"));
+    steps.push(("fg; echo rc-$?-$((2+3))\n".into(), "rc-0-5"));
+    let steps: Vec<(&str, &str)> = steps.iter().map(|(s, e)| (s.as_str(), *e)).collect();
+    let transcript = on_a_terminal_in(&sb, &ALICE_BASH, &steps);
+    (sb, transcript)
+}
+
+#[test]
+fn nothing_of_the_agent_runs_while_its_command_is_stopped() {
+    let (sb, transcript) = a_stopped_run("planted-ctrlz", "kill -STOP $$", |bin, script| {
+        vec![(format!("{bin} exec coder -- /bin/sh {script}\n"), "Stopped")]
+    });
     assert_nothing_ran_while_stopped(&sb, &transcript);
 }
 
 #[test]
 fn nothing_of_the_agent_runs_while_its_run_is_stopped_in_the_background() {
-    let sb = Sandbox::new("planted-bg");
-    setup(&sb);
-    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
-    let script = stopping_script(&sb, "");
-    let bin = sb.bin.display();
-    let transcript = on_a_terminal_in(
-        &sb,
-        &ALICE_BASH,
-        &[
+    let (sb, transcript) = a_stopped_run("planted-bg", "", |bin, script| {
+        vec![
             (
-                &format!("{bin} exec coder -- /bin/sh {script} &\n"),
+                format!("{bin} exec coder -- /bin/sh {script} &\n"),
                 "started-2",
             ),
             // Typed while the shell runs `sleep` and reads nothing: the run, a job in the
             // background, reads the terminal and stops.
-            ("sleep 3; jobs; echo j-$((1+2))\n", ""),
-            ("\n", "j-3"),
-            (&while_stopped(), "w-4"),
-            ("fg; echo rc-$?-$((2+3))\n", "rc-0-5"),
-        ],
-    );
+            ("sleep 3; jobs; echo j-$((1+2))\n".into(), ""),
+            ("\n".into(), "j-3"),
+        ]
+    });
     let steps: Vec<&str> = transcript.split("<<mark>>").collect();
     assert!(
         steps[3].contains("Stopped"),
