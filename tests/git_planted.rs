@@ -340,6 +340,54 @@ fn nothing_of_the_agent_runs_while_its_run_is_stopped_in_the_background() {
     assert_nothing_ran_while_stopped(&sb, &transcript);
 }
 
+/// The watcher acts on what the agent's processes do, never on a live process of the
+/// owner's: a repository the owner makes in the read-write share while the agent runs is
+/// left alone. (The check of an event's process once failed for every event, through an
+/// ioctl called with a stray argument, and every event then counted as the agent's: the
+/// owner's `git init` broke half-way.) The owner's process stays alive until the run ends,
+/// since an event whose process is gone counts as the agent's. The agent's own plants in
+/// the same run are neutralised: the watcher was working.
+#[test]
+fn a_repository_a_live_owner_process_makes_during_a_run_is_left_alone() {
+    let sb = Sandbox::new("planted-owner-during");
+    setup(&sb);
+    sb.as_user("alice", &["share", "coder", PROJ, "--rw"]).ok();
+    let script = format!(
+        "touch {PROJ}/ready; while [ ! -e {PROJ}/done ]; do sleep 0.05; done; {}",
+        attack_script()
+    );
+    let run = sb.spawn(sb.exec_sh_command("alice", "coder", &script));
+    assert!(eventually(
+        || sb.sh(&format!("test -e {PROJ}/ready")).code == 0
+    ));
+    let owner = format!(
+        "import os, time\n\
+         g = '{PROJ}/fresh/.git'\n\
+         for d in ('objects', 'refs/heads'): os.makedirs(g + '/' + d)\n\
+         open(g + '/HEAD', 'w').write('ref: refs/heads/main\\n')\n\
+         open(g + '/config', 'w').write('[core]\\n\\tbare = false\\n')\n\
+         open('{PROJ}/done', 'w').close()\n\
+         time.sleep(60)\n"
+    );
+    let mut owner = sb.spawn(sb.command_as("alice", &["python3", "-c", &owner]));
+    let out = run.wait_with_output().unwrap();
+    let _ = owner.kill();
+    let _ = owner.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("/fresh"), "{stderr}");
+    assert_eq!(
+        sb.sh(&format!("test -f {PROJ}/fresh/.git/HEAD")).code,
+        0,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("neutralised a repository planted"),
+        "the agent's plants were not neutralised: the test proves nothing\n{stderr}"
+    );
+    assert_eq!(planted_entries_left(&sb), Vec::<String>::new());
+}
+
 /// The runner among the descendants of `ancestor`: a process called agentuser whose parent
 /// is not (init, its child, is called agentuser too).
 fn runner_below(ancestor: u32) -> Option<u32> {

@@ -305,8 +305,10 @@ const NS_GET_PARENT: libc::c_ulong = 0xB702; // _IO(0xB7, 0x2)
 
 /// The pid namespace of the process `pidfd` refers to (Linux 6.11+), zombies included.
 pub fn pid_namespace_of(pidfd: BorrowedFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: the ioctl takes no argument and returns a new descriptor or -1.
-    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_PID_NAMESPACE as _) };
+    // The argument must be 0: pidfs refuses the namespace requests with any other (EINVAL),
+    // and a variadic call without one passes whatever a register holds.
+    // SAFETY: the ioctl reads no memory of ours and returns a new descriptor or -1.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_PID_NAMESPACE as _, 0) };
     let fd = Errno::result(rc)?;
     // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -314,8 +316,9 @@ pub fn pid_namespace_of(pidfd: BorrowedFd) -> Result<OwnedFd, Errno> {
 
 /// The parent of the pid namespace `ns` (EPERM at the top, or outside ours).
 pub fn parent_namespace(ns: BorrowedFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: the ioctl takes no argument and returns a new descriptor or -1.
-    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT as _) };
+    // SAFETY: the ioctl reads no memory of ours (its argument is 0, as for
+    // `pid_namespace_of`) and returns a new descriptor or -1.
+    let rc = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT as _, 0) };
     let fd = Errno::result(rc)?;
     // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
