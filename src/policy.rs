@@ -34,7 +34,7 @@ pub fn refuse_agent_callers(ctx: &Context) -> Result<()> {
     let refuse = || anyhow!("permission denied: agent accounts may not use agentuser");
     let tombstones = ctx.registry.tombstones();
     tombstones.warn();
-    let scan = ctx.registry.scan()?;
+    let scan = ctx.registry.scan_once()?;
     let tombstoned = |uid| tombstones.may_hold(uid);
     if suspects
         .iter()

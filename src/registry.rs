@@ -60,6 +60,8 @@ pub struct Registry {
     /// A non-root caller: warnings about damaged records are for their owners only (names
     /// of other owners' agents are not revealed).
     viewer: Option<u32>,
+    /// The first [`Registry::scan_once`], kept for the rest of the process.
+    first_scan: std::sync::OnceLock<Scan>,
 }
 
 impl Registry {
@@ -78,6 +80,7 @@ impl Registry {
             root: root.to_path_buf(),
             holder: holder.replace(['\n', '\r', '\0'], " "),
             viewer: None,
+            first_scan: std::sync::OnceLock::new(),
         };
         ensure_root_dir(&registry.root, 0o711)?;
         ensure_root_dir(&registry.agents_dir(), 0o700)?;
@@ -172,6 +175,18 @@ impl Registry {
             );
         }
         Ok(Some(record))
+    }
+
+    /// [`Registry::scan`] once for the whole process, then the same: for `exec`, which reads
+    /// every record to refuse an agent as its caller and again to hide the other agents'
+    /// homes from the view (each a parse of every record, at every run). Not for a command
+    /// that changes records and reads them again.
+    pub fn scan_once(&self) -> Result<&Scan> {
+        if let Some(scan) = self.first_scan.get() {
+            return Ok(scan);
+        }
+        let scan = self.scan()?;
+        Ok(self.first_scan.get_or_init(|| scan))
     }
 
     /// Every record that loads, and every one that does not, sorted by name. Fails only when

@@ -75,7 +75,8 @@ pub fn plan(
         // policy point for DNS (docs/threat-model.md row 28).
         hidden.extend(["/run/systemd/resolve", "/run/nscd"].map(PathBuf::from));
     }
-    for other in ctx.registry.all()? {
+    // The records as the caller check read them (damage was reported there).
+    for other in &ctx.registry.scan_once()?.records {
         if other.name != record.name && !other.home.starts_with(&ctx.config.home_base) {
             hidden.push(other.home.clone());
         }
