@@ -327,6 +327,25 @@ pub fn parent_namespace(ns: BorrowedFd) -> Result<OwnedFd, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The namespace checks answer for a live process (they once failed for every one, an
+    /// ioctl called without its argument): our own pid namespace, whose parent, seen from
+    /// inside it, is out of reach.
+    #[test]
+    fn the_pid_namespace_of_a_live_process_is_found() {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+        let fd = Errno::result(rc).expect("pidfd_open") as i32;
+        // SAFETY: pidfd_open returned a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let ns = pid_namespace_of(pidfd.as_fd()).expect("PIDFD_GET_PID_NAMESPACE");
+        let ours = std::fs::metadata("/proc/self/ns/pid").unwrap();
+        let found = nix::sys::stat::fstat(ns.as_fd()).unwrap();
+        assert_eq!(found.st_ino, ours.ino());
+        assert!(parent_namespace(ns.as_fd()).is_err());
+    }
 
     #[test]
     fn parses_a_dfid_name_record_and_stops_at_garbage() {
