@@ -1,5 +1,6 @@
 //! An agent's files in the state directory beside its record: its stored secrets, git
-//! directories, share index, network log, run markers and the policy point's run files.
+//! directories, share index, network log, run markers, the policy point's run files and
+//! the network namespaces kept for `none` runs.
 //! `delete` removes them with the agent; `doctor` reports those whose agent no longer exists
 //! (left by a delete cut short, or by a version of agentuser that did not remove them).
 //!
@@ -17,7 +18,7 @@ use crate::context::Context;
 /// The directories below the state directory that hold per-agent entries. Records
 /// (`agents/`) and lock files (`locks/`) are the registry's own.
 const PLACES: &[&str] = &[
-    "secrets", "git", "index", "netlog", "runs", "run-ssh", "run-ca",
+    "secrets", "git", "index", "netlog", "runs", "run-ssh", "run-ca", "netns",
 ];
 
 /// The agent an entry of one of [`PLACES`] belongs to, if its name is one of an agent.
@@ -101,6 +102,10 @@ pub fn remove(ctx: &Context, name: &str) -> Result<()> {
     // The share tracker lives between runs: it ends before its directory goes.
     crate::share::stop_tracker(ctx.registry.root(), name);
     for path in of_agent(ctx, name) {
+        // A kept network namespace is mounted on its file.
+        if path.starts_with(crate::network::pool::dir(ctx.registry.root())) {
+            crate::network::pool::unpin(&path);
+        }
         if cleanup::remove(&path, Select::All)? > 0 {
             bail!("could not remove {}", path.display());
         }

@@ -352,6 +352,69 @@ fn nothing_the_agent_starts_outlives_the_run() {
     );
 }
 
+/// `--network none` keeps a network namespace per slot for the agent's next runs
+/// (network::pool): one run after another joins the same one, two at once never share one,
+/// nothing the previous run left listening is there for the next (its processes are gone
+/// with it), and `delete` unmounts them. All in one mount namespace, where the pins live.
+#[test]
+fn none_namespaces_are_kept_between_runs_never_shared_and_left_clean() {
+    let sb = setup("runner-netns-kept");
+    let port = 20000 + (sb.uid_base / 1000) % 20000;
+    let listen = format!(
+        "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
+         s.listen(4)\nprint('listening', flush=True)\ntime.sleep(30)"
+    );
+    let connect = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n\
+         \x20   print('reached-' + 'listener')\nexcept OSError:\n    print('nothing-' + 'there')"
+    );
+    let script = format!(
+        r#"B={bin}
+ns() {{ $B exec coder --network none -- readlink /proc/self/ns/net; }}
+echo "first=$(ns)"
+$B exec coder --network none -- /bin/sh -c 'python3 -c "$1" & sleep 1; echo "left=$(readlink /proc/self/ns/net)"; python3 -c "$2"' sh "$LISTEN" "$CONNECT"
+$B exec coder --network none -- /bin/sh -c 'echo "next=$(readlink /proc/self/ns/net)"; python3 -c "$1"' sh "$CONNECT"
+$B exec coder --network none -- /bin/sh -c 'echo "long=$(readlink /proc/self/ns/net)"; sleep 2' > /tmp/long &
+sleep 1
+echo "beside=$(ns)"
+wait
+cat /tmp/long
+$B delete coder >/dev/null 2>&1
+echo "pins=$(grep -c agentuser/netns /proc/self/mountinfo) files=$(ls -A /var/lib/agentuser/netns | wc -l)"
+"#,
+        bin = sb.bin.display()
+    );
+    let mut cmd = sb.command(&["/bin/sh", "-c", &script]);
+    cmd.env("LISTEN", &listen).env("CONNECT", &connect);
+    let out = sb.run(cmd).ok();
+    let value = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = value("first");
+    assert!(first.starts_with("net:["), "{out:#?}");
+    // Kept: the same namespace, run after run.
+    assert_eq!(value("left"), first, "{out:#?}");
+    assert_eq!(value("next"), first, "{out:#?}");
+    // The listener was there during its run (the check below can fail), and gone after.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let left_at = lines.iter().position(|l| l.starts_with("left=")).unwrap();
+    let next_at = lines.iter().position(|l| l.starts_with("next=")).unwrap();
+    assert!(
+        lines[left_at..next_at].contains(&"reached-listener"),
+        "{out:#?}"
+    );
+    assert!(lines[next_at..].contains(&"nothing-there"), "{out:#?}");
+    // Two at once: each its own.
+    assert_eq!(value("long"), first, "{out:#?}");
+    assert!(value("beside").starts_with("net:["), "{out:#?}");
+    assert_ne!(value("beside"), value("long"), "{out:#?}");
+    assert_eq!(value("pins"), "0 files=0", "{out:#?}");
+}
+
 #[test]
 fn loopback_services_need_network_none_abstract_sockets_are_scoped() {
     let sb = setup("runner-network");

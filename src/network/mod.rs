@@ -16,6 +16,7 @@ pub mod log;
 pub mod netns;
 mod nflog;
 mod point;
+pub mod pool;
 mod proxy;
 mod splice;
 mod tls;

@@ -183,6 +183,8 @@ struct Prepared {
     not_found_hint: Option<String>,
     /// Run marker slots the recovery found free, for the guard.
     free_slots: planted::FreeSlots,
+    /// `none` mode: the network namespace slot this run holds until it ends.
+    _kept_net: Option<crate::network::pool::Lease>,
 }
 
 /// Phase 1: authorize, log, sync credentials, recover an interrupted run, plan the view,
@@ -232,6 +234,7 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
     let not_found_hint = req
         .command
         .and_then(|cmd| missing::hint(ctx, &record, &cmd[0]));
+    let kept_net = keep_network(ctx, &record, network, &mut plan);
     let point = match started {
         Some((point, channel)) => {
             plan.join_net = Some(std::sync::Arc::new(channel));
@@ -256,7 +259,24 @@ fn prepare(ctx: &Context, req: &Request) -> Result<Prepared> {
         point,
         not_found_hint,
         free_slots,
+        _kept_net: kept_net,
     })
+}
+
+/// `none` mode: a network namespace kept for the agent's runs (`network::pool`), for init
+/// to join. On any failure the run makes a namespace of its own, as it would without.
+fn keep_network(
+    ctx: &Context,
+    record: &AgentRecord,
+    network: Network,
+    plan: &mut sandbox::ViewPlan,
+) -> Option<crate::network::pool::Lease> {
+    if network != Network::None {
+        return None;
+    }
+    let lease = crate::network::pool::lease(ctx.registry.root(), &record.name).ok()??;
+    plan.kept_net = Some(std::sync::Arc::new(lease.namespace.try_clone().ok()?));
+    Some(lease)
 }
 
 /// The agent's login shell, after checking that its account is still the recorded one.

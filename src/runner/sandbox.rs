@@ -53,6 +53,9 @@ pub struct ViewPlan {
     /// `allowlist` mode: where the policy point sends the agent's network namespace. None
     /// (audit): a namespace with loopback only.
     pub join_net: Option<std::sync::Arc<OwnedFd>>,
+    /// `none` mode: a namespace kept from an earlier run of the agent, to join instead of
+    /// making one (`network::pool`). None: a new one.
+    pub kept_net: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Works out the view of `record`'s agent.
@@ -112,6 +115,7 @@ pub fn plan(
         warnings,
         known_repositories,
         join_net: None,
+        kept_net: None,
     })
 }
 
@@ -124,13 +128,19 @@ fn is_normal_absolute(path: &Path) -> bool {
 
 /// Namespaces other than pid, entered by the pid-1 process of the new pid namespace. The
 /// `allowlist` mode's network namespace is joined at the end of [`build`].
-pub fn unshare_namespaces(network: Network) -> Result<()> {
+pub fn unshare_namespaces(plan: &ViewPlan) -> Result<()> {
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC;
-    if network == Network::None {
+    let fresh_net = plan.network == Network::None && plan.kept_net.is_none();
+    if fresh_net {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     unshare(flags).context("creating the mount, IPC and network namespaces")?;
-    if network == Network::None {
+    if let (Network::None, Some(kept)) = (plan.network, &plan.kept_net) {
+        // Made with loopback up and without pacing (`network::pool`).
+        nix::sched::setns(kept.as_fd(), CloneFlags::CLONE_NEWNET)
+            .context("joining the agent's network namespace")?;
+    }
+    if fresh_net {
         crate::sys::spawn::loopback_up().context("bringing up loopback")?;
         crate::network::no_pacing();
     }

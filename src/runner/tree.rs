@@ -288,7 +288,7 @@ fn init(
         }
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("sigprocmask")?;
         catch_signals(&set)?;
-        sandbox::unshare_namespaces(plan.network)?;
+        sandbox::unshare_namespaces(plan)?;
         for warning in sandbox::build(plan)? {
             eprintln!("agentuser: warning: {warning}");
         }

@@ -13,6 +13,7 @@ pub mod landlock;
 pub mod memory;
 pub mod mount;
 pub mod net;
+pub mod ns;
 pub mod pam;
 pub mod process;
 pub mod signals;
