@@ -73,15 +73,21 @@ pub fn lease(state: &Path, agent: &str) -> Result<Option<Lease>> {
 
 /// The lock at `path`, taken; None when another run holds it.
 fn hold(path: &Path) -> Result<Option<Flock<File>>> {
-    let file = File::options()
+    let file = private_file(path)?;
+    Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+}
+
+/// The root-only file at `path`, made when missing, never through a symlink (the directory
+/// is root's, 0700: nobody else could have made anything in it).
+fn private_file(path: &Path) -> Result<File> {
+    File::options()
         .read(true)
         .write(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .with_context(|| format!("{}", path.display()))?;
-    Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).ok())
+        .with_context(|| format!("{}", path.display()))
 }
 
 /// The network namespace pinned at `pin`; None when nothing is (a plain file, or none).
@@ -119,15 +125,8 @@ fn make_and_pin(pin: &Path) -> Result<OwnedFd> {
         crate::sys::spawn::loopback_up().context("bringing up loopback")?;
         super::no_pacing();
         let namespace = OwnedFd::from(File::open("/proc/self/ns/net")?);
-        // The mount point: a plain file nobody else could have made (the directory is
-        // root's, 0700).
-        File::options()
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(pin)
-            .with_context(|| format!("{}", pin.display()))?;
+        // The mount point.
+        private_file(pin)?;
         let source = format!("/proc/self/fd/{}", namespace.as_raw_fd());
         nix::mount::mount(
             Some(source.as_str()),
