@@ -569,6 +569,17 @@ fn concurrent_runs_of_one_agent_never_take_each_other_for_dead_ones() {
             assert!(!stderr.contains("ended without its runner"), "{stderr}");
         }
     }
+    // `none` runs kept their network namespaces in slots (network::pool), one run each at
+    // a time: never more slots than runs at once.
+    let slots = sb
+        .sh("ls /var/lib/agentuser/netns | grep -c '^coder\\.[0-9]*\\.lock$'")
+        .ok()
+        .stdout;
+    let slots: usize = slots.trim().parse().unwrap();
+    assert!(
+        (1..=40).contains(&slots),
+        "{slots} namespace slots for 40 runs at once"
+    );
     // Nothing in the runs directory records a run (the slots are blank), and no temporary
     // marker is left.
     let left = sb
