@@ -359,6 +359,9 @@ fn nothing_the_agent_starts_outlives_the_run() {
 #[test]
 fn none_namespaces_are_kept_between_runs_never_shared_and_left_clean() {
     let sb = setup("runner-netns-kept");
+    // Another agent's slots in the same directory do not make this one's grow (each run
+    // below must find the agent's one slot).
+    sb.as_user("alice", &["create", "coder2"]).ok();
     let port = 20000 + (sb.uid_base / 1000) % 20000;
     let listen = format!(
         "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\n\
@@ -370,6 +373,7 @@ fn none_namespaces_are_kept_between_runs_never_shared_and_left_clean() {
     );
     let script = format!(
         r#"B={bin}
+for i in 1 2 3 4; do $B exec coder2 --network none -- sleep 1 & done; sleep 0.5
 ns() {{ $B exec coder --network none -- readlink /proc/self/ns/net; }}
 echo "first=$(ns)"
 $B exec coder --network none -- /bin/sh -c 'python3 -c "$1" & sleep 1; echo "left=$(readlink /proc/self/ns/net)"; python3 -c "$2"' sh "$LISTEN" "$CONNECT"
@@ -380,7 +384,7 @@ echo "beside=$(ns)"
 wait
 cat /tmp/long
 $B delete coder >/dev/null 2>&1
-echo "pins=$(grep -c agentuser/netns /proc/self/mountinfo) files=$(ls -A /var/lib/agentuser/netns | wc -l)"
+echo "pins=$(grep -c 'agentuser/netns/coder\.' /proc/self/mountinfo) files=$(ls -A /var/lib/agentuser/netns | grep -c '^coder\.')"
 "#,
         bin = sb.bin.display()
     );

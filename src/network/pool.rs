@@ -43,11 +43,7 @@ pub fn dir(state: &Path) -> PathBuf {
 pub fn lease(state: &Path, agent: &str) -> Result<Option<Lease>> {
     let dir = dir(state);
     crate::registry::ensure_root_dir(&dir, 0o700)?;
-    let existing = (std::fs::read_dir(&dir)
-        .map(|d| d.count() as u32)
-        .unwrap_or(0)
-        / 2)
-    .min(SLOTS);
+    let existing = slots_of(&dir, agent);
     // The slots that exist first, each run from a place of its own in them (runs started
     // together), then new ones.
     let offset = std::process::id() % existing.max(1);
@@ -69,6 +65,27 @@ pub fn lease(state: &Path, agent: &str) -> Result<Option<Lease>> {
         }));
     }
     Ok(None)
+}
+
+/// How many slots `agent` has: past its highest (the directory holds every agent's).
+fn slots_of(dir: &Path, agent: &str) -> u32 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            let slot = name
+                .to_str()?
+                .strip_prefix(agent)?
+                .strip_prefix('.')?
+                .strip_suffix(".lock")?;
+            slot.parse::<u32>().ok()
+        })
+        .map(|slot| slot.saturating_add(1))
+        .max()
+        .unwrap_or(0)
+        .min(SLOTS)
 }
 
 /// The lock at `path`, taken; None when another run holds it.
@@ -125,12 +142,13 @@ fn make_and_pin(pin: &Path) -> Result<OwnedFd> {
         crate::sys::spawn::loopback_up().context("bringing up loopback")?;
         super::no_pacing();
         let namespace = OwnedFd::from(File::open("/proc/self/ns/net")?);
-        // The mount point.
-        private_file(pin)?;
+        // The mount point, mounted on through its descriptor: the path is not resolved twice.
+        let target = private_file(pin)?;
         let source = format!("/proc/self/fd/{}", namespace.as_raw_fd());
+        let target = format!("/proc/self/fd/{}", target.as_raw_fd());
         nix::mount::mount(
             Some(source.as_str()),
-            pin,
+            target.as_str(),
             None::<&str>,
             nix::mount::MsFlags::MS_BIND,
             None::<&str>,
@@ -148,7 +166,12 @@ fn make_and_pin(pin: &Path) -> Result<OwnedFd> {
 /// Unmounts the pin at `path` (every mount stacked on it), so it can be removed.
 pub fn unpin(path: &Path) {
     for _ in 0..16 {
-        if nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_err() {
+        if nix::mount::umount2(
+            path,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        )
+        .is_err()
+        {
             break;
         }
     }
